@@ -1,6 +1,7 @@
 #pragma once
 // Helpers for the io tests: a temporary folder removed at scope exit, raw file writing and reading.
 
+#include <ATen/core/Tensor.h>
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -55,6 +56,13 @@ inline std::string safetensors_image(const std::string& header, size_t data_byte
   out += header;
   out.append(data_bytes, fill);
   return out;
+}
+
+/// True when two tensors have the same dtype, shape and stored bytes (bit-identical; NaN-safe).
+inline bool same_bits(const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
+  at::Tensor ca = a.cpu().contiguous(), cb = b.cpu().contiguous();
+  return std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.numel() * ca.element_size()) == 0;
 }
 
 inline std::string data_dir() { return FERRY_TEST_DATA_DIR; }
