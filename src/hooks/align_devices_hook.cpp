@@ -74,13 +74,13 @@ void AlignDevicesHook::init_hook(Module& module) {
 
   auto slots = module_tensor_slots(module, options_.offload_buffers, recurse, /*skip_non_persistent=*/true);
   if (!options_.weights_map) {
-    auto snapshot = std::make_shared<io::StateDictWeightsMap>();
+    io::NamedTensors snapshot;
     for (auto& [name, slot] : slots) {
       FERRY_CHECK(!slot->tensor.is_meta(), "'", name, "' of a ", module.class_name(),
                   " is on the meta device and no weights map was given to offload it from");
-      if (!snapshot->contains(name)) snapshot->insert(name, slot->tensor.to(c10::kCPU));
+      snapshot.emplace_back(name, slot->tensor.to(c10::kCPU));
     }
-    options_.weights_map = snapshot;
+    options_.weights_map = io::make_state_dict_weights_map(std::move(snapshot));
   }
   offloaded_bytes_ = 0;
   for (auto& [name, slot] : slots) {
@@ -97,7 +97,7 @@ void AlignDevicesHook::init_hook(Module& module) {
     if (options_.tied_cache) t.tie_group = options_.tied_cache->group_of(current);
     t.meta = current.is_meta() ? current : at::empty(current.sizes(), current.options().device(c10::kMeta));
     slot->tensor = t.meta;
-    offloaded_bytes_ += info.nbytes();
+    offloaded_bytes_ += static_cast<int64_t>(info.nbytes);
     offloaded_.push_back(std::move(t));
   }
 

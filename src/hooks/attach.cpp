@@ -28,7 +28,7 @@ AlignDevicesOptions hook_options(std::optional<c10::Device> execution_device, co
 
 io::WeightsMapPtr prefixed(const io::WeightsMapPtr& weights_map, const std::string& module_name) {
   if (!weights_map || module_name.empty()) return weights_map;
-  return std::make_shared<io::PrefixedWeightsMap>(weights_map, module_name + ".");
+  return io::make_prefixed_weights_map(weights_map, module_name + ".");
 }
 
 }  // namespace

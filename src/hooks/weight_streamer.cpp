@@ -73,7 +73,7 @@ void WeightStreamer::start_prefetch(AlignDevicesHook* hook, c10::Device device) 
     auto task = std::make_shared<std::packaged_task<at::Tensor()>>(
         [weights, name = t.name, dtype = t.meta.scalar_type(), device] {
           at::Tensor loaded = weights->load(name, device, dtype);
-          if (weights->is_file_backed(name)) touch_pages(loaded);
+          touch_pages(loaded);  // free for memory-resident tensors, the point for mapped files
           return loaded;
         });
     pending.tensors.push_back(task->get_future().share());

@@ -7,7 +7,7 @@
 ///     ferry::AlignDevicesOptions o;
 ///     o.execution_device = c10::Device("cuda:0");
 ///     o.offload = true;                                   // weights live in o.weights_map
-///     o.weights_map = std::make_shared<ferry::io::StateDictWeightsMap>(layer.state_dict());
+///     o.weights_map = ferry::io::make_state_dict_weights_map(layer.state_dict());
 ///     ferry::add_hook_to_module(layer, std::make_shared<ferry::AlignDevicesHook>(o));
 ///     // layer's parameters are now meta tensors; layer(x) loads, computes, unloads.
 
