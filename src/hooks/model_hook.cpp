@@ -39,17 +39,21 @@ void add_hook_to_module(Module& module, std::shared_ptr<ModelHook> hook, bool ap
 }
 
 void remove_hook_from_module(Module& module, bool recurse) {
+  if (recurse) {
+    remove_hook_from_submodules(module);
+    return;
+  }
   if (auto hook = module.hook()) {
     hook->detach_hook(module);
     module.set_hook(nullptr);
   }
   module.set_move_guard(nullptr);
-  if (recurse)
-    for (auto& [name, child] : module.named_children()) remove_hook_from_module(*child, true);
 }
 
 void remove_hook_from_submodules(Module& module) {
-  for (auto& [name, child] : module.named_modules()) remove_hook_from_module(*child);
+  // Children first, so that a hook on a parent sees its subtree restored when it detaches.
+  auto modules = module.named_modules();
+  for (auto it = modules.rbegin(); it != modules.rend(); ++it) remove_hook_from_module(*it->second);
 }
 
 }  // namespace ferry
