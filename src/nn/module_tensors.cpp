@@ -1,0 +1,140 @@
+#include "ferry/nn/module_tensors.h"
+
+#include "ferry/core/dtype.h"
+#include "ferry/core/error.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <map>
+#include <sstream>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace ferry {
+
+std::string shape_str(at::IntArrayRef shape) {
+  std::ostringstream out;
+  out << '[';
+  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+  out << ']';
+  return out.str();
+}
+
+std::pair<Module*, std::string> resolve_tensor_owner(Module& module, const std::string& name) {
+  auto dot = name.rfind('.');
+  Module* owner = &module;
+  std::string leaf = name;
+  if (dot != std::string::npos) {
+    owner = &module.submodule(name.substr(0, dot));
+    leaf = name.substr(dot + 1);
+  }
+  FERRY_CHECK(owner->has_parameter(leaf) || owner->has_buffer(leaf), "'", name, "': the ", owner->class_name(),
+              dot == std::string::npos ? std::string() : " at '" + name.substr(0, dot) + "'",
+              " has no parameter or buffer named '", leaf, "'");
+  return {owner, leaf};
+}
+
+void set_module_tensor_to_device(Module& module, const std::string& name, c10::Device device,
+                                 const c10::optional<at::Tensor>& value, c10::optional<c10::ScalarType> dtype,
+                                 bool non_blocking) {
+  auto [owner, leaf] = resolve_tensor_owner(module, name);
+  bool is_buffer = owner->has_buffer(leaf);
+  at::Tensor old = is_buffer ? owner->buffer(leaf) : owner->parameter(leaf);
+  FERRY_CHECK(old.defined() || value, "'", name, "' is registered as None; give a value to set it");
+
+  at::Tensor fresh;
+  if (value) {
+    at::Tensor v = *value;
+    FERRY_CHECK(!old.defined() || v.sizes() == old.sizes(), "Trying to set a tensor of shape ", shape_str(v.sizes()),
+                " in \"", name, "\" (which has shape ", shape_str(old.sizes()), "), this looks incorrect.");
+    if (!dtype) {
+      if (old.defined() && v.scalar_type() != old.scalar_type()) v = v.to(old.scalar_type());
+    } else if (is_floating_dtype(v.scalar_type()) && v.scalar_type() != *dtype) {
+      v = v.to(*dtype);
+    }
+    fresh = v.device() == device ? v : v.to(device, non_blocking);
+  } else {
+    FERRY_CHECK(!old.is_meta() || device.type() == c10::kMeta, "'", name,
+                "' is on the meta device; a value is needed to put it on ", device,
+                " (load it from the checkpoint or the offload folder)");
+    fresh = old.device() == device ? old : old.to(device, non_blocking);
+    if (dtype && device.type() == c10::kMeta && is_floating_dtype(old.scalar_type())) fresh = fresh.to(*dtype);
+    if (!is_buffer && fresh.is_same(old)) return;  // already there: keep the object (and its ties)
+  }
+  if (!is_buffer && old.defined() && old.requires_grad() && is_floating_dtype(fresh.scalar_type()) &&
+      !fresh.requires_grad())
+    fresh = fresh.detach().set_requires_grad(true);
+  if (is_buffer) owner->set_buffer(leaf, std::move(fresh));
+  else owner->set_parameter(leaf, std::move(fresh));
+}
+
+NamedTensors named_module_tensors(Module& module, bool include_buffers, bool recurse, bool remove_non_persistent) {
+  NamedTensors out = module.named_parameters(recurse);
+  if (!include_buffers) return out;
+  if (!remove_non_persistent) {
+    for (auto& named : module.named_buffers(recurse)) out.push_back(std::move(named));
+    return out;
+  }
+  std::unordered_set<std::string> non_persistent;
+  for (const auto& name : get_non_persistent_buffers(module, recurse, /*fqns=*/true)) non_persistent.insert(name);
+  for (auto& named : module.named_buffers(recurse))
+    if (!non_persistent.count(named.first)) out.push_back(std::move(named));
+  return out;
+}
+
+std::set<std::string> get_non_persistent_buffers(Module& module, bool recurse, bool fqns) {
+  std::set<std::string> names;
+  std::vector<std::pair<std::string, Module*>> modules;
+  if (recurse) modules = module.named_modules();
+  else modules.emplace_back("", &module);
+  for (const auto& [prefix, m] : modules)
+    for (const auto& leaf : m->non_persistent_buffer_names()) names.insert(fqns ? join_name(prefix, leaf) : leaf);
+  return names;
+}
+
+std::vector<std::vector<std::string>> find_tied_parameters(Module& module) {
+  // The first name of each tensor object, then every other (module, slot) pair naming it.
+  std::unordered_map<const c10::TensorImpl*, size_t> group_of;
+  std::vector<std::vector<std::string>> groups;
+  std::vector<bool> tied;
+  for (const auto& [name, tensor] : module.named_parameters(true, /*remove_duplicate=*/false)) {
+    auto [it, inserted] = group_of.emplace(tensor.unsafeGetTensorImpl(), groups.size());
+    if (inserted) {
+      groups.push_back({name});
+      tied.push_back(false);
+    } else {
+      auto& group = groups[it->second];
+      if (std::find(group.begin(), group.end(), name) == group.end()) group.push_back(name);
+      tied[it->second] = true;
+    }
+  }
+  std::vector<std::vector<std::string>> result;
+  for (size_t i = 0; i < groups.size(); ++i) {
+    if (!tied[i] || groups[i].size() < 2) continue;
+    std::sort(groups[i].begin(), groups[i].end());
+    result.push_back(std::move(groups[i]));
+  }
+  return result;
+}
+
+void retie_parameters(Module& module, const std::vector<std::vector<std::string>>& tied_groups) {
+  for (const auto& group : tied_groups) {
+    at::Tensor source;
+    for (const auto& name : group) {
+      auto [owner, leaf] = resolve_tensor_owner(module, name);
+      at::Tensor t = owner->parameter(leaf);
+      if (t.defined() && !t.is_meta()) {
+        source = t;
+        break;
+      }
+    }
+    if (!source.defined()) continue;
+    for (const auto& name : group) {
+      auto [owner, leaf] = resolve_tensor_owner(module, name);
+      owner->set_parameter(leaf, source);
+    }
+  }
+}
+
+}  // namespace ferry
