@@ -9,6 +9,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.fallthrough();
   // Each subcommand registers itself; see commands.h.
+  ferry::cli::add_plan_command(app);
   ferry::cli::add_inspect_command(app);
   ferry::cli::add_offload_command(app);
   try {
