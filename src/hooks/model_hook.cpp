@@ -1,5 +1,7 @@
 #include "ferry/hooks/model_hook.h"
 
+#include <typeinfo>
+
 namespace ferry {
 
 void SequentialHook::init_hook(Module& module) {
@@ -23,9 +25,10 @@ void add_hook_to_module(Module& module, std::shared_ptr<ModelHook> hook, bool ap
   if (append && module.hook()) {
     std::shared_ptr<ModelHook> old = module.hook();
     remove_hook_from_module(module);
-    // Flatten, so that appending many times gives one flat SequentialHook.
+    // Flatten, so that appending many times gives one flat SequentialHook. Only a plain
+    // SequentialHook is flattened: a subclass may add behaviour of its own and is kept whole.
     std::vector<std::shared_ptr<ModelHook>> chain;
-    if (auto sequential = std::dynamic_pointer_cast<SequentialHook>(old)) chain = sequential->hooks;
+    if (typeid(*old) == typeid(SequentialHook)) chain = static_cast<SequentialHook&>(*old).hooks;
     else chain.push_back(old);
     chain.push_back(std::move(hook));
     hook = std::make_shared<SequentialHook>(std::move(chain));

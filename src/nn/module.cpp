@@ -223,9 +223,16 @@ void Module::move_tensors(const std::function<at::Tensor(const at::Tensor&)>& co
         auto key = slot->tensor.unsafeGetTensorImpl();
         auto it = converted.find(key);
         if (it == converted.end()) {
-          at::Tensor fresh = convert(slot->tensor);
-          if (slot->tensor.requires_grad() && is_floating_dtype(fresh.scalar_type()) && !fresh.requires_grad())
-            fresh = fresh.detach().set_requires_grad(true);
+          // As Python's Module._apply: convert without recording autograd history, so that a
+          // trainable parameter stays a leaf (a recorded copy would be a non-leaf with a grad_fn
+          // that never receives .grad), then restore requires_grad.
+          at::Tensor fresh;
+          {
+            c10::NoGradGuard no_grad;
+            fresh = convert(slot->tensor);
+          }
+          if (!fresh.is_same(slot->tensor) && slot->tensor.requires_grad() && is_floating_dtype(fresh.scalar_type()))
+            fresh.set_requires_grad(true);
           it = converted.emplace(key, fresh).first;
         }
         slot->tensor = it->second;
