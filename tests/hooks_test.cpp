@@ -189,6 +189,19 @@ TEST(HooksTest, AppendKeepsASequentialHookSubclassIntact) {
   EXPECT_TRUE(at::equal(id(x), x * 2 + 1));
 }
 
+TEST(HooksTest, NullHooksAreRefused) {
+  ModelForTest model;
+  EXPECT_EQ(error_of([&] { ferry::add_hook_to_module(model, nullptr); }),
+            "[add_hook_to_module] no hook given for the ModelForTest; to take a hook off, call "
+            "remove_hook_from_module");
+  EXPECT_EQ(model.hook(), nullptr);
+  auto broken = std::make_shared<ferry::SequentialHook>(
+      std::vector<std::shared_ptr<ferry::ModelHook>>{std::make_shared<ferry::ModelHook>(), nullptr});
+  EXPECT_EQ(error_of([&] { ferry::add_hook_to_module(model, broken); }),
+            "[init_hook] the SequentialHook attached to a ModelForTest holds no hook at position 1");
+  EXPECT_EQ(model.hook(), nullptr);
+}
+
 TEST(HooksTest, RemoveRecursesAndRestoresEveryModule) {
   at::manual_seed(3);
   ModelForTest model;

@@ -120,6 +120,8 @@ TEST(LayersTest, Conv1DIsGpt2sTransposedLinear) {
   at::Tensor y = conv(x);
   EXPECT_EQ(y.sizes(), (std::vector<int64_t>{2, 3, 6}));
   expect_close(y, expected);
+  std::string wrong = error_of([&] { conv(at::randn({2, 6})); });
+  EXPECT_EQ(wrong, "[forward] Conv1D(nf=6, nx=4) expects inputs whose last dimension is 4, got shape [2, 6]");
 }
 
 TEST(LayersTest, BatchNorm1dUsesRunningStatistics) {

@@ -284,15 +284,21 @@ TEST(InitEmptyWeightsTest, UserModulesRegisteringRealTensorsAreMovedToo) {
    public:
     Custom() : Module("Custom") {
       scale = register_parameter("scale", at::ones({3}), /*requires_grad=*/true);
+      shift = register_parameter("shift", at::zeros({3}).requires_grad_());
       mask = register_buffer("mask", at::ones({3}));
     }
-    ferry::TensorRef scale, mask;
+    ferry::TensorRef scale, shift, mask;
   };
   {
     auto guard = ferry::init_empty_weights();
     Custom c;
     EXPECT_TRUE(c.scale->is_meta());
     EXPECT_TRUE(c.scale->requires_grad());
+    EXPECT_TRUE(c.scale->is_leaf());
+    // A tensor that already requires grad keeps it and stays a leaf when moved to meta.
+    EXPECT_TRUE(c.shift->is_meta());
+    EXPECT_TRUE(c.shift->requires_grad());
+    EXPECT_TRUE(c.shift->is_leaf());
     EXPECT_EQ(c.mask->device(), c10::Device(c10::kCPU));
   }
   {

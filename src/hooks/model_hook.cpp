@@ -1,10 +1,14 @@
 #include "ferry/hooks/model_hook.h"
 
+#include "ferry/core/error.h"
+
 #include <typeinfo>
 
 namespace ferry {
 
 void SequentialHook::init_hook(Module& module) {
+  for (size_t i = 0; i < hooks.size(); ++i)
+    FERRY_CHECK(hooks[i], "the SequentialHook attached to a ", module.class_name(), " holds no hook at position ", i);
   for (auto& hook : hooks) hook->init_hook(module);
 }
 
@@ -22,6 +26,8 @@ void SequentialHook::detach_hook(Module& module) {
 }
 
 void add_hook_to_module(Module& module, std::shared_ptr<ModelHook> hook, bool append) {
+  FERRY_CHECK(hook, "no hook given for the ", module.class_name(),
+              "; to take a hook off, call remove_hook_from_module");
   if (append && module.hook()) {
     std::shared_ptr<ModelHook> old = module.hook();
     remove_hook_from_module(module);

@@ -58,8 +58,16 @@ void Module::check_new_name(const std::string& name) const {
 TensorRef Module::register_parameter(const std::string& name, at::Tensor tensor, bool requires_grad) {
   check_new_name(name);
   if (tensor.defined()) {
-    if (auto device = current_parameter_init_device(); device && tensor.device() != *device)
-      tensor = tensor.to(*device);
+    if (auto device = current_parameter_init_device(); device && tensor.device() != *device) {
+      // Accelerate's init_on_device re-creates the Parameter on the device with the same
+      // requires_grad: move without recording autograd history, so the parameter stays a leaf.
+      bool trainable = tensor.requires_grad();
+      {
+        c10::NoGradGuard no_grad;
+        tensor = tensor.to(*device);
+      }
+      if (trainable) tensor.set_requires_grad(true);
+    }
     if (requires_grad && is_floating_dtype(tensor.scalar_type())) tensor.set_requires_grad(true);
   }
   auto slot = std::make_shared<TensorSlot>(TensorSlot{std::move(tensor), true});
