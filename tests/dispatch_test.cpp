@@ -10,7 +10,7 @@
 #include "ferry/hooks/layerwise_casting_hook.h"
 #include "ferry/io/offload.h"
 #include "ferry/nn/module_tensors.h"
-#include "test_models.h"
+#include "dispatch_models.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>

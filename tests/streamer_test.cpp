@@ -4,7 +4,7 @@
 #include "ferry/core/error.h"
 #include "ferry/dispatch/big_modeling.h"
 #include "ferry/hooks/weight_streamer.h"
-#include "test_models.h"
+#include "dispatch_models.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
