@@ -3,16 +3,18 @@
 #include "ferry/core/error.h"
 #include "ferry/io/checkpoint.h"
 
+#include <optional>
+
 namespace ferry {
 
 LoadedModelTree load_checkpoint_tree(const std::string& path) {
-  io::Checkpoint checkpoint = [&] {
-    try {
-      return io::Checkpoint::open(path);
-    } catch (const Error& e) {
-      FERRY_FAIL("cannot plan from '", path, "': ", e.what());
-    }
-  }();
+  std::optional<io::Checkpoint> opened;
+  try {
+    opened.emplace(io::Checkpoint::open(path));
+  } catch (const Error& e) {
+    FERRY_FAIL("cannot plan from '", path, "': ", e.what());
+  }
+  const io::Checkpoint& checkpoint = *opened;
   std::vector<NamedTreeTensor> tensors;
   tensors.reserve(checkpoint.tensors().size());
   for (const auto& t : checkpoint.tensors()) tensors.push_back(NamedTreeTensor{t.name, TreeTensor{t.shape, t.dtype}});
