@@ -13,7 +13,7 @@ namespace {
 // de-duplication). f(full_name, is_buffer, persistent).
 template <class F>
 void for_each_tensor_name(const ModelTree& tree, ModuleId module, const std::string& path, F& f) {
-  const ModuleNode& m = tree.module(module);
+  const TreeModule& m = tree.module(module);
   auto join = [&](const std::string& name) { return path.empty() ? name : path + "." + name; };
   for (const auto& p : m.params)
     if (p.tensor != kNoTensor) f(join(p.name), false, true);

@@ -173,7 +173,7 @@ class Planner {
     std::vector<ModuleId> stack{plan_.ref[static_cast<size_t>(x)]};
     module_stamp_[static_cast<size_t>(stack.back())] = stamp;
     while (!stack.empty()) {
-      const ModuleNode& m = tree_.module(stack.back());
+      const TreeModule& m = tree_.module(stack.back());
       stack.pop_back();
       for (const auto& b : m.buffers) {
         if (b.tensor == kNoTensor || tensor_stamp_[static_cast<size_t>(b.tensor)] == stamp) continue;
@@ -190,25 +190,34 @@ class Planner {
   }
 
   // ---- ties ------------------------------------------------------------------------------
-  // Partner entries of x's tied groups (Accelerate's tied_module_names, duplicates kept).
+  // Partner entries of x: the entries holding the other names of tensors tied to a tensor under
+  // x (Accelerate's tied_module_names), then, transitively, the entries tied to those partners,
+  // so that a tied group always moves as a unit (Accelerate stops at the first step).
   // `container` maps a member's location to the entry holding it (-1: none).
   template <class Container>
   void tied_partners(int32_t x, std::vector<int32_t>& out, Container&& container) {
     out.clear();
-    auto ux = static_cast<size_t>(x);
-    if (ux >= groups_inside_.size()) return;
-    for (int32_t g : groups_inside_[ux]) {
-      const TiedGroup& group = groups_[static_cast<size_t>(g)];
-      size_t inside = 0;
-      for (const auto& m : group.members) inside += plan_.inside(m.location, x) ? 1 : 0;
-      if (inside == group.members.size()) continue;
-      for (const auto& m : group.members) {
-        if (plan_.inside(m.location, x)) continue;
-        int32_t entry = container(m.location);
-        if (entry >= 0) {
+    if (groups_inside_.empty()) return;
+    const int64_t stamp = ++walk_stamp_;
+    unit_stamp_[static_cast<size_t>(x)] = stamp;
+    std::vector<int32_t>& unit = unit_scratch_;
+    unit.assign(1, x);
+    for (size_t k = 0; k < unit.size(); ++k) {
+      const int32_t u = unit[k];
+      for (int32_t g : groups_inside_[static_cast<size_t>(u)]) {
+        if (group_stamp_[static_cast<size_t>(g)] == stamp) continue;  // handled for an earlier unit member
+        group_stamp_[static_cast<size_t>(g)] = stamp;
+        for (const auto& m : groups_[static_cast<size_t>(g)].members) {
+          if (plan_.inside(m.location, x)) continue;
+          int32_t entry = container(m.location);
+          if (entry < 0) {
+            if (m.in_tree) FERRY_EXPLAIN("  tied tensor ", m.name, " of ", name(x), " has no entry left to place");
+            continue;
+          }
+          if (unit_stamp_[static_cast<size_t>(entry)] == stamp) continue;
+          unit_stamp_[static_cast<size_t>(entry)] = stamp;
+          unit.push_back(entry);
           out.push_back(entry);
-        } else if (m.in_tree) {
-          FERRY_EXPLAIN("  tied parameter ", m.name, " of ", name(x), " has no entry left to place (already placed)");
         }
       }
     }
@@ -249,7 +258,8 @@ class Planner {
   std::map<int64_t, int64_t> active_;
   std::vector<int64_t> filtered_at_, placed_at_;
   int64_t epoch_ = 0, max_layer_ = 0, names_left_ = 0;
-  std::vector<int64_t> module_stamp_, tensor_stamp_, partner_stamp_, expanded_stamp_;
+  std::vector<int64_t> module_stamp_, tensor_stamp_, partner_stamp_, expanded_stamp_, unit_stamp_, group_stamp_;
+  std::vector<int32_t> unit_scratch_;
   int64_t walk_stamp_ = 0;
   MaxMemory max_memory_;
   std::vector<Placement> devices_;
@@ -335,7 +345,7 @@ DeviceMap Planner::run() {
   min_needed_.assign(devices_.size(), -1);
 
   // Ties: which groups have a member under each node.
-  groups_ = plan_detail::find_tied_groups(plan_);
+  groups_ = plan_detail::find_tied_groups(plan_, /*buffers_too=*/true);
   if (!groups_.empty()) {
     groups_inside_.resize(n);
     std::vector<int32_t> last(n, -1);
@@ -361,6 +371,8 @@ DeviceMap Planner::run() {
   tensor_stamp_.assign(tree_.tensor_count(), 0);
   partner_stamp_.assign(n, 0);
   expanded_stamp_.assign(n, 0);
+  unit_stamp_.assign(n, 0);
+  group_stamp_.assign(groups_.size(), 0);
   for (int32_t i = 1; i < plan_.size(); ++i)
     if (plan_.is_layer[static_cast<size_t>(i)]) {
       layers_.push_back(i);
@@ -482,7 +494,7 @@ DeviceMap Planner::run() {
   }
   DeviceMap map;
   for (const auto& [node, d] : decisions_) map.set(name(node), devices_[d]);
-  for (const auto& g : plan_detail::find_tied_groups(plan_, /*buffers_too=*/true)) {
+  for (const auto& g : groups_) {
     int32_t c = canonical_node[static_cast<size_t>(g.tensor)];
     for (const auto& m : g.members) {
       if (m.in_tree || c < 0 || map.placement_of(m.name)) continue;

@@ -15,20 +15,20 @@
 
 namespace ferry {
 
-int64_t TensorInfo::numel() const {
+int64_t TreeTensor::numel() const {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   return n;
 }
 
-ModelTree::ModelTree(std::string root_class) { modules_.push_back(ModuleNode{std::move(root_class), {}, {}, {}}); }
+ModelTree::ModelTree(std::string root_class) { modules_.push_back(TreeModule{std::move(root_class), {}, {}, {}}); }
 
 ModuleId ModelTree::add_module(std::string class_name) {
-  modules_.push_back(ModuleNode{std::move(class_name), {}, {}, {}});
+  modules_.push_back(TreeModule{std::move(class_name), {}, {}, {}});
   return static_cast<ModuleId>(modules_.size() - 1);
 }
 
-ModuleNode& ModelTree::mutable_module(ModuleId id) {
+TreeModule& ModelTree::mutable_module(ModuleId id) {
   FERRY_CHECK(id >= 0 && static_cast<size_t>(id) < modules_.size(), "module id ", id, " out of range");
   return modules_[static_cast<size_t>(id)];
 }
@@ -41,17 +41,17 @@ ModuleId ModelTree::add_submodule(ModuleId parent, std::string name, std::string
 
 void ModelTree::add_child(ModuleId parent, std::string name, ModuleId child) {
   FERRY_CHECK(child >= 0 && static_cast<size_t>(child) < modules_.size(), "module id ", child, " out of range");
-  mutable_module(parent).children.push_back(ChildSlot{std::move(name), child});
+  mutable_module(parent).children.push_back(TreeChild{std::move(name), child});
 }
 
-TensorId ModelTree::add_tensor(TensorInfo info) {
+TensorId ModelTree::add_tensor(TreeTensor info) {
   for (int64_t d : info.shape) FERRY_CHECK(d >= 0, "negative dimension ", d, " in a tensor shape");
   tensors_.push_back(std::move(info));
   return static_cast<TensorId>(tensors_.size() - 1);
 }
 
 TensorId ModelTree::add_param(ModuleId module, std::string name, std::vector<int64_t> shape, c10::ScalarType dtype) {
-  TensorId id = add_tensor(TensorInfo{std::move(shape), dtype});
+  TensorId id = add_tensor(TreeTensor{std::move(shape), dtype});
   add_param_slot(module, std::move(name), id);
   return id;
 }
@@ -59,12 +59,12 @@ TensorId ModelTree::add_param(ModuleId module, std::string name, std::vector<int
 void ModelTree::add_param_slot(ModuleId module, std::string name, TensorId tensor) {
   FERRY_CHECK(tensor >= kNoTensor && tensor < static_cast<TensorId>(tensors_.size()), "tensor id ", tensor,
               " out of range");
-  mutable_module(module).params.push_back(TensorSlot{std::move(name), tensor, true});
+  mutable_module(module).params.push_back(TreeSlot{std::move(name), tensor, true});
 }
 
 TensorId ModelTree::add_buffer(ModuleId module, std::string name, std::vector<int64_t> shape, c10::ScalarType dtype,
                                bool persistent) {
-  TensorId id = add_tensor(TensorInfo{std::move(shape), dtype});
+  TensorId id = add_tensor(TreeTensor{std::move(shape), dtype});
   add_buffer_slot(module, std::move(name), id, persistent);
   return id;
 }
@@ -72,7 +72,7 @@ TensorId ModelTree::add_buffer(ModuleId module, std::string name, std::vector<in
 void ModelTree::add_buffer_slot(ModuleId module, std::string name, TensorId tensor, bool persistent) {
   FERRY_CHECK(tensor >= kNoTensor && tensor < static_cast<TensorId>(tensors_.size()), "tensor id ", tensor,
               " out of range");
-  mutable_module(module).buffers.push_back(TensorSlot{std::move(name), tensor, persistent});
+  mutable_module(module).buffers.push_back(TreeSlot{std::move(name), tensor, persistent});
 }
 
 void ModelTree::validate() const {
@@ -89,7 +89,7 @@ void ModelTree::validate() const {
   state[0] = 1;
   while (!stack.empty()) {
     Frame& frame = stack.back();
-    const ModuleNode& node = modules_[static_cast<size_t>(frame.module)];
+    const TreeModule& node = modules_[static_cast<size_t>(frame.module)];
     if (frame.next_child == 0) {
       std::unordered_set<std::string> names;
       auto check_name = [&](const std::string& name, const char* kind) {
@@ -107,7 +107,7 @@ void ModelTree::validate() const {
       stack.pop_back();
       continue;
     }
-    const ChildSlot& child = node.children[frame.next_child++];
+    const TreeChild& child = node.children[frame.next_child++];
     std::string child_path = frame.path.empty() ? child.name : frame.path + "." + child.name;
     uint8_t s = state[static_cast<size_t>(child.module)];
     FERRY_CHECK(s != 1, "module '", child_path, "' contains itself: a module tree cannot have cycles");
@@ -140,7 +140,7 @@ struct JsonLoader {
       return it->second;
     }
     if (!slot.contains("shape")) return kNoTensor;
-    TensorInfo info;
+    TreeTensor info;
     info.shape = slot.at("shape").get<std::vector<int64_t>>();
     FERRY_CHECK(slot.contains("dtype"), kind, " '", full, "' has a shape but no dtype");
     info.dtype = parse_dtype(slot.at("dtype").get<std::string>());
@@ -257,10 +257,10 @@ bool natural_name_less(const std::string& a, const std::string& b) {
   return a.size() < b.size();
 }
 
-ModelTree model_tree_from_named_tensors(std::vector<NamedTensorInfo> tensors, bool natural_order) {
+ModelTree model_tree_from_named_tensors(std::vector<NamedTreeTensor> tensors, bool natural_order) {
   if (natural_order)
     std::stable_sort(tensors.begin(), tensors.end(),
-                     [](const NamedTensorInfo& x, const NamedTensorInfo& y) { return natural_name_less(x.name, y.name); });
+                     [](const NamedTreeTensor& x, const NamedTreeTensor& y) { return natural_name_less(x.name, y.name); });
   ModelTree tree;
   std::unordered_map<std::string, ModuleId> modules;  // full path -> module
   std::unordered_set<std::string> tensor_names;

@@ -31,7 +31,7 @@ bool module_name_matches(const std::string& pattern, const std::string& name) {
   return p == pattern.size();
 }
 
-int64_t tensor_size_bits(const TensorInfo& tensor, const std::string& full_name, const SizeOptions& options) {
+int64_t tensor_size_bits(const TreeTensor& tensor, const std::string& full_name, const SizeOptions& options) {
   const int64_t numel = tensor.numel();
   if (!options.special_dtypes.empty()) {
     auto it = options.special_dtypes.find(full_name);
@@ -85,20 +85,20 @@ struct Builder {
 
   void build(ModuleId module, std::string name, int32_t parent) {
     int32_t i = add(NodeKind::Module, module, std::move(name), parent);
-    const ModuleNode& node = tree.module(module);
+    const TreeModule& node = tree.module(module);
     for (const auto& slot : node.params) {
       if (slot.tensor == kNoTensor || param_stamp[static_cast<size_t>(slot.tensor)] == i) continue;
       param_stamp[static_cast<size_t>(slot.tensor)] = i;
       add(NodeKind::Param, slot.tensor, join(plan.name[static_cast<size_t>(i)], slot.name), i);
     }
     // Children: de-duplicated within this parent. Collect first: stamps of nested calls differ.
-    std::vector<const ChildSlot*> kids;
+    std::vector<const TreeChild*> kids;
     for (const auto& child : node.children) {
       if (child_stamp[static_cast<size_t>(child.module)] == i) continue;
       child_stamp[static_cast<size_t>(child.module)] = i;
       kids.push_back(&child);
     }
-    for (const ChildSlot* child : kids) build(child->module, join(plan.name[static_cast<size_t>(i)], child->name), i);
+    for (const TreeChild* child : kids) build(child->module, join(plan.name[static_cast<size_t>(i)], child->name), i);
     for (const auto& slot : node.buffers) {
       if (slot.tensor == kNoTensor || buffer_stamp[static_cast<size_t>(slot.tensor)] == i) continue;
       buffer_stamp[static_cast<size_t>(slot.tensor)] = i;
@@ -190,7 +190,7 @@ struct FullWalker {
 
   template <class F>
   void walk(ModuleId module, const std::string& path, int32_t node, int32_t location, F& f) {
-    const ModuleNode& m = tree.module(module);
+    const TreeModule& m = tree.module(module);
     const int64_t v = visit++;
     // Planning pieces of `node` in order, to line the slots up with their nodes.
     std::vector<int32_t> params, children, buffers;
@@ -222,12 +222,17 @@ struct FullWalker {
       }
       f(slot.tensor, true, j, j >= 0 ? j : location, path, slot.name);
     }
-    for (const auto& child : m.children) {
-      int32_t j = -1;
-      if (stamp_child[static_cast<size_t>(child.module)] != v) {
-        stamp_child[static_cast<size_t>(child.module)] = v;
-        if (node >= 0) j = children[ci++];
-      }
+    // Decide every child's node before recursing: nested walks reuse the stamps.
+    std::vector<int32_t> child_nodes(m.children.size(), -1);
+    for (size_t k = 0; k < m.children.size(); ++k) {
+      const auto& child = m.children[k];
+      if (stamp_child[static_cast<size_t>(child.module)] == v) continue;
+      stamp_child[static_cast<size_t>(child.module)] = v;
+      if (node >= 0) child_nodes[k] = children[ci++];
+    }
+    for (size_t k = 0; k < m.children.size(); ++k) {
+      const auto& child = m.children[k];
+      const int32_t j = child_nodes[k];
       std::string child_path = path.empty() ? child.name : path + "." + child.name;
       walk(child.module, child_path, j, j >= 0 ? j : location, f);
     }
@@ -248,16 +253,17 @@ std::string join_name(const std::string& path, const std::string& slot) { return
 
 std::vector<TiedGroup> find_tied_groups(const PlanTree& plan, bool buffers_too) {
   const ModelTree& tree = *plan.tree;
-  std::vector<int32_t> count(tree.tensor_count() * 2, 0);  // [tensor * 2 + is_buffer]
+  // Parameters only (Accelerate), or every tensor object whatever its slots' kinds.
+  std::vector<int32_t> count(tree.tensor_count(), 0);
   full_walk(plan, [&](TensorId t, bool buffer, int32_t, int32_t, const std::string&, const std::string&) {
-    ++count[static_cast<size_t>(t) * 2 + (buffer ? 1 : 0)];
+    if (!buffer || buffers_too) ++count[static_cast<size_t>(t)];
   });
   std::vector<TiedGroup> groups;
   std::unordered_map<int64_t, size_t> group_of;
   full_walk(plan, [&](TensorId t, bool buffer, int32_t node, int32_t location, const std::string& path,
                       const std::string& slot) {
     if (buffer && !buffers_too) return;
-    int64_t key = static_cast<int64_t>(t) * 2 + (buffer ? 1 : 0);
+    int64_t key = t;
     if (count[static_cast<size_t>(key)] < 2) return;
     auto it = group_of.find(key);
     if (it == group_of.end()) {

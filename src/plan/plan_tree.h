@@ -67,8 +67,9 @@ struct TiedGroup {
   std::vector<TiedMember> members;
 };
 
-// Tied parameter groups in order of first appearance. With `buffers_too`, also lists every name
-// of a buffer object reachable under several names (used only for coverage).
+// Tied parameter groups in order of first appearance. With `buffers_too`, groups cover every
+// tensor object reachable under several names, buffers included (the planner keeps those
+// together too; Accelerate's find_tied_parameters lists parameters only).
 std::vector<TiedGroup> find_tied_groups(const PlanTree& plan, bool buffers_too = false);
 
 }  // namespace ferry::plan_detail

@@ -30,7 +30,7 @@ using TensorId = int32_t;  ///< index of a tensor in a ModelTree
 constexpr TensorId kNoTensor = -1;  ///< a slot registered as None
 
 /// Shape and dtype of one tensor object (what a meta tensor knows).
-struct TensorInfo {
+struct TreeTensor {
   std::vector<int64_t> shape;
   c10::ScalarType dtype = c10::ScalarType::Float;
   /// Number of elements (1 for a scalar).
@@ -38,24 +38,24 @@ struct TensorInfo {
 };
 
 /// A named parameter or buffer slot of a module.
-struct TensorSlot {
+struct TreeSlot {
   std::string name;            ///< local name ("weight")
   TensorId tensor = kNoTensor; ///< kNoTensor for a registered None
   bool persistent = true;      ///< buffers only: part of state_dict()
 };
 
 /// A named child slot of a module.
-struct ChildSlot {
+struct TreeChild {
   std::string name;  ///< local name ("linear1", "0")
   ModuleId module;   ///< may repeat: the same module registered twice
 };
 
 /// One module object.
-struct ModuleNode {
+struct TreeModule {
   std::string class_name;          ///< Python class name ("Linear"); "" when unknown (checkpoints)
-  std::vector<TensorSlot> params;  ///< registration order
-  std::vector<TensorSlot> buffers; ///< registration order
-  std::vector<ChildSlot> children; ///< registration order
+  std::vector<TreeSlot> params;  ///< registration order
+  std::vector<TreeSlot> buffers; ///< registration order
+  std::vector<TreeChild> children; ///< registration order
 };
 
 /// A model's structure: modules (the root is module 0), tensors, and the slots that hold them.
@@ -75,7 +75,7 @@ class ModelTree {
   void add_child(ModuleId parent, std::string name, ModuleId child);
 
   /// Creates a tensor object.
-  TensorId add_tensor(TensorInfo info);
+  TensorId add_tensor(TreeTensor info);
   /// Creates a tensor and registers it as parameter `name` of `module`; returns its id.
   TensorId add_param(ModuleId module, std::string name, std::vector<int64_t> shape, c10::ScalarType dtype);
   /// Registers an existing tensor (a tie) or kNoTensor (None) as parameter `name` of `module`.
@@ -86,12 +86,12 @@ class ModelTree {
   /// Registers an existing tensor (or kNoTensor) as buffer `name` of `module`.
   void add_buffer_slot(ModuleId module, std::string name, TensorId tensor, bool persistent = true);
 
-  const ModuleNode& module(ModuleId id) const { return modules_[static_cast<size_t>(id)]; }
-  const TensorInfo& tensor(TensorId id) const { return tensors_[static_cast<size_t>(id)]; }
+  const TreeModule& module(ModuleId id) const { return modules_[static_cast<size_t>(id)]; }
+  const TreeTensor& tensor(TensorId id) const { return tensors_[static_cast<size_t>(id)]; }
   size_t module_count() const { return modules_.size(); }
   size_t tensor_count() const { return tensors_.size(); }
   /// Mutable access, for sources that fill in class names after building.
-  ModuleNode& mutable_module(ModuleId id);
+  TreeModule& mutable_module(ModuleId id);
 
   /// Checks the tree: ids in range, no module containing itself, no name used twice in one module,
   /// no empty or dotted local names. Throws ferry::Error naming the module path and slot.
@@ -106,14 +106,14 @@ class ModelTree {
   static ModelTree from_json_file(const std::string& path);
 
  private:
-  std::vector<ModuleNode> modules_;
-  std::vector<TensorInfo> tensors_;
+  std::vector<TreeModule> modules_;
+  std::vector<TreeTensor> tensors_;
 };
 
 /// A tensor known by its full dotted name (what a checkpoint header or named_parameters() gives).
-struct NamedTensorInfo {
+struct NamedTreeTensor {
   std::string name;  ///< "model.layers.0.mlp.up_proj.weight"
-  TensorInfo info;
+  TreeTensor info;
 };
 
 /// Builds a tree from full dotted names: every prefix becomes a module (class name ""), the last
@@ -121,7 +121,7 @@ struct NamedTensorInfo {
 /// (numeric components compare as numbers, so "layers.2" comes before "layers.10"), which is
 /// the execution order of Hugging Face models whose names are sorted in their files. Names that
 /// are both a tensor and a module prefix, empty names, or empty components are errors.
-ModelTree model_tree_from_named_tensors(std::vector<NamedTensorInfo> tensors, bool natural_order = true);
+ModelTree model_tree_from_named_tensors(std::vector<NamedTreeTensor> tensors, bool natural_order = true);
 
 /// Natural order of dotted names: component by component, numeric components as numbers.
 bool natural_name_less(const std::string& a, const std::string& b);

@@ -46,7 +46,7 @@ struct NoSplitRules {
 bool module_name_matches(const std::string& pattern, const std::string& name);
 
 /// Bits one tensor counts for: its numel times its (possibly overridden or lowered) dtype size.
-int64_t tensor_size_bits(const TensorInfo& tensor, const std::string& full_name, const SizeOptions& options);
+int64_t tensor_size_bits(const TreeTensor& tensor, const std::string& full_name, const SizeOptions& options);
 
 /// An insertion-ordered map from module or tensor name to size, with 0 for absent names.
 class ModuleSizes {
