@@ -171,6 +171,16 @@ TEST(OffloadHostileTest, DatFileOfTheWrongSize) {
                      "but the file has 20 bytes");
 }
 
+TEST(OffloadHostileTest, BoolDatWithBytesOtherThanZeroOrOne) {
+  TempDir dir;
+  write_bytes(dir.file("m.dat"), std::string("\x00\x01\x02", 3));
+  OffloadEntry e;
+  e.dtype = "bool";
+  e.shape = {3};
+  EXPECT_FERRY_ERROR(load_offloaded_weight(dir.file("m.dat"), e), "the index says bool but byte 2 holds 2");
+  EXPECT_FERRY_ERROR(map_offloaded_weight(dir.file("m.dat"), e), "[map_offloaded_weight]", "byte 2 holds 2");
+}
+
 TEST(OffloadHostileTest, MissingDatFile) {
   TempDir dir;
   OffloadEntry e;
