@@ -57,6 +57,16 @@ TEST(OffloadTest, IndexJsonIsWhatPythonJsonDumpIndent2Writes) {
   EXPECT_EQ(read_bytes(dir.file("index.json")), expected);
 }
 
+TEST(OffloadTest, NonAsciiNamesAreEscapedAsPythonDoes) {
+  OffloadIndex index;
+  OffloadEntry e;
+  e.dtype = "float32";
+  e.shape = {1};
+  index.set("caf\xc3\xa9.\xf0\x9f\x98\x80", e);  // "café.😀": Python writes \u00e9 and a surrogate pair
+  EXPECT_EQ(index.to_json(), "{\n  \"caf\\u00e9.\\ud83d\\ude00\": {\n    \"dtype\": \"float32\",\n    \"shape\": [\n      1\n    ]\n  }\n}");
+  EXPECT_EQ(OffloadIndex::from_json(index.to_json(), "again").names(), index.names());
+}
+
 TEST(OffloadTest, ScalarsAreStoredAsOneElementAndComeBackZeroDim) {
   TempDir dir;
   OffloadIndex index;
