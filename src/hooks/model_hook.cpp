@@ -19,6 +19,10 @@ void SequentialHook::detach_hook(Module& module) {
   for (auto& hook : hooks) hook->detach_hook(module);
 }
 
+void SequentialHook::abort_forward(Module& module) {
+  for (auto& hook : hooks) hook->abort_forward(module);
+}
+
 void add_hook_to_module(Module& module, std::shared_ptr<ModelHook> hook, bool append) {
   if (append && module.hook()) {
     std::shared_ptr<ModelHook> old = module.hook();

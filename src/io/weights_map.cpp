@@ -3,71 +3,278 @@
 #include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
 
-#include <ATen/ATen.h>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <unordered_map>
+#include <unordered_set>
 
 namespace ferry::io {
+namespace fs = std::filesystem;
+namespace {
 
-int64_t TensorInfo::nbytes() const {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n * dtype_storage_bytes(dtype);
+uint64_t nbytes_of(c10::ScalarType dtype, const std::vector<int64_t>& shape) {
+  uint64_t n = c10::elementSize(dtype);
+  for (int64_t d : shape) n *= static_cast<uint64_t>(d);
+  return n;
 }
 
-at::Tensor to_device_and_dtype(const at::Tensor& tensor, c10::Device device, c10::optional<c10::ScalarType> dtype) {
-  bool cast = dtype && *dtype != tensor.scalar_type();
-  if (!cast && tensor.device() == device) return tensor;
-  if (cast) return tensor.to(device, *dtype);
-  return tensor.to(device);
+// A tensor on `device` with `dtype` from a zero-copy CPU view: the view itself when nothing changes.
+at::Tensor from_view(const at::Tensor& view, c10::Device device, c10::optional<c10::ScalarType> dtype) {
+  const c10::ScalarType target = dtype.value_or(view.scalar_type());
+  if (device.is_cpu() && target == view.scalar_type()) return view;
+  return view.to(device, target, /*non_blocking=*/false, /*copy=*/true);
 }
 
-StateDictWeightsMap::StateDictWeightsMap(std::vector<std::pair<std::string, at::Tensor>> tensors) {
-  for (auto& [name, tensor] : tensors) insert(name, std::move(tensor));
+// Shards (or safetensors-form offload entries) mapped on first use, shared by all threads.
+class FileCache {
+ public:
+  SafetensorsFile get(const std::string& path) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = files_.find(path);
+    if (it != files_.end()) return it->second;
+    SafetensorsFile file = SafetensorsFile::open(path);
+    files_.emplace(path, file);
+    return file;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  mutable std::unordered_map<std::string, SafetensorsFile> files_;
+};
+
+// ---- state dict -------------------------------------------------------------------------------
+
+class StateDictWeightsMap final : public WeightsMap {
+ public:
+  explicit StateDictWeightsMap(NamedTensors sd) : sd_(std::move(sd)) {
+    for (size_t i = 0; i < sd_.size(); ++i) {
+      FERRY_CHECK(sd_[i].second.defined(), "state dict entry '", sd_[i].first, "' is undefined");
+      FERRY_CHECK(index_.emplace(sd_[i].first, i).second, "state dict names '", sd_[i].first, "' twice");
+    }
+  }
+  std::vector<std::string> keys() const override {
+    std::vector<std::string> out;
+    out.reserve(sd_.size());
+    for (const auto& item : sd_) out.push_back(item.first);
+    return out;
+  }
+  size_t size() const override { return sd_.size(); }
+  bool contains(const std::string& name) const override { return index_.count(name) > 0; }
+  TensorInfo info(const std::string& name) const override {
+    const at::Tensor& t = get(name);
+    return {t.scalar_type(), t.sizes().vec(), static_cast<uint64_t>(t.numel()) * t.element_size()};
+  }
+  at::Tensor load(const std::string& name, c10::Device device, c10::optional<c10::ScalarType> dtype) const override {
+    const at::Tensor& t = get(name);
+    const c10::ScalarType target = dtype.value_or(t.scalar_type());
+    if (t.device() == device && t.scalar_type() == target) return t;  // the very object
+    return t.to(device, target);
+  }
+
+ private:
+  const at::Tensor& get(const std::string& name) const {
+    auto it = index_.find(name);
+    FERRY_CHECK(it != index_.end(), "the state dict has no tensor named '", name, "' (", sd_.size(), " tensors)");
+    return sd_[it->second].second;
+  }
+  NamedTensors sd_;
+  std::unordered_map<std::string, size_t> index_;
+};
+
+// ---- offload folder ---------------------------------------------------------------------------
+
+class OffloadFolderWeightsMap final : public WeightsMap {
+ public:
+  OffloadFolderWeightsMap(std::string folder, OffloadIndex index) : folder_(std::move(folder)), index_(std::move(index)) {}
+
+  std::vector<std::string> keys() const override { return index_.names(); }
+  size_t size() const override { return index_.size(); }
+  bool contains(const std::string& name) const override { return index_.contains(name); }
+
+  TensorInfo info(const std::string& name) const override {
+    const OffloadEntry& e = entry(name);
+    if (!e.is_safetensors()) {
+      const c10::ScalarType dtype = parse_offload_dtype_tag(e.dtype);
+      return {dtype, e.shape, nbytes_of(dtype, e.shape)};
+    }
+    SafetensorsFile file = files_.get(safetensors_path(e));
+    const TensorEntry& t = file.entry(weight_name(name, e));
+    const c10::ScalarType dtype = e.dtype.empty() ? t.dtype : parse_dtype(e.dtype);
+    return {dtype, t.shape, nbytes_of(dtype, t.shape)};
+  }
+
+  at::Tensor load(const std::string& name, c10::Device device, c10::optional<c10::ScalarType> dtype) const override {
+    const OffloadEntry& e = entry(name);
+    if (!e.is_safetensors()) {
+      FERRY_CHECK(!folder_.empty(), "offload entry '", name, "' is a .dat entry, but no offload folder was given");
+      return from_view(map_offloaded_weight(offload_file_path(folder_, name), e), device, dtype);
+    }
+    SafetensorsFile file = files_.get(safetensors_path(e));
+    at::Tensor view = file.view(weight_name(name, e));
+    if (!dtype && !e.dtype.empty()) dtype = parse_dtype(e.dtype);
+    return from_view(view, device, dtype);
+  }
+
+ private:
+  const OffloadEntry& entry(const std::string& name) const {
+    const OffloadEntry* e = index_.find(name);
+    FERRY_CHECK(e != nullptr, "offload folder ", folder_.empty() ? std::string("(index only)") : folder_,
+                " has no weight named '", name, "' (", index_.size(), " entries)");
+    return *e;
+  }
+  std::string safetensors_path(const OffloadEntry& e) const {
+    fs::path p(e.safetensors_file);
+    std::error_code ec;
+    if (p.is_relative() && !folder_.empty() && fs::exists(fs::path(folder_) / p, ec)) return (fs::path(folder_) / p).string();
+    return p.string();
+  }
+  static const std::string& weight_name(const std::string& name, const OffloadEntry& e) {
+    return e.weight_name.empty() ? name : e.weight_name;
+  }
+
+  std::string folder_;
+  OffloadIndex index_;
+  FileCache files_;
+};
+
+// ---- checkpoint in place ----------------------------------------------------------------------
+
+class CheckpointWeightsMap final : public WeightsMap {
+ public:
+  CheckpointWeightsMap(Checkpoint ckpt, const std::vector<std::string>* names) : ckpt_(std::move(ckpt)) {
+    if (names == nullptr) {
+      for (const auto& t : ckpt_.tensors()) keys_.push_back(t.name);
+    } else {
+      for (const auto& n : *names) {
+        (void)ckpt_.at(n);  // throws for a name the checkpoint lacks
+        keys_.push_back(n);
+      }
+    }
+    visible_.insert(keys_.begin(), keys_.end());
+  }
+  std::vector<std::string> keys() const override { return keys_; }
+  size_t size() const override { return keys_.size(); }
+  bool contains(const std::string& name) const override { return visible_.count(name) > 0; }
+  TensorInfo info(const std::string& name) const override {
+    const CheckpointTensor& t = get(name);
+    return {t.dtype, t.shape, t.nbytes};
+  }
+  at::Tensor load(const std::string& name, c10::Device device, c10::optional<c10::ScalarType> dtype) const override {
+    const CheckpointTensor& t = get(name);
+    return from_view(files_.get(t.file).view(name), device, dtype);
+  }
+
+ private:
+  const CheckpointTensor& get(const std::string& name) const {
+    FERRY_CHECK(visible_.count(name) > 0, ckpt_.source(), ": no tensor named '", name, "' in this weights map (",
+                keys_.size(), " tensors)");
+    return ckpt_.at(name);
+  }
+  Checkpoint ckpt_;
+  std::vector<std::string> keys_;
+  std::unordered_set<std::string> visible_;
+  FileCache files_;
+};
+
+// ---- prefixed view ----------------------------------------------------------------------------
+
+class PrefixedWeightsMap final : public WeightsMap {
+ public:
+  PrefixedWeightsMap(WeightsMapPtr base, std::string prefix) : base_(std::move(base)), prefix_(std::move(prefix)) {
+    FERRY_CHECK(base_ != nullptr, "the base weights map is null");
+    for (const auto& k : base_->keys())
+      if (k.compare(0, prefix_.size(), prefix_) == 0) keys_.push_back(k.substr(prefix_.size()));
+  }
+  std::vector<std::string> keys() const override { return keys_; }
+  size_t size() const override { return keys_.size(); }
+  bool contains(const std::string& name) const override { return base_->contains(prefix_ + name); }
+  TensorInfo info(const std::string& name) const override { return base_->info(prefix_ + name); }
+  at::Tensor load(const std::string& name, c10::Device device, c10::optional<c10::ScalarType> dtype) const override {
+    return base_->load(prefix_ + name, device, dtype);
+  }
+
+ private:
+  WeightsMapPtr base_;
+  std::string prefix_;
+  std::vector<std::string> keys_;
+};
+
+// ---- union ------------------------------------------------------------------------------------
+
+class UnionWeightsMap final : public WeightsMap {
+ public:
+  explicit UnionWeightsMap(std::vector<WeightsMapPtr> maps) : maps_(std::move(maps)) {
+    std::unordered_set<std::string> seen;
+    for (const auto& m : maps_) {
+      FERRY_CHECK(m != nullptr, "a weights map in the union is null");
+      for (const auto& k : m->keys())
+        if (seen.insert(k).second) keys_.push_back(k);
+    }
+  }
+  std::vector<std::string> keys() const override { return keys_; }
+  size_t size() const override { return keys_.size(); }
+  bool contains(const std::string& name) const override { return owner(name) != nullptr; }
+  TensorInfo info(const std::string& name) const override { return get(name).info(name); }
+  at::Tensor load(const std::string& name, c10::Device device, c10::optional<c10::ScalarType> dtype) const override {
+    return get(name).load(name, device, dtype);
+  }
+
+ private:
+  const WeightsMap* owner(const std::string& name) const {
+    for (const auto& m : maps_)
+      if (m->contains(name)) return m.get();
+    return nullptr;
+  }
+  const WeightsMap& get(const std::string& name) const {
+    const WeightsMap* m = owner(name);
+    FERRY_CHECK(m != nullptr, "no weight named '", name, "' in any of the ", maps_.size(), " weights maps (",
+                keys_.size(), " names)");
+    return *m;
+  }
+  std::vector<WeightsMapPtr> maps_;
+  std::vector<std::string> keys_;
+};
+
+}  // namespace
+
+WeightsMapPtr make_state_dict_weights_map(NamedTensors state_dict) {
+  return std::make_shared<const StateDictWeightsMap>(std::move(state_dict));
 }
 
-void StateDictWeightsMap::insert(const std::string& name, at::Tensor tensor) {
-  FERRY_CHECK(tensor.defined(), "tensor '", name, "' is undefined");
-  if (!tensors_.count(name)) order_.push_back(name);
-  tensors_[name] = std::move(tensor);
+WeightsMapPtr make_offload_folder_weights_map(const std::string& folder) {
+  return make_offload_folder_weights_map(folder, read_offload_index(folder));
 }
 
-std::vector<std::string> StateDictWeightsMap::keys() const { return order_; }
-
-bool StateDictWeightsMap::contains(const std::string& name) const { return tensors_.count(name) != 0; }
-
-const at::Tensor& StateDictWeightsMap::at(const std::string& name) const {
-  auto it = tensors_.find(name);
-  FERRY_CHECK(it != tensors_.end(), "no tensor named '", name, "' in this state dict (", order_.size(), " tensors)");
-  return it->second;
+WeightsMapPtr make_offload_folder_weights_map(const std::string& folder, OffloadIndex index) {
+  return std::make_shared<const OffloadFolderWeightsMap>(folder, std::move(index));
 }
 
-TensorInfo StateDictWeightsMap::info(const std::string& name) const {
-  const at::Tensor& t = at(name);
-  return {t.scalar_type(), t.sizes().vec()};
+WeightsMapPtr make_checkpoint_weights_map(Checkpoint checkpoint) {
+  return std::make_shared<const CheckpointWeightsMap>(std::move(checkpoint), nullptr);
 }
 
-at::Tensor StateDictWeightsMap::load(const std::string& name, c10::Device device,
-                                     c10::optional<c10::ScalarType> dtype) const {
-  return to_device_and_dtype(at(name), device, dtype);
+WeightsMapPtr make_checkpoint_weights_map(Checkpoint checkpoint, const std::vector<std::string>& names) {
+  return std::make_shared<const CheckpointWeightsMap>(std::move(checkpoint), &names);
 }
 
-PrefixedWeightsMap::PrefixedWeightsMap(WeightsMapPtr base, std::string prefix)
-    : base_(std::move(base)), prefix_(std::move(prefix)) {
-  FERRY_CHECK(base_, "a prefixed view needs a base map (prefix '", prefix_, "')");
+WeightsMapPtr make_prefixed_weights_map(WeightsMapPtr base, std::string prefix) {
+  return std::make_shared<const PrefixedWeightsMap>(std::move(base), std::move(prefix));
 }
 
-std::vector<std::string> PrefixedWeightsMap::keys() const {
-  std::vector<std::string> out;
-  for (const auto& key : base_->keys())
-    if (key.compare(0, prefix_.size(), prefix_) == 0) out.push_back(key.substr(prefix_.size()));
-  return out;
+WeightsMapPtr make_union_weights_map(std::vector<WeightsMapPtr> maps) {
+  return std::make_shared<const UnionWeightsMap>(std::move(maps));
 }
 
-bool PrefixedWeightsMap::contains(const std::string& name) const { return base_->contains(prefix_ + name); }
-TensorInfo PrefixedWeightsMap::info(const std::string& name) const { return base_->info(prefix_ + name); }
-at::Tensor PrefixedWeightsMap::load(const std::string& name, c10::Device device,
-                                    c10::optional<c10::ScalarType> dtype) const {
-  return base_->load(prefix_ + name, device, dtype);
+WeightsMapPtr make_offloaded_weights_loader(const NamedTensors* state_dict, const std::string& save_folder,
+                                            const OffloadIndex* index) {
+  FERRY_CHECK(state_dict != nullptr || !save_folder.empty() || index != nullptr,
+              "need at least one of a state dict, an offload folder or an index");
+  std::vector<WeightsMapPtr> maps;
+  if (state_dict != nullptr) maps.push_back(make_state_dict_weights_map(*state_dict));
+  if (index != nullptr) maps.push_back(make_offload_folder_weights_map(save_folder, *index));
+  else if (!save_folder.empty()) maps.push_back(make_offload_folder_weights_map(save_folder));
+  return make_union_weights_map(std::move(maps));
 }
-bool PrefixedWeightsMap::is_file_backed(const std::string& name) const { return base_->is_file_backed(prefix_ + name); }
 
 }  // namespace ferry::io

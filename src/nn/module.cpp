@@ -30,13 +30,18 @@ c10::IValue Module::forward(Args&) {
 c10::IValue Module::operator()(Args args) {
   if (!hook_) return forward(args);
   std::shared_ptr<ModelHook> hook = hook_;  // keeps the hook alive even if forward replaces it
-  hook->pre_forward(*this, args);
   c10::IValue output;
-  if (hook->no_grad) {
-    c10::NoGradGuard no_grad;
-    output = forward(args);
-  } else {
-    output = forward(args);
+  try {
+    hook->pre_forward(*this, args);
+    if (hook->no_grad) {
+      c10::NoGradGuard no_grad;
+      output = forward(args);
+    } else {
+      output = forward(args);
+    }
+  } catch (...) {
+    hook->abort_forward(*this);
+    throw;
   }
   return hook->post_forward(*this, std::move(output));
 }

@@ -36,6 +36,10 @@ class ModelHook {
   virtual c10::IValue post_forward(Module& module, c10::IValue output) { return output; }
   /// Called when the hook is removed.
   virtual void detach_hook(Module& module) {}
+  /// Called instead of post_forward when forward (or pre_forward) throws, before the exception
+  /// propagates: release what pre_forward acquired (Accelerate has no such step and keeps
+  /// offloaded weights loaded after an exception).
+  virtual void abort_forward(Module& module) {}
 };
 
 /// Several hooks run in order: init/pre_forward/post_forward/detach thread through each.
@@ -46,6 +50,7 @@ class SequentialHook : public ModelHook {
   void pre_forward(Module& module, Args& args) override;
   c10::IValue post_forward(Module& module, c10::IValue output) override;
   void detach_hook(Module& module) override;
+  void abort_forward(Module& module) override;
 
   std::vector<std::shared_ptr<ModelHook>> hooks;
 };

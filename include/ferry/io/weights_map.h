@@ -1,15 +1,23 @@
 #pragma once
 /// \file
-/// WeightsMap: where offloaded weights live while their module holds meta tensors. One read-only
-/// interface, several stores: an in-memory state dict, an Accelerate offload folder, a safetensors
-/// checkpoint read in place, a prefixed view of another map, and the combined loader that answers
-/// from several at once (Accelerate's OffloadedWeightsLoader).
+/// WeightsMap: where offloaded weights live while a module's slots hold meta tensors. One read-only
+/// interface (keys, contains, info, load) over an in-memory state dict, an Accelerate offload folder,
+/// a safetensors checkpoint read in place, a prefixed view, and their union (Accelerate's
+/// OffloadedWeightsLoader).
 ///
-///     auto weights = std::make_shared<ferry::io::StateDictWeightsMap>(model.state_dict());
-///     auto block = std::make_shared<ferry::io::PrefixedWeightsMap>(weights, "layers.3.");
-///     at::Tensor w = block->load("mlp.up.weight", c10::kCPU);   // == weights "layers.3.mlp.up.weight"
+///     using namespace ferry::io;
+///     auto ckpt = make_checkpoint_weights_map(Checkpoint::open("/models/llama"));   // nothing copied
+///     auto layer = make_prefixed_weights_map(ckpt, "model.layers.3.");
+///     TensorInfo i = layer->info("mlp.up_proj.weight");                // dtype, shape, bytes
+///     at::Tensor w = layer->load("mlp.up_proj.weight", at::kCPU);      // zero-copy view of the file
+///     at::Tensor g = layer->load("mlp.up_proj.weight", c10::Device("cuda:0"), at::kHalf);
 ///
-/// Implementations must be safe for concurrent load() calls: the streamer loads on I/O threads.
+/// All implementations are immutable after construction and safe to call from several threads at
+/// once (the streamer loads on I/O threads); lazily opened files are cached under a mutex.
+
+#include "ferry/io/checkpoint.h"
+#include "ferry/io/offload.h"
+#include "ferry/io/safetensors.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
@@ -19,83 +27,78 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <unordered_map>
-#include <utility>
 #include <vector>
 
 namespace ferry::io {
 
-/// What a stored tensor is, without reading it.
+/// What a weight is, without loading it.
 struct TensorInfo {
-  c10::ScalarType dtype = c10::kFloat;
+  c10::ScalarType dtype = c10::ScalarType::Float;
   std::vector<int64_t> shape;
-  /// Stored bytes (numel x element size).
-  int64_t nbytes() const;
+  /// Bytes it occupies stored (and in memory at its dtype).
+  uint64_t nbytes = 0;
 };
 
-/// A read-only map from tensor names to stored tensors.
+/// A read-only name -> tensor map. Share it as `std::shared_ptr<const WeightsMap>`.
 class WeightsMap {
  public:
   virtual ~WeightsMap() = default;
-  /// Every name, in the store's order.
+
+  /// Every name, in the map's natural order (state-dict order; file order for checkpoints).
   virtual std::vector<std::string> keys() const = 0;
+  /// Number of names (equal to keys().size(); ferry's prefixed view counts only its own keys, see
+  /// make_prefixed_weights_map).
+  virtual size_t size() const = 0;
   virtual bool contains(const std::string& name) const = 0;
-  /// Dtype, shape and bytes of `name`; throws ferry::Error naming the tensor when absent.
+  /// Dtype, shape and bytes of `name` from metadata only. Throws ferry::Error for an unknown name.
   virtual TensorInfo info(const std::string& name) const = 0;
-  /// The tensor `name` on `device`, cast to `dtype` when given. In-memory maps return the stored
-  /// tensor object itself when no move or cast is needed (identity preserved); file-backed maps
-  /// may return a zero-copy, read-only tensor over the mapped file for a CPU target without cast.
-  /// Throws ferry::Error naming the tensor when absent.
+
+  /// The tensor `name` on `device`, cast to `dtype` when given (and different).
+  ///
+  /// Zero-copy contract (the streamer relies on it): for a CPU target whose dtype matches the stored
+  /// one, file-backed maps (safetensors checkpoint, offload folder `.dat` entries) return a READ-ONLY
+  /// tensor over a memory mapping of the file, not a copy; writing to it faults. The state-dict map
+  /// returns the very tensor object it holds when device and dtype already match (identity
+  /// preserved, as Accelerate's loader does). Every other request returns a new tensor. Throws
+  /// ferry::Error for an unknown name.
   virtual at::Tensor load(const std::string& name, c10::Device device = c10::kCPU,
                           c10::optional<c10::ScalarType> dtype = c10::nullopt) const = 0;
-  /// True when load(name, cpu) reads from a file (page cache), so that a prefetcher should read
-  /// ahead; false for memory-resident stores.
-  virtual bool is_file_backed(const std::string& name) const { return false; }
 };
 
 using WeightsMapPtr = std::shared_ptr<const WeightsMap>;
 
-/// Tensors held in memory, in insertion order (a state dict).
-class StateDictWeightsMap : public WeightsMap {
- public:
-  StateDictWeightsMap() = default;
-  explicit StateDictWeightsMap(std::vector<std::pair<std::string, at::Tensor>> tensors);
-  /// Adds or replaces `name`.
-  void insert(const std::string& name, at::Tensor tensor);
-  std::vector<std::string> keys() const override;
-  bool contains(const std::string& name) const override;
-  TensorInfo info(const std::string& name) const override;
-  at::Tensor load(const std::string& name, c10::Device device = c10::kCPU,
-                  c10::optional<c10::ScalarType> dtype = c10::nullopt) const override;
-  /// The stored tensor itself (no move, no cast).
-  const at::Tensor& at(const std::string& name) const;
-  size_t size() const { return order_.size(); }
+/// An in-memory state dict (name -> tensor, in the given order). Names must be unique.
+WeightsMapPtr make_state_dict_weights_map(NamedTensors state_dict);
 
- private:
-  std::vector<std::string> order_;
-  std::unordered_map<std::string, at::Tensor> tensors_;
-};
+/// An Accelerate offload folder: `folder/index.json` and its `.dat` files (safetensors-form entries are
+/// read from their files). Validates the index now and each `.dat` file's size on first use. Pass
+/// `index` to use an index other than the folder's own.
+WeightsMapPtr make_offload_folder_weights_map(const std::string& folder);
+WeightsMapPtr make_offload_folder_weights_map(const std::string& folder, OffloadIndex index);
 
-/// A view of `base` under `prefix`: name "w" here is "<prefix>w" there. Unlike Accelerate's
-/// PrefixedDataset, keys() lists only the base keys under the prefix, with the prefix stripped.
-class PrefixedWeightsMap : public WeightsMap {
- public:
-  PrefixedWeightsMap(WeightsMapPtr base, std::string prefix);
-  std::vector<std::string> keys() const override;
-  bool contains(const std::string& name) const override;
-  TensorInfo info(const std::string& name) const override;
-  at::Tensor load(const std::string& name, c10::Device device = c10::kCPU,
-                  c10::optional<c10::ScalarType> dtype = c10::nullopt) const override;
-  bool is_file_backed(const std::string& name) const override;
-  const WeightsMapPtr& base() const { return base_; }
-  const std::string& prefix() const { return prefix_; }
+/// A safetensors checkpoint read in place: disk-offloaded weights need no second copy. Shards are
+/// mapped on first use and stay mapped for the map's lifetime (only touched pages use memory). With
+/// `names`, only those tensors are visible (e.g. the disk-placed ones).
+WeightsMapPtr make_checkpoint_weights_map(Checkpoint checkpoint);
+WeightsMapPtr make_checkpoint_weights_map(Checkpoint checkpoint, const std::vector<std::string>& names);
 
- private:
-  WeightsMapPtr base_;
-  std::string prefix_;
-};
+/// A view of the names of `base` that start with `prefix`, with the prefix stripped: `load("weight")`
+/// reads `base["<prefix>weight"]`, keys() lists "weight", size() counts only those.
+///
+/// Differs from Accelerate's PrefixedDataset on purpose (spec section 9.10): there, iteration yields
+/// the FULL names and len() is the whole dataset's length, so `for k in view: view[k]` looks up
+/// "<prefix><prefix>k" and fails. ferry's view is consistent: every listed key loads.
+WeightsMapPtr make_prefixed_weights_map(WeightsMapPtr base, std::string prefix);
 
-/// Moves/casts a loaded tensor as WeightsMap::load promises (shared by implementations).
-at::Tensor to_device_and_dtype(const at::Tensor& tensor, c10::Device device, c10::optional<c10::ScalarType> dtype);
+/// The union of several maps, earlier ones winning on a shared name (keys: the first map's, then each
+/// later map's names not seen yet). make_offloaded_weights_loader builds Accelerate's
+/// OffloadedWeightsLoader from it.
+WeightsMapPtr make_union_weights_map(std::vector<WeightsMapPtr> maps);
+
+/// Accelerate's OffloadedWeightsLoader(state_dict, save_folder, index): answers from the state dict
+/// first, then from the index (the folder's index.json when `index` is absent) with `.dat` files in
+/// `save_folder`. At least one source must be given (throws ferry::Error otherwise).
+WeightsMapPtr make_offloaded_weights_loader(const NamedTensors* state_dict, const std::string& save_folder,
+                                            const OffloadIndex* index = nullptr);
 
 }  // namespace ferry::io

@@ -1,0 +1,309 @@
+#include "ferry/dispatch/big_modeling.h"
+
+#include "ferry/core/error.h"
+#include "ferry/core/log.h"
+#include "ferry/io/offload.h"
+#include "ferry/nn/module_tensors.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace ferry {
+namespace {
+
+// A WeightsMap that also answers tied names missing from the store (a checkpoint saves a tied
+// weight once) by reading the name it is tied to.
+class AliasedWeightsMap : public io::WeightsMap {
+ public:
+  AliasedWeightsMap(io::WeightsMapPtr base, std::unordered_map<std::string, std::string> aliases)
+      : base_(std::move(base)), aliases_(std::move(aliases)) {
+    keys_ = base_->keys();
+    for (const auto& [alias, target] : aliases_) keys_.push_back(alias);
+  }
+  std::vector<std::string> keys() const override { return keys_; }
+  size_t size() const override { return keys_.size(); }
+  bool contains(const std::string& name) const override { return base_->contains(resolve(name)); }
+  io::TensorInfo info(const std::string& name) const override { return base_->info(resolve(name)); }
+  at::Tensor load(const std::string& name, c10::Device device, c10::optional<c10::ScalarType> dtype) const override {
+    return base_->load(resolve(name), device, dtype);
+  }
+
+ private:
+  const std::string& resolve(const std::string& name) const {
+    auto it = aliases_.find(name);
+    return it == aliases_.end() ? name : it->second;
+  }
+  io::WeightsMapPtr base_;
+  std::unordered_map<std::string, std::string> aliases_;
+  std::vector<std::string> keys_;
+};
+
+io::WeightsMapPtr with_tied_aliases(Module& model, io::WeightsMapPtr weights) {
+  if (!weights) return weights;
+  std::unordered_map<std::string, std::string> aliases;
+  for (const auto& group : find_tied_parameters(model)) {
+    auto present = std::find_if(group.begin(), group.end(), [&](const std::string& n) { return weights->contains(n); });
+    if (present == group.end()) continue;
+    for (const auto& name : group)
+      if (!weights->contains(name)) aliases.emplace(name, *present);
+  }
+  if (aliases.empty()) return weights;
+  return std::make_shared<AliasedWeightsMap>(std::move(weights), std::move(aliases));
+}
+
+std::shared_ptr<WeightStreamer> make_streamer(const StreamerOptions& options) {
+  if (options.prefetch_bytes <= 0) return nullptr;
+  return std::make_shared<WeightStreamer>(options);
+}
+
+std::optional<c10::Device> first_parameter_device(Module& model) {
+  for (const auto& [name, tensor] : model.named_parameters())
+    if (!tensor.is_meta()) return tensor.device();
+  return std::nullopt;
+}
+
+int64_t sum_offloaded_bytes(Module& model) {
+  int64_t total = 0;
+  for (const auto& [name, module] : model.named_modules()) {
+    auto visit = [&](const std::shared_ptr<ModelHook>& hook) {
+      if (auto align = std::dynamic_pointer_cast<AlignDevicesHook>(hook)) total += align->offloaded_bytes();
+    };
+    if (auto sequential = std::dynamic_pointer_cast<SequentialHook>(module->hook())) {
+      for (const auto& h : sequential->hooks) visit(h);
+    } else {
+      visit(module->hook());
+    }
+  }
+  return total;
+}
+
+void install_move_guard(Module& model) {
+  model.set_move_guard([](Module& m, const std::string& request) {
+    for (const auto& [name, module] : m.named_modules())
+      FERRY_CHECK(!has_offloaded_params(*module), "cannot move a dispatched model to ", request, ": module '", name,
+                  "' is offloaded to the CPU or disk and its weights are not in the model. Call "
+                  "remove_hook_from_submodules(model) first, or dispatch it again with another device map");
+    log_warning("[Module::to] you shouldn't move a model that is dispatched with ferry hooks (to " + request +
+                "); its hooks still move inputs to the devices of the device map");
+  });
+}
+
+std::shared_ptr<DispatchState> offload_everything(Module& model, io::WeightsMapPtr weights,
+                                                  const OffloadOptions& options) {
+  auto state = std::make_shared<DispatchState>();
+  state->main_device = options.execution_device.value_or(first_parameter_device(model).value_or(c10::kCPU));
+  state->streamer = make_streamer(options.streamer);
+  state->tied_cache = std::make_shared<TiedWeightsCache>(model);
+  state->weights_map = with_tied_aliases(model, std::move(weights));
+
+  AlignDevicesOptions root;
+  root.io_same_device = true;
+  add_hook_to_module(model, std::make_shared<AlignDevicesHook>(root), /*append=*/true);
+
+  AttachOptions attach;
+  attach.offload_buffers = options.offload_buffers;
+  attach.preload_module_classes = options.preload_module_classes;
+  attach.tied_cache = state->tied_cache;
+  attach.streamer = state->streamer;
+  attach_align_device_hook(model, state->main_device, /*offload=*/true, state->weights_map, attach);
+  state->offloaded_bytes_per_forward = sum_offloaded_bytes(model);
+  install_move_guard(model);
+  return state;
+}
+
+void validate_device_map(Module& model, const DeviceMap& device_map) {
+  std::vector<std::string> uncovered;
+  for (const auto& [name, tensor] : model.state_dict())
+    if (!device_map.placement_of(name)) uncovered.push_back(name);
+  if (!uncovered.empty()) {
+    std::ostringstream list;
+    for (size_t i = 0; i < uncovered.size() && i < 8; ++i) list << (i ? ", " : "") << uncovered[i];
+    if (uncovered.size() > 8) list << ", ... (" << uncovered.size() << " in all)";
+    FERRY_FAIL("the device map gives no placement for ", uncovered.size(), " tensor(s) of the model: ", list.str(),
+               ". Add an entry for their modules (or \"\" for everything)");
+  }
+  std::unordered_set<std::string> modules;
+  for (const auto& [name, module] : model.named_modules()) modules.insert(name);
+  std::vector<std::string> unknown;
+  for (const auto& [name, placement] : device_map) {
+    if (name.empty() || modules.count(name)) continue;
+    auto dot = name.rfind('.');
+    std::string owner = dot == std::string::npos ? "" : name.substr(0, dot);
+    Module* m = modules.count(owner) ? &model.submodule(owner) : nullptr;
+    std::string leaf = dot == std::string::npos ? name : name.substr(dot + 1);
+    if (m && (m->has_parameter(leaf) || m->has_buffer(leaf))) continue;  // a tensor name covers itself
+    unknown.push_back(name);
+  }
+  FERRY_CHECK(unknown.empty(), "the device map names ", unknown.size(), " module(s) the model does not have: '",
+              unknown.front(), "'", unknown.size() > 1 ? " and others" : "",
+              ". Check the module names (e.g. with `ferry plan`) against the model");
+}
+
+}  // namespace
+
+std::shared_ptr<DispatchState> cpu_offload(Module& model, const OffloadOptions& options) {
+  io::WeightsMapPtr weights = options.state_dict;
+  if (!weights) {
+    io::NamedTensors on_cpu;
+    for (auto& [name, tensor] : model.state_dict()) on_cpu.emplace_back(name, tensor.to(c10::kCPU));
+    weights = io::make_state_dict_weights_map(std::move(on_cpu));
+  }
+  return offload_everything(model, std::move(weights), options);
+}
+
+std::shared_ptr<DispatchState> disk_offload(Module& model, const std::string& offload_dir,
+                                            const OffloadOptions& options) {
+  FERRY_CHECK(!offload_dir.empty(), "an offload folder is needed to offload a ", model.class_name(), " to disk");
+  if (!io::has_offload_index(offload_dir)) io::offload_state_dict(offload_dir, model.state_dict());
+  return offload_everything(model, io::make_offload_folder_weights_map(offload_dir), options);
+}
+
+std::shared_ptr<DispatchState> dispatch_model(Module& model, const DeviceMap& device_map,
+                                              const DispatchOptions& options) {
+  validate_device_map(model, device_map);
+  auto state = std::make_shared<DispatchState>();
+  state->device_map = device_map;
+
+  std::vector<Placement> placements = device_map.placements();
+  bool has_disk = std::any_of(placements.begin(), placements.end(), [](const Placement& p) { return p.is_disk(); });
+  if (placements.size() <= 1 && !has_disk && !options.force_hooks) {
+    if (!placements.empty()) {
+      state->main_device = placements.front().device();
+      model.to(state->main_device);
+    }
+    return state;
+  }
+
+  c10::Device main = c10::kCPU;
+  if (options.main_device) main = *options.main_device;
+  else
+    for (const auto& p : placements)
+      if (p.is_accelerator()) {
+        main = p.device();
+        break;
+      }
+  state->main_device = main;
+
+  std::vector<std::string> cpu_modules, disk_modules;
+  for (const auto& [name, placement] : device_map) {
+    if (placement.is_cpu()) cpu_modules.push_back(name);
+    if (placement.is_disk()) disk_modules.push_back(name);
+  }
+
+  // Weights of offloaded modules, gathered before any hook moves a tensor.
+  std::vector<io::WeightsMapPtr> sources;
+  if (options.state_dict) {
+    sources.push_back(options.state_dict);
+  } else if (!main.is_cpu() && !cpu_modules.empty()) {
+    io::NamedTensors cpu_part;
+    for (auto& [name, tensor] : extract_submodules_state_dict(model.state_dict(), cpu_modules))
+      if (!tensor.is_meta()) cpu_part.emplace_back(name, tensor.to(c10::kCPU));
+    sources.push_back(io::make_state_dict_weights_map(std::move(cpu_part)));
+  }
+  if (!disk_modules.empty()) {
+    if (options.disk_weights) {
+      sources.push_back(options.disk_weights);
+    } else {
+      FERRY_CHECK(!options.offload_dir.empty(), "the device map places ", disk_modules.size(),
+                  " module(s) on disk (e.g. '", disk_modules.front(),
+                  "') but no offload folder was given; set DispatchOptions::offload_dir");
+      if (!io::has_offload_index(options.offload_dir)) {
+        io::NamedTensors disk_part;
+        for (auto& [name, tensor] : extract_submodules_state_dict(model.state_dict(), disk_modules)) {
+          FERRY_CHECK(!tensor.is_meta(), "'", name, "' is on the meta device: it has no value to write to the offload "
+                      "folder ", options.offload_dir, "; load the checkpoint first (load_checkpoint_and_dispatch)");
+          disk_part.emplace_back(name, tensor);
+        }
+        io::offload_state_dict(options.offload_dir, disk_part);
+      }
+      sources.push_back(io::make_offload_folder_weights_map(options.offload_dir));
+    }
+  }
+  io::WeightsMapPtr weights;
+  if (sources.size() == 1) weights = sources.front();
+  else if (sources.size() > 1) weights = io::make_union_weights_map(sources);
+  state->weights_map = with_tied_aliases(model, weights);
+
+  std::map<std::string, c10::Device> execution;
+  std::map<std::string, bool> offload;
+  for (const auto& [name, placement] : device_map) {
+    bool offloaded = placement.is_disk() || (placement.is_cpu() && !main.is_cpu());
+    execution.emplace(name, placement.is_disk() || placement.is_cpu() ? main : placement.device());
+    offload.emplace(name, offloaded);
+  }
+  execution.emplace("", main);
+
+  state->tied_cache = std::make_shared<TiedWeightsCache>(model);
+  state->streamer = make_streamer(options.streamer);
+  AttachOptions attach;
+  attach.offload_buffers = options.offload_buffers;
+  attach.skip_keys = options.skip_keys;
+  attach.preload_module_classes = options.preload_module_classes;
+  attach.tied_cache = state->tied_cache;
+  attach.streamer = state->streamer;
+  attach_align_device_hook_on_blocks(model, execution, offload, state->weights_map, attach);
+  state->offloaded_bytes_per_forward = sum_offloaded_bytes(model);
+  if (state->offloaded_bytes_per_forward > 0)
+    log_info("[dispatch_model] some parameters are on the meta device because they were offloaded to the cpu/disk");
+  install_move_guard(model);
+  return state;
+}
+
+bool has_offloaded_params(const Module& module) {
+  auto hook = hook_as<AlignDevicesHook>(module);
+  return hook && hook->offload();
+}
+
+AlignModuleDevice::AlignModuleDevice(Module& module, std::optional<c10::Device> execution_device) : module_(module) {
+  if (has_offloaded_params(module)) {
+    hook_ = hook_as<AlignDevicesHook>(module);
+    if (execution_device) {
+      saved_execution_device_ = hook_->options().execution_device;
+      hook_->set_execution_device(execution_device);
+    }
+    hook_->load_weights(module);
+  } else if (execution_device) {
+    for (const auto& [name, tensor] : module.named_parameters(/*recurse=*/false)) {
+      moved_.emplace_back(name, tensor.device());
+      set_module_tensor_to_device(module, name, *execution_device);
+    }
+  }
+}
+
+AlignModuleDevice::~AlignModuleDevice() {
+  if (hook_) {
+    hook_->unload_weights(module_);
+    if (saved_execution_device_) hook_->set_execution_device(saved_execution_device_);
+  }
+  for (const auto& [name, device] : moved_) set_module_tensor_to_device(module_, name, device);
+}
+
+NamedTensors get_state_dict_offloaded_model(Module& model) {
+  NamedTensors out;
+  for (const auto& [prefix, module] : model.named_modules("", /*remove_duplicate=*/false)) {
+    AlignModuleDevice aligned(*module, c10::Device(c10::kCPU));
+    for (const auto& [name, slot] : module->parameter_slots())
+      if (slot->tensor.defined()) out.emplace_back(join_name(prefix, name), slot->tensor.to(c10::kCPU));
+    for (const auto& [name, slot] : module->buffer_slots())
+      if (slot->tensor.defined() && slot->persistent) out.emplace_back(join_name(prefix, name), slot->tensor.to(c10::kCPU));
+  }
+  return out;
+}
+
+NamedTensors extract_submodules_state_dict(const NamedTensors& state_dict, const std::vector<std::string>& names) {
+  NamedTensors out;
+  for (const auto& [key, tensor] : state_dict)
+    for (const auto& name : names)
+      if (name.empty() || key == name || key.compare(0, name.size() + 1, name + ".") == 0) {
+        out.emplace_back(key, tensor);
+        break;
+      }
+  return out;
+}
+
+}  // namespace ferry

@@ -1,0 +1,192 @@
+#include "ferry/hooks/weight_streamer.h"
+
+#include "ferry/hooks/align_devices_hook.h"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+
+namespace ferry {
+namespace {
+
+// Brings the pages of a file-backed CPU tensor into memory from an I/O thread, so that the
+// compute thread does not stall on page faults one 4 KiB page at a time.
+void touch_pages(const at::Tensor& tensor) {
+  if (!tensor.defined() || !tensor.device().is_cpu() || tensor.numel() == 0) return;
+  const auto* bytes = static_cast<const volatile unsigned char*>(tensor.data_ptr());
+  const size_t size = tensor.numel() * tensor.element_size();
+  unsigned char sink = 0;
+  for (size_t offset = 0; offset < size; offset += 4096) sink ^= bytes[offset];
+  sink ^= bytes[size - 1];
+  (void)sink;
+}
+
+}  // namespace
+
+WeightStreamer::WeightStreamer(StreamerOptions options) : options_(options) {
+  if (options_.prefetch_bytes > 0)
+    for (int i = 0; i < std::max(1, options_.io_threads); ++i) threads_.emplace_back([this] { worker(); });
+}
+
+WeightStreamer::~WeightStreamer() {
+  {
+    std::lock_guard<std::mutex> lock(queue_mutex_);
+    stopping_ = true;
+    queue_.clear();  // dropped jobs break their promises; nobody waits on them any more
+  }
+  queue_cv_.notify_all();
+  for (auto& t : threads_) t.join();
+}
+
+void WeightStreamer::worker() {
+  for (;;) {
+    std::function<void()> job;
+    {
+      std::unique_lock<std::mutex> lock(queue_mutex_);
+      queue_cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (stopping_) return;
+      job = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    job();
+  }
+}
+
+void WeightStreamer::submit(std::function<void()> job) {
+  {
+    std::lock_guard<std::mutex> lock(queue_mutex_);
+    queue_.push_back(std::move(job));
+  }
+  queue_cv_.notify_one();
+}
+
+void WeightStreamer::start_prefetch(AlignDevicesHook* hook, c10::Device device) {
+  Pending pending;
+  pending.device = device;
+  pending.bytes = hook->offloaded_bytes();
+  io::WeightsMapPtr weights = hook->options().weights_map;
+  for (const auto& t : hook->offloaded_tensors()) {
+    if (t.tie_group) {  // tied tensors go through the shared cache at fetch time
+      pending.tensors.emplace_back();
+      continue;
+    }
+    auto task = std::make_shared<std::packaged_task<at::Tensor()>>(
+        [weights, name = t.name, dtype = t.meta.scalar_type(), device] {
+          at::Tensor loaded = weights->load(name, device, dtype);
+          touch_pages(loaded);  // free for memory-resident tensors, the point for mapped files
+          return loaded;
+        });
+    pending.tensors.push_back(task->get_future().share());
+    submit([task] { (*task)(); });
+  }
+  pending_bytes_ += pending.bytes;
+  pending_.emplace(hook, std::move(pending));
+}
+
+void WeightStreamer::schedule_after(size_t position) {
+  const size_t n = order_.size();
+  for (size_t step = 1; step < n; ++step) {
+    AlignDevicesHook* next = order_[(position + step) % n];
+    if (pending_.count(next)) continue;
+    if (pending_bytes_ + next->offloaded_bytes() > options_.prefetch_bytes) break;
+    start_prefetch(next, next->options().execution_device.value_or(c10::Device(c10::kCPU)));
+  }
+}
+
+void WeightStreamer::on_forward(AlignDevicesHook* hook) {
+  if (options_.prefetch_bytes <= 0) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!learned_) {
+    if (recording_.empty() || recording_.front() != hook) {
+      recording_.push_back(hook);
+      return;
+    }
+    order_ = std::move(recording_);  // the first hook came round again: one pass is recorded
+    recording_.clear();
+    learned_ = true;
+    cursor_ = 0;
+  }
+  if (cursor_ >= order_.size() || order_[cursor_] != hook) {
+    if (order_.front() == hook) {
+      cursor_ = 0;  // a new pass
+    } else {
+      // Another code path: drop the prefetched weights and relearn from here.
+      ++stats_.relearns;
+      pending_.clear();
+      pending_bytes_ = 0;
+      learned_ = false;
+      order_.clear();
+      recording_.assign(1, hook);
+      return;
+    }
+  }
+  schedule_after(cursor_);
+  ++cursor_;
+}
+
+at::Tensor WeightStreamer::fetch(AlignDevicesHook* hook, size_t index, c10::Device device) {
+  std::shared_future<at::Tensor> ready;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = pending_.find(hook);
+    if (it != pending_.end() && it->second.device == device && index < it->second.tensors.size())
+      ready = it->second.tensors[index];
+  }
+  const auto& t = hook->offloaded_tensors().at(index);
+  if (ready.valid()) {
+    auto start = std::chrono::steady_clock::now();
+    at::Tensor value = ready.get();
+    auto waited = std::chrono::steady_clock::now() - start;
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++stats_.prefetched_loads;
+    stats_.bytes_loaded += value.numel() * value.element_size();
+    stats_.wait_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(waited).count();
+    return value;
+  }
+  at::Tensor value = hook->options().weights_map->load(t.name, device, t.meta.scalar_type());
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++stats_.demand_loads;
+  stats_.bytes_loaded += value.numel() * value.element_size();
+  return value;
+}
+
+void WeightStreamer::release(AlignDevicesHook* hook) {
+  if (options_.prefetch_bytes <= 0) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = pending_.find(hook);
+  if (it != pending_.end()) {
+    pending_bytes_ -= it->second.bytes;
+    pending_.erase(it);
+  }
+  if (learned_ && cursor_ > 0) schedule_after(cursor_ - 1);
+}
+
+void WeightStreamer::forget(AlignDevicesHook* hook) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = pending_.find(hook);
+  if (it != pending_.end()) {
+    pending_bytes_ -= it->second.bytes;
+    pending_.erase(it);
+  }
+  learned_ = false;
+  order_.clear();
+  recording_.clear();
+  cursor_ = 0;
+}
+
+StreamerStats WeightStreamer::stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stats_;
+}
+
+void WeightStreamer::reset_stats() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  stats_ = StreamerStats{};
+}
+
+size_t WeightStreamer::learned_length() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return learned_ ? order_.size() : 0;
+}
+
+}  // namespace ferry

@@ -1,0 +1,364 @@
+#include "ferry/io/safetensors.h"
+
+#include "ferry/core/dtype.h"
+#include "ferry/core/error.h"
+#include "ferry/core/torch_compat.h"
+#include "io/atomic_file.h"
+
+#include <ATen/Functions.h>
+#include <nlohmann/json.hpp>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <set>
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "ferry reads and writes little-endian files in place and needs a little-endian host"
+#endif
+
+namespace ferry::io {
+namespace {
+
+using nlohmann::json;
+
+struct CodeEntry {
+  const char* code;
+  c10::ScalarType dtype;
+};
+
+const std::vector<CodeEntry>& code_table() {
+  static const std::vector<CodeEntry> table = {
+      {"F64", c10::ScalarType::Double}, {"F32", c10::ScalarType::Float},  {"F16", c10::ScalarType::Half},
+      {"BF16", c10::ScalarType::BFloat16}, {"I64", c10::ScalarType::Long}, {"I32", c10::ScalarType::Int},
+      {"I16", c10::ScalarType::Short}, {"I8", c10::ScalarType::Char},     {"U8", c10::ScalarType::Byte},
+      {"BOOL", c10::ScalarType::Bool},
+#if defined(FERRY_HAS_FLOAT8)
+      {"F8_E4M3", c10::ScalarType::Float8_e4m3fn}, {"F8_E5M2", c10::ScalarType::Float8_e5m2},
+#endif
+  };
+  return table;
+}
+
+std::string known_codes() {
+  std::string out;
+  for (const auto& e : code_table()) out += (out.empty() ? "" : ", ") + std::string(e.code);
+  return out;
+}
+
+// Codes the format defines that this LibTorch cannot represent (a clearer message than "unknown").
+bool is_format_code_without_torch_dtype(const std::string& code) {
+  static const std::set<std::string> codes = {"U16", "U32", "U64", "F8_E4M3", "F8_E5M2", "F8_E8M0",
+                                              "F6_E2M3", "F6_E3M2", "F4", "C64"};
+  return codes.count(code) > 0;
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+uint64_t read_le_u64(const uint8_t* p) {
+  uint64_t v = 0;
+  std::memcpy(&v, p, 8);  // little-endian host (checked above)
+  return v;
+}
+
+}  // namespace
+
+int64_t TensorEntry::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+const TensorEntry* SafetensorsHeader::find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &tensors[it->second];
+}
+
+std::string safetensors_dtype_code(c10::ScalarType dtype) {
+  for (const auto& e : code_table())
+    if (e.dtype == dtype) return e.code;
+  FERRY_FAIL("dtype ", c10::toString(dtype), " cannot be stored in a safetensors file by this build (supported: ",
+             known_codes(), ")");
+}
+
+c10::ScalarType parse_safetensors_dtype_code(const std::string& code) {
+  for (const auto& e : code_table())
+    if (code == e.code) return e.dtype;
+  if (is_format_code_without_torch_dtype(code))
+    FERRY_FAIL("dtype '", code, "' is a safetensors dtype that this LibTorch cannot represent (supported: ",
+               known_codes(), ")");
+  FERRY_FAIL("unknown safetensors dtype '", code, "' (known: ", known_codes(), ")");
+}
+
+// Note [Validate everything before returning anything]: every number in the header is checked with
+// overflow-safe arithmetic against the real file size, so that a later view() can trust the entry and
+// never reads outside the mapping, whatever bytes the file holds.
+SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size, uint64_t file_size,
+                                           const std::string& source) {
+#define HEADER_FAIL(...) \
+  throw ::ferry::Error(::ferry::detail::concat("[parse_safetensors_header] ", source, ": ", __VA_ARGS__))
+  const char* const hint = ". Perhaps an incomplete download or corrupt file?";
+  if (file_size < 8 || size < 8)
+    HEADER_FAIL("the file is only ", file_size,
+                " bytes long, but a safetensors file starts with an 8-byte header length", hint);
+  const uint64_t n = read_le_u64(data);
+  if (n > kMaxSafetensorsHeaderBytes)
+    HEADER_FAIL("the header length field says ", n, " bytes, more than the ", kMaxSafetensorsHeaderBytes,
+                "-byte limit; this is not a safetensors file or it is corrupt");
+  if (8 + n > file_size)
+    HEADER_FAIL("the JSON header is ", n, " bytes long but the file is only ", file_size, " bytes", hint);
+  FERRY_ASSERT(8 + n <= size, "caller must pass the whole header: ", size, " < ", 8 + n);
+  if (n < 2 || data[8] != '{') HEADER_FAIL("the JSON header does not start with '{'", hint);
+
+  // Parse with a callback that rejects duplicate names (a JSON object may legally repeat a key and
+  // nlohmann keeps the last one; for a checkpoint that would silently pick one of two tensors) and
+  // absurd nesting (valid headers nest 3 deep).
+  std::vector<std::set<std::string>> open_objects;
+  std::string duplicate;
+  json root;
+  try {
+    root = json::parse(
+        data + 8, data + 8 + n,
+        [&](int depth, json::parse_event_t event, json& parsed) {
+          if (depth > 16) HEADER_FAIL("the JSON header nests deeper than 16 levels", hint);
+          if (event == json::parse_event_t::object_start) open_objects.emplace_back();
+          else if (event == json::parse_event_t::object_end && !open_objects.empty()) open_objects.pop_back();
+          else if (event == json::parse_event_t::key && !open_objects.empty()) {
+            const std::string& key = parsed.get_ref<const std::string&>();
+            if (!open_objects.back().insert(key).second)
+              HEADER_FAIL("the JSON header names '", key, "' twice", open_objects.size() == 1 ? " (a tensor listed twice)" : "");
+          }
+          return true;
+        },
+        /*allow_exceptions=*/true);
+  } catch (const json::exception& e) {
+    HEADER_FAIL("the JSON header is not valid JSON (", e.what(), ")", hint);
+  }
+  if (!root.is_object()) HEADER_FAIL("the JSON header is not a JSON object");
+
+  SafetensorsHeader header;
+  header.header_bytes = n;
+  header.data_offset = 8 + n;
+  const uint64_t data_size = file_size - 8 - n;
+
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    const std::string& name = it.key();
+    const json& value = it.value();
+    if (name == "__metadata__") {
+      if (!value.is_object()) HEADER_FAIL("__metadata__ must be a map of strings to strings, got ", value.type_name());
+      for (auto m = value.begin(); m != value.end(); ++m) {
+        if (!m.value().is_string())
+          HEADER_FAIL("__metadata__ must be a map of strings to strings, but '", m.key(), "' is a ",
+                      m.value().type_name());
+        header.metadata[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    if (!value.is_object()) HEADER_FAIL("tensor '", name, "': expected an object, got ", value.type_name());
+    auto dtype_it = value.find("dtype");
+    auto shape_it = value.find("shape");
+    auto offsets_it = value.find("data_offsets");
+    if (dtype_it == value.end() || shape_it == value.end() || offsets_it == value.end())
+      HEADER_FAIL("tensor '", name, "': needs 'dtype', 'shape' and 'data_offsets'");
+    if (!dtype_it->is_string()) HEADER_FAIL("tensor '", name, "': 'dtype' must be a string");
+
+    TensorEntry entry;
+    entry.name = name;
+    try {
+      entry.dtype = parse_safetensors_dtype_code(dtype_it->get<std::string>());
+    } catch (const Error& e) {
+      // Re-raise with the file and tensor named.
+      std::string what = e.what();
+      what = what.substr(what.find("] ") + 2);
+      HEADER_FAIL("tensor '", name, "': ", what);
+    }
+
+    if (!shape_it->is_array()) HEADER_FAIL("tensor '", name, "': 'shape' must be an array of sizes");
+    // Elements, computed so that it cannot overflow: every size must fit int64 and the product of the
+    // non-zero sizes too (LibTorch computes strides from them even for an empty tensor).
+    uint64_t nonzero_product = 1;
+    bool empty = false;
+    for (const json& d : *shape_it) {
+      if (!d.is_number_unsigned())
+        HEADER_FAIL("tensor '", name, "': shape entries must be non-negative integers, got ", d.dump());
+      const uint64_t v = d.get<uint64_t>();
+      if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+        HEADER_FAIL("tensor '", name, "': shape size ", v, " is too large");
+      if (v == 0) empty = true;
+      uint64_t product = 0;
+      if (v != 0 && (__builtin_mul_overflow(nonzero_product, v, &product) ||
+                     product > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())))
+        HEADER_FAIL("tensor '", name, "': shape ", shape_it->dump(), " has more elements than fit in 64 bits");
+      if (v != 0) nonzero_product = product;
+      entry.shape.push_back(static_cast<int64_t>(v));
+    }
+    const uint64_t numel = empty ? 0 : nonzero_product;
+
+    if (!offsets_it->is_array() || offsets_it->size() != 2 || !(*offsets_it)[0].is_number_unsigned() ||
+        !(*offsets_it)[1].is_number_unsigned())
+      HEADER_FAIL("tensor '", name, "': 'data_offsets' must be two non-negative integers [begin, end], got ",
+                  offsets_it->dump());
+    entry.begin = (*offsets_it)[0].get<uint64_t>();
+    entry.end = (*offsets_it)[1].get<uint64_t>();
+    if (entry.end < entry.begin)
+      HEADER_FAIL("tensor '", name, "': data_offsets [", entry.begin, ", ", entry.end, "] end before they begin");
+    if (entry.end > data_size)
+      HEADER_FAIL("tensor '", name, "': data_offsets [", entry.begin, ", ", entry.end,
+                  "] lie outside the data section, which is only ", data_size, " bytes", hint);
+    const uint64_t element_size = c10::elementSize(entry.dtype);
+    uint64_t expected = 0;
+    if (__builtin_mul_overflow(numel, element_size, &expected) || expected != entry.nbytes())
+      HEADER_FAIL("tensor '", name, "': shape ", shape_str(entry.shape), " of ", dtype_it->get<std::string>(),
+                  " needs ", numel, " x ", element_size, " bytes, but data_offsets [", entry.begin, ", ", entry.end,
+                  "] hold ", entry.nbytes(), " bytes");
+    header.tensors.push_back(std::move(entry));
+  }
+
+  std::sort(header.tensors.begin(), header.tensors.end(), [](const TensorEntry& a, const TensorEntry& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  for (size_t i = 1; i < header.tensors.size(); ++i) {
+    const auto& prev = header.tensors[i - 1];
+    const auto& cur = header.tensors[i];
+    if (cur.begin < prev.end)
+      HEADER_FAIL("tensors '", prev.name, "' [", prev.begin, ", ", prev.end, "] and '", cur.name, "' [", cur.begin,
+                  ", ", cur.end, "] overlap in the data section", hint);
+  }
+  for (size_t i = 0; i < header.tensors.size(); ++i) header.index_.emplace(header.tensors[i].name, i);
+  return header;
+#undef HEADER_FAIL
+}
+
+SafetensorsHeader read_safetensors_header(const std::string& path) {
+  struct Fd {
+    int fd;
+    ~Fd() {
+      if (fd >= 0) ::close(fd);
+    }
+  } fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  FERRY_CHECK(fd.fd >= 0, path, ": cannot open: ", std::strerror(errno));
+  struct stat st {};
+  FERRY_CHECK(::fstat(fd.fd, &st) == 0 && S_ISREG(st.st_mode), path, ": not a readable regular file");
+  const auto file_size = static_cast<uint64_t>(st.st_size);
+  auto read_at = [&](std::vector<uint8_t>& buf, size_t count) {
+    buf.resize(count);
+    size_t done = 0;
+    while (done < count) {
+      ssize_t r = ::pread(fd.fd, buf.data() + done, count - done, static_cast<off_t>(done));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) break;
+      done += static_cast<size_t>(r);
+    }
+    buf.resize(done);
+  };
+  std::vector<uint8_t> buf;
+  read_at(buf, static_cast<size_t>(std::min<uint64_t>(file_size, 8)));
+  if (buf.size() == 8) {
+    const uint64_t n = read_le_u64(buf.data());
+    if (n <= kMaxSafetensorsHeaderBytes && 8 + n <= file_size) {
+      read_at(buf, static_cast<size_t>(8 + n));
+      FERRY_CHECK(buf.size() == 8 + n, path, ": short read of the header (", buf.size(), " of ", 8 + n, " bytes)");
+    }
+  }
+  // parse_safetensors_header reports what is wrong with a short or damaged header.
+  return parse_safetensors_header(buf.data(), buf.size(), file_size, path);
+}
+
+SafetensorsFile SafetensorsFile::open(const std::string& path) {
+  auto map = MappedFile::open(path);
+  auto header = std::make_shared<const SafetensorsHeader>(
+      parse_safetensors_header(map->data(), map->size(), map->size(), path));
+  return SafetensorsFile(std::move(map), std::move(header));
+}
+
+const TensorEntry& SafetensorsFile::entry(const std::string& name) const {
+  const TensorEntry* e = header_->find(name);
+  FERRY_CHECK(e != nullptr, path(), ": no tensor named '", name, "' (the file holds ", header_->tensors.size(),
+              " tensors)");
+  return *e;
+}
+
+std::pair<const uint8_t*, size_t> SafetensorsFile::bytes(const std::string& name) const {
+  const TensorEntry& e = entry(name);
+  return {map_->data() + header_->data_offset + e.begin, static_cast<size_t>(e.nbytes())};
+}
+
+at::Tensor SafetensorsFile::view(const std::string& name) const {
+  const TensorEntry& e = entry(name);
+  auto [ptr, nbytes] = bytes(name);
+  const auto options = at::TensorOptions().dtype(e.dtype).device(c10::kCPU);
+  if (nbytes == 0) return at::empty(e.shape, options);
+  if (reinterpret_cast<uintptr_t>(ptr) % c10::elementSize(e.dtype) != 0) {
+    at::Tensor copy = at::empty(e.shape, options);
+    std::memcpy(copy.data_ptr(), ptr, nbytes);
+    return copy;
+  }
+  std::shared_ptr<const MappedFile> keep = map_;
+  // from_blob needs a non-const pointer; the pages are PROT_READ, see the header's note on view().
+  return at::from_blob(const_cast<uint8_t*>(ptr), e.shape, [keep](void*) mutable { keep.reset(); }, options);
+}
+
+at::Tensor SafetensorsFile::load(const std::string& name, c10::Device device,
+                                 c10::optional<c10::ScalarType> dtype) const {
+  const TensorEntry& e = entry(name);
+  map_->advise_willneed(header_->data_offset + e.begin, e.nbytes());
+  at::Tensor v = view(name);
+  return v.to(device, dtype.value_or(e.dtype), /*non_blocking=*/false, /*copy=*/true);
+}
+
+void save_safetensors(const std::string& path, const NamedTensors& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  std::vector<const std::pair<std::string, at::Tensor>*> order;
+  std::set<std::string> seen;
+  for (const auto& item : tensors) {
+    FERRY_CHECK(item.first != "__metadata__", path, ": '__metadata__' cannot be a tensor name");
+    FERRY_CHECK(seen.insert(item.first).second, path, ": tensor '", item.first, "' is given twice");
+    FERRY_CHECK(item.second.defined(), path, ": tensor '", item.first, "' is undefined");
+    FERRY_CHECK(item.second.device().type() != c10::kMeta, path, ": tensor '", item.first,
+                "' is on the meta device and has no data to save");
+    order.push_back(&item);
+  }
+  // The Hugging Face library's order: larger elements first (keeps every tensor aligned), then name.
+  std::sort(order.begin(), order.end(), [](const auto* a, const auto* b) {
+    size_t sa = a->second.element_size(), sb = b->second.element_size();
+    return sa != sb ? sa > sb : a->first < b->first;
+  });
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) {
+    nlohmann::ordered_json meta = nlohmann::ordered_json::object();
+    for (const auto& [k, v] : metadata) meta[k] = v;
+    header["__metadata__"] = meta;
+  }
+  uint64_t offset = 0;
+  for (const auto* item : order) {
+    const at::Tensor& t = item->second;
+    const uint64_t nbytes = static_cast<uint64_t>(t.numel()) * t.element_size();
+    header[item->first] = {{"dtype", safetensors_dtype_code(t.scalar_type())},
+                           {"shape", t.sizes().vec()},
+                           {"data_offsets", {offset, offset + nbytes}}};
+    offset += nbytes;
+  }
+  std::string json_text = header.dump();
+  json_text.append((8 - json_text.size() % 8) % 8, ' ');
+  const uint64_t n = json_text.size();
+
+  detail::AtomicFileWriter writer(path);
+  writer.write(&n, 8);
+  writer.write(json_text.data(), json_text.size());
+  for (const auto* item : order) {
+    at::Tensor cpu = item->second.detach().to(c10::kCPU).contiguous();
+    writer.write(cpu.data_ptr(), static_cast<size_t>(cpu.numel()) * cpu.element_size());
+  }
+  writer.commit();
+}
+
+}  // namespace ferry::io

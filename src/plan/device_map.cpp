@@ -1,0 +1,164 @@
+#include "ferry/plan/device_map.h"
+
+#include "ferry/core/error.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace ferry {
+
+DeviceMap::DeviceMap(std::initializer_list<Entry> entries) {
+  for (const auto& e : entries) set(e.first, e.second);
+}
+
+void DeviceMap::set(const std::string& name, const Placement& placement) {
+  auto it = index_.find(name);
+  if (it != index_.end()) {
+    entries_[it->second].second = placement;
+    return;
+  }
+  index_.emplace(name, entries_.size());
+  entries_.emplace_back(name, placement);
+}
+
+bool DeviceMap::erase(const std::string& name) {
+  auto it = index_.find(name);
+  if (it == index_.end()) return false;
+  size_t position = it->second;
+  entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(position));
+  index_.erase(it);
+  for (size_t i = position; i < entries_.size(); ++i) index_[entries_[i].first] = i;
+  return true;
+}
+
+bool DeviceMap::contains(const std::string& name) const { return index_.count(name) != 0; }
+
+const Placement& DeviceMap::at(const std::string& name) const {
+  auto it = index_.find(name);
+  FERRY_CHECK(it != index_.end(), "the device map has no entry '", name, "'");
+  return entries_[it->second].second;
+}
+
+std::optional<std::string> DeviceMap::owner_of(const std::string& name) const {
+  std::string prefix = name;
+  while (true) {
+    if (index_.count(prefix)) return prefix;
+    if (prefix.empty()) return std::nullopt;
+    size_t dot = prefix.rfind('.');
+    prefix = dot == std::string::npos ? std::string() : prefix.substr(0, dot);
+  }
+}
+
+std::optional<Placement> DeviceMap::placement_of(const std::string& name) const {
+  auto owner = owner_of(name);
+  if (!owner) return std::nullopt;
+  return entries_[index_.at(*owner)].second;
+}
+
+std::vector<Placement> DeviceMap::placements() const {
+  std::vector<Placement> out;
+  for (const auto& e : entries_)
+    if (std::find(out.begin(), out.end(), e.second) == out.end()) out.push_back(e.second);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+bool DeviceMap::same_entries(const DeviceMap& other) const {
+  if (size() != other.size()) return false;
+  for (const auto& e : entries_) {
+    auto it = other.index_.find(e.first);
+    if (it == other.index_.end() || other.entries_[it->second].second != e.second) return false;
+  }
+  return true;
+}
+
+std::string DeviceMap::to_json(int indent) const {
+  // nlohmann's object type sorts keys; build the text by hand to keep the decision order.
+  std::ostringstream out;
+  const bool pretty = indent >= 0;
+  const std::string pad(pretty ? static_cast<size_t>(indent) : 0, ' ');
+  out << '{';
+  bool first = true;
+  for (const auto& [name, placement] : entries_) {
+    out << (first ? "" : ",");
+    if (pretty) out << '\n' << pad;
+    first = false;
+    out << nlohmann::json(name).dump() << (pretty ? ": " : ":");
+    if (placement.is_device() && placement.device().is_cuda() && placement.device().has_index())
+      out << static_cast<int>(placement.device().index());
+    else
+      out << nlohmann::json(placement.str()).dump();
+  }
+  if (pretty && !entries_.empty()) out << '\n';
+  out << '}';
+  return out.str();
+}
+
+namespace {
+
+DeviceMap device_map_from_parsed(const nlohmann::ordered_json& doc, const std::string& where) {
+  FERRY_CHECK(doc.is_object(), where, "a device map must be a JSON object such as {\"model.layers.0\": 0, "
+              "\"lm_head\": \"cpu\"}, got ", doc.type_name());
+  DeviceMap map;
+  for (auto it = doc.begin(); it != doc.end(); ++it) {
+    const auto& value = it.value();
+    if (value.is_number_integer()) {
+      auto ordinal = value.get<int64_t>();
+      FERRY_CHECK(ordinal >= 0 && ordinal < 10000, where, "device map entry '", it.key(),
+                  "': accelerator index ", ordinal, " is out of range");
+      map.set(it.key(), Placement::cuda(static_cast<int>(ordinal)));
+    } else if (value.is_string()) {
+      try {
+        map.set(it.key(), Placement::parse(value.get<std::string>()));
+      } catch (const Error& e) {
+        FERRY_FAIL(where, "device map entry '", it.key(), "': ", e.what());
+      }
+    } else {
+      FERRY_FAIL(where, "device map entry '", it.key(), "' must be an accelerator index or a device string, got ",
+                 value.dump());
+    }
+  }
+  return map;
+}
+
+}  // namespace
+
+DeviceMap DeviceMap::from_json(const std::string& text) {
+  nlohmann::ordered_json doc;
+  try {
+    doc = nlohmann::ordered_json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    FERRY_FAIL("invalid device map JSON: ", e.what());
+  }
+  return device_map_from_parsed(doc, "");
+}
+
+DeviceMap DeviceMap::read_json_file(const std::string& path) {
+  std::ifstream in(path);
+  FERRY_CHECK(in, "cannot open device map file '", path, "'");
+  nlohmann::ordered_json doc;
+  try {
+    doc = nlohmann::ordered_json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    FERRY_FAIL("'", path, "' is not valid JSON: ", e.what());
+  }
+  return device_map_from_parsed(doc, "'" + path + "': ");
+}
+
+void DeviceMap::write_json_file(const std::string& path) const {
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::trunc);
+    FERRY_CHECK(out, "cannot write '", temporary, "'");
+    out << to_json(2) << '\n';
+    FERRY_CHECK(out.good(), "writing '", temporary, "' failed");
+  }
+  FERRY_CHECK(std::rename(temporary.c_str(), path.c_str()) == 0, "cannot rename '", temporary, "' to '", path, "'");
+}
+
+}  // namespace ferry
