@@ -9,6 +9,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.fallthrough();
   // Each subcommand registers itself; see commands.h.
+  ferry::cli::add_run_command(app);
+  ferry::cli::add_demo_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -16,6 +16,8 @@
 #include <c10/core/ScalarType.h>
 #include <c10/util/Optional.h>
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -27,6 +29,8 @@ struct PretrainedOptions {
   c10::optional<c10::ScalarType> dtype;
   /// Where every weight goes.
   c10::Device device = c10::Device(c10::kCPU);
+  /// Called after each tensor with (stored bytes loaded so far, stored bytes in all).
+  std::function<void(uint64_t, uint64_t)> on_progress;
 };
 
 /// Builds the model `dir/config.json` describes and loads `dir`'s checkpoint into it. Throws
@@ -46,6 +50,13 @@ void save_pretrained(CausalLM& model, const std::string& dir, uint64_t max_shard
 
 /// Builds the model described by `dir/config.json` on the meta device (no memory), with `dtype`.
 std::shared_ptr<CausalLM> create_empty_model(const std::string& dir, c10::optional<c10::ScalarType> dtype = c10::nullopt);
+
+/// Loads the checkpoint in `dir` into `model` (built on meta), tensor by tensor, shard by shard:
+/// each tensor goes to `device_for(name)` in the model tensor's dtype; names for which it returns
+/// nullopt stay on meta (disk-placed). Tied groups are re-tied afterwards.
+void load_checkpoint_weights(CausalLM& model, const std::string& dir,
+                             const std::function<c10::optional<c10::Device>(const std::string&)>& device_for,
+                             const std::function<void(uint64_t, uint64_t)>& on_progress = {});
 
 /// Checks that `dir` holds a checkpoint whose tensors match `model` (names, shapes), before anything
 /// is loaded: every model tensor is present (tied copies excepted) with the shape the config implies.
