@@ -132,10 +132,19 @@ LoadedModel load_model(const std::string& dir, const LoadModelOptions& o) {
     if (any_disk) {
       io::Checkpoint ckpt = io::Checkpoint::open(dir);
       std::vector<std::string> disk_names;  // tied copies absent from the files come through their tie
+      std::set<std::string> on_disk;
       for (const auto& [name, t] : model.state_dict()) {
         auto p = map.placement_of(name);
-        if (p && p->is_disk() && ckpt.contains(name)) disk_names.push_back(name);
+        if (p && p->is_disk()) on_disk.insert(name);
       }
+      // A disk-placed tied copy that the files omit (Qwen2's lm_head.weight) is served from the
+      // stored member of its group, so that member must be visible too.
+      for (const auto& group : find_tied_parameters(model))
+        for (const auto& name : group)
+          if (on_disk.count(name))
+            for (const auto& other : group) on_disk.insert(other);
+      for (const auto& name : on_disk)
+        if (ckpt.contains(name)) disk_names.push_back(name);
       d.disk_weights = io::make_checkpoint_weights_map(std::move(ckpt), disk_names);
     }
     out.dispatch = dispatch_model(model, map, d);
