@@ -9,6 +9,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.fallthrough();
   // Each subcommand registers itself; see commands.h.
+  ferry::cli::add_plan_command(app);
+  ferry::cli::add_inspect_command(app);
+  ferry::cli::add_offload_command(app);
   ferry::cli::add_run_command(app);
   ferry::cli::add_demo_command(app);
   try {

@@ -73,9 +73,9 @@ ResolvedCheckpoint resolve_checkpoint_files(const std::string& path) {
   }
 
   out.index_file = index;
-  nlohmann::json root = detail::read_json_file(index, "resolve_checkpoint_files");
+  nlohmann::ordered_json root = detail::read_json_file(index, "resolve_checkpoint_files");
   FERRY_CHECK(root.is_object(), index, ": an index must be a JSON object");
-  const nlohmann::json* map = &root;
+  const nlohmann::ordered_json* map = &root;
   if (root.contains("weight_map")) map = &root["weight_map"];
   FERRY_CHECK(map->is_object(), index, ": \"weight_map\" must map tensor names to shard files");
   const fs::path folder = fs::path(index).parent_path();
@@ -104,9 +104,9 @@ Checkpoint Checkpoint::open(const std::string& path) {
   // The index's claims, checked against the shards' headers below.
   std::map<std::string, std::string> claimed;  // tensor -> full shard path
   if (!resolved.index_file.empty()) {
-    nlohmann::json root = detail::read_json_file(resolved.index_file, "Checkpoint::open");
+    nlohmann::ordered_json root = detail::read_json_file(resolved.index_file, "Checkpoint::open");
     if (root.contains("metadata")) ckpt.index_metadata_ = root["metadata"].dump();
-    const nlohmann::json& map = root.contains("weight_map") ? root["weight_map"] : root;
+    const nlohmann::ordered_json& map = root.contains("weight_map") ? root["weight_map"] : root;
     const fs::path folder = fs::path(resolved.index_file).parent_path();
     for (auto it = map.begin(); it != map.end(); ++it)
       claimed[it.key()] = (folder / it.value().get<std::string>()).string();

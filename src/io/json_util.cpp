@@ -11,8 +11,8 @@
 
 namespace ferry::io::detail {
 
-nlohmann::json parse_json_strict(const std::string& text, const std::string& source, const char* function) {
-  using nlohmann::json;
+nlohmann::ordered_json parse_json_strict(const std::string& text, const std::string& source, const char* function) {
+  using json = nlohmann::ordered_json;
   auto fail = [&](const std::string& what) -> void {
     throw Error(::ferry::detail::concat("[", function, "] ", source, ": ", what));
   };
@@ -36,7 +36,7 @@ nlohmann::json parse_json_strict(const std::string& text, const std::string& sou
   return {};  // unreachable
 }
 
-nlohmann::json read_json_file(const std::string& path, const char* function) {
+nlohmann::ordered_json read_json_file(const std::string& path, const char* function) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(::ferry::detail::concat("[", function, "] ", path, ": cannot open: ", std::strerror(errno)));
   std::ostringstream buffer;

@@ -10,9 +10,9 @@ namespace ferry::io::detail {
 
 /// Parses `text` (from `source`); throws ferry::Error "[<function>] <source>: ..." for invalid JSON or
 /// a key repeated within one object.
-nlohmann::json parse_json_strict(const std::string& text, const std::string& source, const char* function);
+nlohmann::ordered_json parse_json_strict(const std::string& text, const std::string& source, const char* function);
 
 /// Reads and parses a whole file with parse_json_strict.
-nlohmann::json read_json_file(const std::string& path, const char* function);
+nlohmann::ordered_json read_json_file(const std::string& path, const char* function);
 
 }  // namespace ferry::io::detail

@@ -125,12 +125,12 @@ std::string OffloadIndex::to_json() const {
 }
 
 OffloadIndex OffloadIndex::from_json(const std::string& text, const std::string& source) {
-  nlohmann::json root = detail::parse_json_strict(text, source, "read_offload_index");
+  nlohmann::ordered_json root = detail::parse_json_strict(text, source, "read_offload_index");
   FERRY_CHECK(root.is_object(), source, ": an offload index must be a JSON object of tensor entries");
   OffloadIndex index;
   for (auto it = root.begin(); it != root.end(); ++it) {
     const std::string& name = it.key();
-    const nlohmann::json& v = it.value();
+    const nlohmann::ordered_json& v = it.value();
     FERRY_CHECK(v.is_object(), source, ": entry '", name, "' must be an object, got ", v.type_name());
     OffloadEntry entry;
     if (v.contains("safetensors_file")) {

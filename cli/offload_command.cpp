@@ -1,0 +1,54 @@
+// ferry offload CHECKPOINT OUT_DIR: write an Accelerate-compatible offload folder.
+
+#include "commands.h"
+
+#include "ferry/core/byte_size.h"
+#include "ferry/core/dtype.h"
+#include "ferry/core/error.h"
+#include "ferry/io/checkpoint.h"
+#include "ferry/io/offload.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <iostream>
+#include <memory>
+
+namespace ferry::cli {
+
+void add_offload_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "offload", "Write a checkpoint's tensors as an Accelerate offload folder (index.json + one .dat per tensor)");
+  auto checkpoint = std::make_shared<std::string>();
+  auto out_dir = std::make_shared<std::string>();
+  auto dtype = std::make_shared<std::string>();
+  cmd->add_option("CHECKPOINT", *checkpoint, "a .safetensors file, a checkpoint folder or an index .json")->required();
+  cmd->add_option("OUT_DIR", *out_dir, "the offload folder (created; an existing index.json is merged)")->required();
+  cmd->add_option("--dtype", *dtype, "cast floating tensors to this dtype (e.g. float16)");
+  cmd->callback([checkpoint, out_dir, dtype] {
+    const io::Checkpoint ckpt = io::Checkpoint::open(*checkpoint);  // every header validated first
+    c10::optional<c10::ScalarType> cast;
+    if (!dtype->empty()) cast = parse_dtype(*dtype);
+    for (const auto& t : ckpt.tensors()) (void)io::offload_dtype_tag(cast && is_floating_dtype(t.dtype) ? *cast : t.dtype);
+    std::error_code ec;
+    std::filesystem::create_directories(*out_dir, ec);
+    FERRY_CHECK(!ec, "cannot create ", *out_dir, ": ", ec.message());
+    io::OffloadIndex index;
+    uint64_t bytes = 0;
+    for (const std::string& file : ckpt.files()) {
+      io::SafetensorsFile shard = ckpt.open_file(file);
+      for (const io::TensorEntry& e : shard.tensors()) {
+        at::Tensor t = shard.view(e.name);
+        if (cast && is_floating_dtype(e.dtype) && *cast != e.dtype) t = t.to(*cast);
+        io::offload_weight(t, e.name, *out_dir, &index);
+        bytes += static_cast<uint64_t>(t.numel()) * t.element_size();
+        shard.mapping()->advise_dontneed(shard.header().data_offset + e.begin, e.nbytes());
+      }
+    }
+    io::save_offload_index(index, *out_dir);
+    std::cout << "wrote " << index.size() << " tensors (" << format_bytes(static_cast<double>(bytes)) << ") to "
+              << *out_dir << '\n';
+  });
+}
+
+}  // namespace ferry::cli

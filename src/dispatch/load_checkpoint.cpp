@@ -1,0 +1,214 @@
+#include "ferry/dispatch/load_checkpoint.h"
+
+#include "ferry/core/dtype.h"
+#include "ferry/core/error.h"
+#include "ferry/core/log.h"
+#include "ferry/io/checkpoint.h"
+#include "ferry/nn/module_tensors.h"
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <random>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace ferry {
+namespace fs = std::filesystem;
+namespace {
+
+bool covers(const std::string& module, const std::string& name) {
+  return name == module || name.compare(0, module.size() + 1, module + ".") == 0 ||
+         name.find("." + module + ".") != std::string::npos;
+}
+
+std::string join_names(const std::vector<std::string>& names, size_t limit = 20) {
+  std::string out = "[";
+  for (size_t i = 0; i < names.size() && i < limit; ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > limit) out += ", ... (" + std::to_string(names.size() - limit) + " more)";
+  return out + "]";
+}
+
+// What the model holds under `name` (parameter or buffer), for shapes and dtypes.
+struct ModelTensor {
+  at::Tensor tensor;
+  bool is_buffer = false;
+};
+
+// A temporary folder removed at scope exit (offload_state_dict's staging area).
+struct TempFolder {
+  std::string path;
+  ~TempFolder() {
+    if (path.empty()) return;
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+}  // namespace
+
+void load_offloaded_weights(Module& model, const io::OffloadIndex& index, const std::string& folder) {
+  for (const auto& name : index.names()) {
+    if (name.find("SCB") != std::string::npos) continue;
+    const io::OffloadEntry& entry = index.at(name);
+    at::Tensor value = entry.is_safetensors()
+                           ? io::make_offload_folder_weights_map(folder, index)->load(name, c10::kCPU)
+                           : io::load_offloaded_weight(io::offload_file_path(folder, name), entry);
+    set_module_tensor_to_device(model, name, c10::kCPU, value);
+  }
+}
+
+LoadCheckpointResult load_checkpoint_in_model(Module& model, const std::string& checkpoint,
+                                              const LoadCheckpointOptions& options) {
+  LoadCheckpointResult result;
+  const auto tied = find_tied_parameters(model);
+  const DeviceMap* device_map = options.device_map ? &*options.device_map : nullptr;
+
+  // 1. Everything that can be checked before loading: files, placements, shapes.
+  const io::Checkpoint ckpt = io::Checkpoint::open(checkpoint);
+
+  std::unordered_map<std::string, ModelTensor> model_tensors;
+  std::vector<std::string> model_keys;
+  for (auto& [name, t] : model.state_dict()) {
+    if (model_tensors.count(name)) continue;
+    model_keys.push_back(name);
+    model_tensors[name] = {t, false};
+  }
+  for (auto& [name, t] : model.named_buffers(true, false)) {
+    auto it = model_tensors.find(name);
+    if (it != model_tensors.end()) it->second.is_buffer = true;
+    else model_tensors[name] = {t, true};  // non-persistent: loadable if the checkpoint has it
+  }
+
+  bool any_disk = false;
+  std::unordered_map<std::string, Placement> placement_of;
+  for (const auto& t : ckpt.tensors()) {
+    if (t.name.find("SCB") != std::string::npos) continue;
+    auto mt = model_tensors.find(t.name);
+    if (mt == model_tensors.end()) {
+      result.unexpected_keys.push_back(t.name);
+      continue;
+    }
+    const at::Tensor& current = mt->second.tensor;
+    FERRY_CHECK(!current.defined() || current.sizes() == at::IntArrayRef(t.shape), "tensor '", t.name,
+                "' has shape ", shape_str(t.shape), " in ", t.file, " but the model expects ",
+                shape_str(current.sizes()), ". Is this checkpoint for another model or configuration?");
+    Placement p;
+    if (device_map != nullptr) {
+      auto found = device_map->placement_of(t.name);
+      FERRY_CHECK(found.has_value(), t.name, " doesn't have any device set: no key of the device map (",
+                  device_map->size(), " entries) is it or one of its dotted prefixes");
+      p = *found;
+    } else {
+      p = (!current.defined() || current.is_meta()) ? Placement::cpu() : Placement(current.device());
+    }
+    if (p.is_disk()) any_disk = true;
+    placement_of.emplace(t.name, p);
+  }
+  FERRY_CHECK(options.disk_in_place || !any_disk || !options.offload_folder.empty(),
+              "the device map places weights on disk, but no offload_folder was given to write them to "
+              "(or keep disk_in_place = true to read them from the checkpoint)");
+  if (!result.unexpected_keys.empty() && options.strict)
+    FERRY_FAIL("Error(s) in loading the checkpoint ", checkpoint, " into ", model.class_name(), ": unexpected keys ",
+               join_names(result.unexpected_keys));
+
+  // Missing: model keys neither in the checkpoint nor tied to a name that is.
+  {
+    std::unordered_set<std::string> filled;
+    for (const auto& k : model_keys)
+      if (ckpt.contains(k)) filled.insert(k);
+    for (const auto& group : tied) {
+      bool any = false;
+      for (const auto& n : group) any = any || filled.count(n);
+      if (any) filled.insert(group.begin(), group.end());
+    }
+    for (const auto& k : model_keys)
+      if (!filled.count(k)) result.missing_keys.push_back(k);
+  }
+  if (!result.missing_keys.empty() && options.strict)
+    FERRY_FAIL("Error(s) in loading the checkpoint ", checkpoint, " into ", model.class_name(), ": missing keys ",
+               join_names(result.missing_keys));
+
+  if (!options.disk_in_place && any_disk) {
+    std::error_code ec;
+    fs::create_directories(options.offload_folder, ec);
+    FERRY_CHECK(!ec, "cannot create offload folder ", options.offload_folder, ": ", ec.message());
+  }
+  TempFolder staging;
+  io::OffloadIndex staging_index;
+  if (options.offload_state_dict) {
+    std::random_device rd;
+    staging.path = (fs::temp_directory_path() / ("ferry_state_dict_" + std::to_string(rd()))).string();
+    fs::create_directories(staging.path);
+  }
+
+  auto target_dtype = [&](const io::CheckpointTensor& t, const at::Tensor& current) -> c10::ScalarType {
+    if (options.dtype && is_floating_dtype(t.dtype)) {
+      if (*options.dtype == at::kHalf)
+        for (const auto& keep : options.keep_in_fp32_modules)
+          if (covers(keep, t.name)) return at::kFloat;
+      return *options.dtype;
+    }
+    return current.defined() ? current.scalar_type() : t.dtype;
+  };
+
+  // 2. Stream shard by shard.
+  for (const std::string& file : ckpt.files()) {
+    io::SafetensorsFile shard = ckpt.open_file(file);
+    for (const io::TensorEntry& entry : shard.tensors()) {
+      auto placed = placement_of.find(entry.name);
+      if (placed == placement_of.end()) continue;  // unexpected or SCB
+      const io::CheckpointTensor& t = ckpt.at(entry.name);
+      const ModelTensor& mt = model_tensors.at(t.name);
+      const Placement& p = placed->second;
+      const c10::ScalarType dtype = target_dtype(t, mt.tensor);
+      const size_t begin = static_cast<size_t>(shard.header().data_offset + entry.begin);
+
+      if (p.is_disk() && (options.offload_buffers || !mt.is_buffer)) {
+        set_module_tensor_to_device(model, t.name, c10::kMeta, c10::nullopt, dtype);
+        result.disk_keys.push_back(t.name);
+        if (!options.disk_in_place) {
+          // As Accelerate: the .dat keeps the checkpoint dtype; the module's meta tensor has `dtype`.
+          io::offload_weight(shard.view(t.name), t.name, options.offload_folder, &result.offload_index);
+          shard.mapping()->advise_dontneed(begin, entry.nbytes());
+        }
+        continue;
+      }
+      if (p.is_device() && p.is_cpu() && options.offload_state_dict) {
+        set_module_tensor_to_device(model, t.name, c10::kMeta, c10::nullopt, dtype);
+        io::offload_weight(shard.view(t.name), t.name, staging.path, &staging_index);
+        shard.mapping()->advise_dontneed(begin, entry.nbytes());
+        continue;
+      }
+      // A device (disk buffers without offload_buffers land on the CPU). The model gets its own copy,
+      // never a view of the mapping, so that its tensors stay writable and the shard can be unmapped.
+      const c10::Device device = p.is_disk() ? c10::Device(c10::kCPU) : p.device();
+      at::Tensor value = device.is_cpu() ? shard.load(t.name, c10::kCPU, dtype) : shard.view(t.name);
+      set_module_tensor_to_device(model, t.name, device, value, dtype);
+      shard.mapping()->advise_dontneed(begin, entry.nbytes());
+      result.loaded_bytes += t.nbytes;
+    }
+  }
+
+  // 3. Report, index, staged CPU weights, ties.
+  if (!result.unexpected_keys.empty())
+    log_warning(detail::concat("Some weights of the model checkpoint at ", checkpoint,
+                               " were not used when initializing ", model.class_name(), ": ",
+                               join_names(result.unexpected_keys)));
+  if (!result.missing_keys.empty())
+    log_warning(detail::concat("Some weights of ", model.class_name(), " were not initialized from the model checkpoint at ",
+                               checkpoint, ": ", join_names(result.missing_keys)));
+  if (!result.disk_keys.empty()) {
+    if (options.disk_in_place) {
+      result.disk_weights = io::make_checkpoint_weights_map(ckpt, result.disk_keys);
+    } else {
+      io::save_offload_index(result.offload_index, options.offload_folder);
+      result.disk_weights = io::make_offload_folder_weights_map(options.offload_folder);
+    }
+  }
+  if (!staging_index.empty()) load_offloaded_weights(model, staging_index, staging.path);
+  retie_parameters(model, tied);
+  return result;
+}
+
+}  // namespace ferry

@@ -1,0 +1,116 @@
+// `ferry inspect` and `ferry offload`, run as a user would run them.
+
+#include "ferry/io/offload.h"
+#include "ferry/io/checkpoint.h"
+#include "ferry/io/sha256.h"
+#include "io_test_util.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+
+using namespace ferry::io;
+using ferry::test::data_dir;
+using ferry::test::read_bytes;
+using ferry::test::same_bits;
+using ferry::test::TempDir;
+using ferry::test::write_bytes;
+
+namespace {
+
+struct Run {
+  int status = -1;
+  std::string output;  // stdout and stderr
+};
+
+Run run_cli(const std::string& args) {
+  Run r;
+  FILE* pipe = ::popen((std::string(FERRY_CLI_PATH) + " " + args + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0) r.output.append(buf, n);
+  int status = ::pclose(pipe);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+}  // namespace
+
+class IoCliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (std::string(FERRY_CLI_PATH).empty()) GTEST_SKIP() << "the ferry CLI is not built";
+  }
+};
+
+TEST_F(IoCliTest, InspectJsonListsEveryTensorWithTotals) {
+  Run r = run_cli("inspect --json --checksum '" + data_dir() + "/tiny_qwen2'");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto out = nlohmann::json::parse(r.output);
+  const Checkpoint ckpt = Checkpoint::open(data_dir() + "/tiny_qwen2");
+  EXPECT_EQ(out["format"], "safetensors");
+  EXPECT_EQ(out["tensors"].size(), ckpt.tensors().size());
+  EXPECT_EQ(out["total"]["bytes"].get<uint64_t>(), ckpt.total_bytes());
+  EXPECT_EQ(out["files"].size(), ckpt.files().size());
+  EXPECT_EQ(out["dtypes"]["bfloat16"]["tensors"].get<size_t>(), ckpt.tensors().size());
+  int64_t params = 0;
+  for (const auto& t : ckpt.tensors()) params += t.numel();
+  EXPECT_EQ(out["total"]["parameters"].get<int64_t>(), params);
+  // Checksums are of the stored bytes, checked against an independent read of the file.
+  const auto& first = out["tensors"][0];
+  const CheckpointTensor& t = ckpt.at(first["name"].get<std::string>());
+  const std::string bytes = read_bytes(t.file).substr(t.offset, t.nbytes);
+  EXPECT_EQ(first["sha256"], sha256_hex(bytes.data(), bytes.size()));
+}
+
+TEST_F(IoCliTest, InspectTextHasPerShardAndPerDtypeTotals) {
+  Run r = run_cli("inspect '" + data_dir() + "/tiny_llama/model.safetensors.index.json'");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("800640 parameters"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("per file:"), std::string::npos);
+  EXPECT_NE(r.output.find("float32: "), std::string::npos);
+  EXPECT_NE(r.output.find("model.norm.weight"), std::string::npos);
+}
+
+TEST_F(IoCliTest, InspectFailsOnADamagedFile) {
+  TempDir dir;
+  write_bytes(dir.file("bad.safetensors"), ferry::test::safetensors_image(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 3));
+  Run r = run_cli("inspect '" + dir.file("bad.safetensors") + "'");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("ferry: error:"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("lie outside the data section"), std::string::npos) << r.output;
+  Run bin = run_cli("inspect '" + dir.file("pytorch_model.bin") + "'");
+  EXPECT_NE(bin.status, 0);
+}
+
+TEST_F(IoCliTest, OffloadWritesAnAccelerateFolderThatInspectReads) {
+  TempDir dir;
+  const std::string out = dir.file("offload");
+  Run r = run_cli("offload '" + data_dir() + "/tiny_qwen2' '" + out + "'");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const Checkpoint ckpt = Checkpoint::open(data_dir() + "/tiny_qwen2");
+  const OffloadIndex index = read_offload_index(out);
+  ASSERT_EQ(index.size(), ckpt.tensors().size());
+  for (const auto& t : ckpt.tensors()) {
+    EXPECT_EQ(index.at(t.name).dtype, "bfloat16");
+    at::Tensor back = load_offloaded_weight(offload_file_path(out, t.name), index.at(t.name));
+    EXPECT_TRUE(same_bits(back, ckpt.open_file(t.file).view(t.name))) << t.name;
+  }
+  Run inspect = run_cli("inspect --json '" + out + "'");
+  ASSERT_EQ(inspect.status, 0) << inspect.output;
+  const auto j = nlohmann::json::parse(inspect.output);
+  EXPECT_EQ(j["format"], "offload_folder");
+  EXPECT_EQ(j["total"]["bytes"].get<uint64_t>(), ckpt.total_bytes());
+  // A truncated .dat makes inspect fail.
+  const std::string victim = offload_file_path(out, ckpt.tensors()[0].name);
+  write_bytes(victim, read_bytes(victim).substr(0, 10));
+  Run damaged = run_cli("inspect '" + out + "'");
+  EXPECT_EQ(damaged.status, 1);
+  EXPECT_NE(damaged.output.find("but the file has 10 bytes"), std::string::npos) << damaged.output;
+}
