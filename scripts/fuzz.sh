@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
-# Builds the safetensors header fuzzer with clang and runs it.
-#   scripts/fuzz.sh            # 10 minutes (the long run)
-#   scripts/fuzz.sh 60         # CI: a 60-second smoke run
-# Seeds: the tiny fixtures' shards plus a few hand-made headers; new corpus entries go to
-# build-fuzz/corpus, crashes to build-fuzz/crash-*.
+# Builds ferry's libFuzzer targets with clang (ASan + UBSan) and runs one.
+#   scripts/fuzz.sh                 # the long run: 10 minutes of the safetensors header fuzzer
+#   scripts/fuzz.sh 60              # CI: a 60-second smoke run
+#   scripts/fuzz.sh 300 offload_index_fuzzer
+# Seeds: small valid files from fuzz/make_seeds.py (header fuzzer) or the fixtures' index files and a
+# hand-written Accelerate index (index fuzzer). The corpus grows in build-fuzz/corpus-<fuzzer>;
+# crashes are written to build-fuzz/crash-* and make the script fail.
 set -euo pipefail
 seconds="${1:-600}"
+fuzzer="${2:-safetensors_header_fuzzer}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="$root/build-fuzz"
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DFERRY_BUILD_FUZZERS=ON -DFERRY_BUILD_TESTS=OFF -DFERRY_BUILD_BENCHMARKS=OFF >/dev/null
-cmake --build "$build" --target safetensors_header_fuzzer -j2
-mkdir -p "$build/corpus" "$build/seeds"
-for f in "$root"/tests/data/tiny_*/model-0000[12]-*.safetensors; do
-  # The header plus a little data is enough of a seed.
-  head -c 4096 "$f" > "$build/seeds/$(basename "$(dirname "$f")")_$(basename "$f")"
-done
-cp "$root"/tests/data/tiny_llama/reference.safetensors "$build/seeds/reference.safetensors" 2>/dev/null || true
+cmake --build "$build" --target "$fuzzer" -j2
+seeds="$build/seeds-$fuzzer"
+mkdir -p "$build/corpus-$fuzzer" "$seeds"
+extra=()
+if [[ "$fuzzer" == safetensors_header_fuzzer ]]; then
+  python3 "$root/fuzz/make_seeds.py" "$seeds"
+  extra=(-dict="$root/fuzz/safetensors.dict")
+else
+  cp "$root"/tests/data/tiny_*/model.safetensors.index.json "$seeds/" 2>/dev/null || true
+  printf '{\n  "w": {\n    "dtype": "bfloat16",\n    "shape": [\n      2,\n      3\n    ]\n  },\n  "s": {\n    "dtype": "int64",\n    "shape": []\n  },\n  "t": {"safetensors_file": "a.safetensors", "weight_name": "x", "dtype": "float16"}\n}' > "$seeds/index.json"
+fi
 cd "$build"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  ./fuzz/safetensors_header_fuzzer -max_total_time="$seconds" -max_len=65536 -print_final_stats=1 \
-  -dict="$root/fuzz/safetensors.dict" corpus seeds
+  "./fuzz/$fuzzer" -max_total_time="$seconds" -max_len=65536 -print_final_stats=1 "${extra[@]}" \
+  "corpus-$fuzzer" "$seeds"

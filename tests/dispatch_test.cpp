@@ -459,3 +459,84 @@ TEST(DispatchTest, DispatchingADispatchedModelStartsFromTheResidentModel) {
   remove_hook_from_submodules(model);
   EXPECT_TRUE(model.embed->weight->is_same(*model.head->weight));
 }
+
+// ---- load_checkpoint_and_dispatch on real safetensors files ------------------------------------
+
+#include "ferry/dispatch/load_checkpoint_and_dispatch.h"
+#include "ferry/io/safetensors.h"
+#include "ferry/nn/init_on_device.h"
+#include "ferry/plan/max_memory.h"
+
+namespace {
+
+std::shared_ptr<TiedModel> empty_tied_model() {
+  auto guard = init_empty_weights();
+  return std::make_shared<TiedModel>();
+}
+
+// The checkpoint as transformers saves it: a tied weight once.
+void save_checkpoint(Module& model, const std::string& path) {
+  io::NamedTensors tensors;
+  for (auto& [name, t] : model.state_dict())
+    if (name != "head.weight") tensors.emplace_back(name, t);
+  io::save_safetensors(path, tensors, {{"format", "pt"}});
+}
+
+}  // namespace
+
+TEST(DispatchTest, LoadCheckpointAndDispatchEveryStrategyMatchesResident) {
+  at::manual_seed(15);
+  TiedModel reference;
+  at::Tensor ids = at::randint(0, 32, {2, 7});
+  at::Tensor expected = run(reference, ids);
+  TempDir dir;
+  save_checkpoint(reference, dir / "model.safetensors");
+
+  // CPU budget below the model (about 11 KiB): part of it must go to disk.
+  for (const char* strategy : {"auto", "balanced", "balanced_low_0", "sequential"}) {
+    auto model = empty_tied_model();
+    LoadAndDispatchOptions options;
+    options.strategy = strategy;
+    options.max_memory = parse_max_memory("cpu=6000");
+    options.no_split.classes = {"Block"};
+    DispatchResult result = load_checkpoint_and_dispatch(*model, dir / "model.safetensors", options);
+    bool has_disk = false;
+    for (const auto& [name, p] : result.device_map) has_disk |= p.is_disk();
+    EXPECT_TRUE(has_disk) << strategy << ": " << result.device_map.to_json();
+    EXPECT_TRUE(result.load.unexpected_keys.empty());
+    EXPECT_TRUE(at::equal(run(*model, ids), expected)) << strategy << ": " << result.device_map.to_json();
+    EXPECT_TRUE(at::equal(run(*model, ids), expected)) << strategy << " (second call)";
+  }
+}
+
+TEST(DispatchTest, LoadCheckpointAndDispatchWithAGivenMapCastsAndOffloads) {
+  at::manual_seed(16);
+  TiedModel reference;
+  at::Tensor ids = at::randint(0, 32, {1, 5});
+  TempDir dir;
+  save_checkpoint(reference, dir / "model.safetensors");
+  auto model = empty_tied_model();
+  LoadAndDispatchOptions options;
+  options.device_map = DeviceMap{{"embed", Placement::cpu()}, {"blocks.0", Placement::cpu()},
+                                 {"blocks.1", Placement::disk()}, {"blocks.2", Placement::disk()},
+                                 {"gain", Placement::cpu()}, {"head", Placement::disk()}};
+  options.dtype = at::kDouble;
+  DispatchResult result = load_checkpoint_and_dispatch(*model, dir / "model.safetensors", options);
+  EXPECT_EQ(model->embed->weight->scalar_type(), at::kDouble);
+  EXPECT_TRUE(model->blocks->at(1)->child("up")->parameter("weight").is_meta());
+  reference.to(at::kDouble);
+  EXPECT_TRUE(at::allclose(run(*model, ids), run(reference, ids), 1e-12, 1e-12));
+  EXPECT_GT(result.state->offloaded_bytes_per_forward, 0);
+}
+
+TEST(DispatchTest, LoadCheckpointAndDispatchRefusesABadStrategy) {
+  auto model = empty_tied_model();
+  LoadAndDispatchOptions options;
+  options.strategy = "fastest";
+  try {
+    load_checkpoint_and_dispatch(*model, "/nonexistent", options);
+    FAIL();
+  } catch (const ferry::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("fastest"), std::string::npos) << e.what();
+  }
+}

@@ -23,13 +23,13 @@ using ferry::test::write_bytes;
 
 namespace {
 
-struct Run {
+struct CliRun {
   int status = -1;
   std::string output;  // stdout and stderr
 };
 
-Run run_cli(const std::string& args) {
-  Run r;
+CliRun run_cli(const std::string& args) {
+  CliRun r;
   FILE* pipe = ::popen((std::string(FERRY_CLI_PATH) + " " + args + " 2>&1").c_str(), "r");
   if (pipe == nullptr) return r;
   char buf[4096];
@@ -50,7 +50,7 @@ class IoCliTest : public ::testing::Test {
 };
 
 TEST_F(IoCliTest, InspectJsonListsEveryTensorWithTotals) {
-  Run r = run_cli("inspect --json --checksum '" + data_dir() + "/tiny_qwen2'");
+  CliRun r = run_cli("inspect --json --checksum '" + data_dir() + "/tiny_qwen2'");
   ASSERT_EQ(r.status, 0) << r.output;
   const auto out = nlohmann::json::parse(r.output);
   const Checkpoint ckpt = Checkpoint::open(data_dir() + "/tiny_qwen2");
@@ -70,7 +70,7 @@ TEST_F(IoCliTest, InspectJsonListsEveryTensorWithTotals) {
 }
 
 TEST_F(IoCliTest, InspectTextHasPerShardAndPerDtypeTotals) {
-  Run r = run_cli("inspect '" + data_dir() + "/tiny_llama/model.safetensors.index.json'");
+  CliRun r = run_cli("inspect '" + data_dir() + "/tiny_llama/model.safetensors.index.json'");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("800640 parameters"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("per file:"), std::string::npos);
@@ -81,18 +81,18 @@ TEST_F(IoCliTest, InspectTextHasPerShardAndPerDtypeTotals) {
 TEST_F(IoCliTest, InspectFailsOnADamagedFile) {
   TempDir dir;
   write_bytes(dir.file("bad.safetensors"), ferry::test::safetensors_image(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 3));
-  Run r = run_cli("inspect '" + dir.file("bad.safetensors") + "'");
+  CliRun r = run_cli("inspect '" + dir.file("bad.safetensors") + "'");
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.output.find("ferry: error:"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("lie outside the data section"), std::string::npos) << r.output;
-  Run bin = run_cli("inspect '" + dir.file("pytorch_model.bin") + "'");
+  CliRun bin = run_cli("inspect '" + dir.file("pytorch_model.bin") + "'");
   EXPECT_NE(bin.status, 0);
 }
 
 TEST_F(IoCliTest, OffloadWritesAnAccelerateFolderThatInspectReads) {
   TempDir dir;
   const std::string out = dir.file("offload");
-  Run r = run_cli("offload '" + data_dir() + "/tiny_qwen2' '" + out + "'");
+  CliRun r = run_cli("offload '" + data_dir() + "/tiny_qwen2' '" + out + "'");
   ASSERT_EQ(r.status, 0) << r.output;
   const Checkpoint ckpt = Checkpoint::open(data_dir() + "/tiny_qwen2");
   const OffloadIndex index = read_offload_index(out);
@@ -102,7 +102,7 @@ TEST_F(IoCliTest, OffloadWritesAnAccelerateFolderThatInspectReads) {
     at::Tensor back = load_offloaded_weight(offload_file_path(out, t.name), index.at(t.name));
     EXPECT_TRUE(same_bits(back, ckpt.open_file(t.file).view(t.name))) << t.name;
   }
-  Run inspect = run_cli("inspect --json '" + out + "'");
+  CliRun inspect = run_cli("inspect --json '" + out + "'");
   ASSERT_EQ(inspect.status, 0) << inspect.output;
   const auto j = nlohmann::json::parse(inspect.output);
   EXPECT_EQ(j["format"], "offload_folder");
@@ -110,7 +110,7 @@ TEST_F(IoCliTest, OffloadWritesAnAccelerateFolderThatInspectReads) {
   // A truncated .dat makes inspect fail.
   const std::string victim = offload_file_path(out, ckpt.tensors()[0].name);
   write_bytes(victim, read_bytes(victim).substr(0, 10));
-  Run damaged = run_cli("inspect '" + out + "'");
+  CliRun damaged = run_cli("inspect '" + out + "'");
   EXPECT_EQ(damaged.status, 1);
   EXPECT_NE(damaged.output.find("but the file has 10 bytes"), std::string::npos) << damaged.output;
 }

@@ -57,6 +57,16 @@ TEST(OffloadTest, IndexJsonIsWhatPythonJsonDumpIndent2Writes) {
   EXPECT_EQ(read_bytes(dir.file("index.json")), expected);
 }
 
+TEST(OffloadTest, NonAsciiNamesAreEscapedAsPythonDoes) {
+  OffloadIndex index;
+  OffloadEntry e;
+  e.dtype = "float32";
+  e.shape = {1};
+  index.set("caf\xc3\xa9.\xf0\x9f\x98\x80", e);  // "café.😀": Python writes \u00e9 and a surrogate pair
+  EXPECT_EQ(index.to_json(), "{\n  \"caf\\u00e9.\\ud83d\\ude00\": {\n    \"dtype\": \"float32\",\n    \"shape\": [\n      1\n    ]\n  }\n}");
+  EXPECT_EQ(OffloadIndex::from_json(index.to_json(), "again").names(), index.names());
+}
+
 TEST(OffloadTest, ScalarsAreStoredAsOneElementAndComeBackZeroDim) {
   TempDir dir;
   OffloadIndex index;
@@ -169,6 +179,16 @@ TEST(OffloadHostileTest, DatFileOfTheWrongSize) {
                      dir.file("w.dat"), "the index says float32 [2, 3] (6 x 4 = 24 bytes) but the file has 20 bytes");
   EXPECT_FERRY_ERROR(map_offloaded_weight(dir.file("w.dat"), index.at("w")), "[map_offloaded_weight]",
                      "but the file has 20 bytes");
+}
+
+TEST(OffloadHostileTest, BoolDatWithBytesOtherThanZeroOrOne) {
+  TempDir dir;
+  write_bytes(dir.file("m.dat"), std::string("\x00\x01\x02", 3));
+  OffloadEntry e;
+  e.dtype = "bool";
+  e.shape = {3};
+  EXPECT_FERRY_ERROR(load_offloaded_weight(dir.file("m.dat"), e), "the index says bool but byte 2 holds 2");
+  EXPECT_FERRY_ERROR(map_offloaded_weight(dir.file("m.dat"), e), "[map_offloaded_weight]", "byte 2 holds 2");
 }
 
 TEST(OffloadHostileTest, MissingDatFile) {

@@ -9,27 +9,12 @@
 #include <fstream>
 #include <string>
 
+#include "cli_runner.h"
+
 namespace {
 
-struct CliRun {
-  int status = -1;
-  std::string output;  // stdout and stderr together
-};
-
-CliRun run_cli(const std::string& args) {
-  CliRun r;
-  std::string cli = FERRY_CLI_PATH;
-  if (cli.empty()) return r;
-  std::string command = "'" + cli + "' plan " + args + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buffer{};
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) r.output.append(buffer.data(), n);
-  int raw = pclose(pipe);
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return r;
-}
+using ferry::test::CliRun;
+CliRun run_cli(const std::string& args) { return ferry::test::run_ferry("plan " + args); }
 
 const std::string kData = FERRY_TEST_DATA_DIR;
 

@@ -305,6 +305,14 @@ TEST_F(SafetensorsHostileTest, MalformedEntries) {
   expect_rejected(safetensors_image(R"({"__metadata__":[]})", 0), {"__metadata__ must be a map"});
 }
 
+TEST_F(SafetensorsHostileTest, BoolBytesOtherThanZeroOrOne) {
+  const std::string path = dir_.file("bool.safetensors");
+  write_bytes(path, safetensors_image(R"({"b":{"dtype":"BOOL","shape":[3],"data_offsets":[0,3]}})", 0) + std::string("\x01\x00\x07", 3));
+  SafetensorsFile f = SafetensorsFile::open(path);  // the header is fine
+  EXPECT_FERRY_ERROR(f.view("b"), path, "tensor 'b' is BOOL but byte 2 holds 7");
+  EXPECT_FERRY_ERROR(f.load("b"), "tensor 'b' is BOOL but byte 2 holds 7");
+}
+
 TEST_F(SafetensorsHostileTest, DeepNestingIsRefused) {
   expect_rejected(safetensors_image("{\"a\":" + std::string(100, '[') + std::string(100, ']') + "}", 0),
                   {"nests deeper than 16 levels"});

@@ -155,6 +155,7 @@ LoadCheckpointResult load_checkpoint_in_model(Module& model, const std::string& 
   // 2. Stream shard by shard.
   for (const std::string& file : ckpt.files()) {
     io::SafetensorsFile shard = ckpt.open_file(file);
+    shard.mapping()->advise_sequential(0, shard.mapping()->size());  // read once, front to back
     for (const io::TensorEntry& entry : shard.tensors()) {
       auto placed = placement_of.find(entry.name);
       if (placed == placement_of.end()) continue;  // unexpected or SCB

@@ -76,6 +76,16 @@ c10::ScalarType checked_dat_dtype(const std::string& file, const OffloadEntry& e
   return dtype;
 }
 
+// A bool byte other than 0 or 1 is undefined behaviour in every kernel that reads it.
+void check_bool_bytes(const std::string& file, c10::ScalarType dtype, const uint8_t* data, size_t size,
+                      const char* function) {
+  if (dtype != c10::ScalarType::Bool) return;
+  for (size_t i = 0; i < size; ++i)
+    if (data[i] > 1)
+      throw Error(::ferry::detail::concat("[", function, "] ", file, ": the index says bool but byte ", i, " holds ",
+                                          int(data[i]), " (a bool must be 0 or 1). Perhaps a corrupt file?"));
+}
+
 }  // namespace
 
 // ---- OffloadIndex -----------------------------------------------------------------------------
@@ -218,6 +228,7 @@ OffloadEntry offload_weight(const at::Tensor& tensor, const std::string& name, c
 at::Tensor map_offloaded_weight(const std::string& file, const OffloadEntry& entry) {
   auto map = MappedFile::open(file);
   const c10::ScalarType dtype = checked_dat_dtype(file, entry, map->size(), "map_offloaded_weight");
+  check_bool_bytes(file, dtype, map->data(), map->size(), "map_offloaded_weight");
   const auto options = at::TensorOptions().dtype(dtype).device(c10::kCPU);
   if (map->size() == 0) return at::empty(entry.shape, options);
   std::shared_ptr<const MappedFile> keep = map;
@@ -229,6 +240,7 @@ at::Tensor map_offloaded_weight(const std::string& file, const OffloadEntry& ent
 at::Tensor load_offloaded_weight(const std::string& file, const OffloadEntry& entry) {
   auto map = MappedFile::open(file);
   const c10::ScalarType dtype = checked_dat_dtype(file, entry, map->size(), "load_offloaded_weight");
+  check_bool_bytes(file, dtype, map->data(), map->size(), "load_offloaded_weight");
   at::Tensor out = at::empty(entry.shape, at::TensorOptions().dtype(dtype).device(c10::kCPU));
   if (map->size() > 0) std::memcpy(out.data_ptr(), map->data(), map->size());
   return out;

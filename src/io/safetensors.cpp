@@ -297,6 +297,12 @@ at::Tensor SafetensorsFile::view(const std::string& name) const {
   auto [ptr, nbytes] = bytes(name);
   const auto options = at::TensorOptions().dtype(e.dtype).device(c10::kCPU);
   if (nbytes == 0) return at::empty(e.shape, options);
+  if (e.dtype == c10::ScalarType::Bool) {
+    // A bool byte other than 0 or 1 is undefined behaviour in every kernel that reads it.
+    for (size_t i = 0; i < nbytes; ++i)
+      FERRY_CHECK(ptr[i] <= 1, path(), ": tensor '", name, "' is BOOL but byte ", i, " holds ", int(ptr[i]),
+                  " (a bool must be 0 or 1). Perhaps a corrupt file?");
+  }
   if (reinterpret_cast<uintptr_t>(ptr) % c10::elementSize(e.dtype) != 0) {
     at::Tensor copy = at::empty(e.shape, options);
     std::memcpy(copy.data_ptr(), ptr, nbytes);
