@@ -12,6 +12,8 @@ int main(int argc, char** argv) {
   ferry::cli::add_plan_command(app);
   ferry::cli::add_inspect_command(app);
   ferry::cli::add_offload_command(app);
+  ferry::cli::add_run_command(app);
+  ferry::cli::add_demo_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
