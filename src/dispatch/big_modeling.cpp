@@ -43,14 +43,33 @@ class AliasedWeightsMap : public io::WeightsMap {
   std::vector<std::string> keys_;
 };
 
+// Offloaded slots of a tie group must find their weight: under another name of the group in the
+// store (a checkpoint saves a tied weight once), or, when the store has none of them, in the
+// model itself, where a resident member of the group holds it (e.g. a CPU embedding tied to a
+// disk-placed LM head).
 io::WeightsMapPtr with_tied_aliases(Module& model, io::WeightsMapPtr weights) {
-  if (!weights) return weights;
   std::unordered_map<std::string, std::string> aliases;
+  io::NamedTensors resident;
   for (const auto& group : find_tied_parameters(model)) {
-    auto present = std::find_if(group.begin(), group.end(), [&](const std::string& n) { return weights->contains(n); });
-    if (present == group.end()) continue;
-    for (const auto& name : group)
-      if (!weights->contains(name)) aliases.emplace(name, *present);
+    auto stored = [&](const std::string& n) { return weights && weights->contains(n); };
+    auto present = std::find_if(group.begin(), group.end(), stored);
+    if (present != group.end()) {
+      for (const auto& name : group)
+        if (!stored(name)) aliases.emplace(name, *present);
+      continue;
+    }
+    for (const auto& name : group) {
+      auto [owner, leaf] = resolve_tensor_owner(model, name);
+      at::Tensor t = owner->parameter(leaf);
+      if (t.defined() && !t.is_meta()) {
+        for (const auto& other : group) resident.emplace_back(other, t);
+        break;
+      }
+    }
+  }
+  if (!resident.empty()) {
+    auto held = io::make_state_dict_weights_map(std::move(resident));
+    weights = weights ? io::make_union_weights_map({weights, held}) : held;
   }
   if (aliases.empty()) return weights;
   return std::make_shared<AliasedWeightsMap>(std::move(weights), std::move(aliases));
