@@ -25,25 +25,6 @@ bool is_strategy(const std::string& s) {
   return s == "auto" || s == "balanced" || s == "balanced_low_0" || s == "sequential";
 }
 
-// A tied copy the files omit (Qwen2's lm_head.weight) can only be read from disk through its
-// stored partner; dispatch serves disk weights from the checkpoint, so the two must share a
-// placement when the copy is on disk.
-void check_tied_placement(CausalLM& model, const DeviceMap& map, const io::Checkpoint& checkpoint) {
-  for (const auto& group : find_tied_parameters(model)) {
-    for (const auto& name : group) {
-      auto p = map.placement_of(name);
-      if (!p || !p->is_disk() || checkpoint.contains(name)) continue;
-      for (const auto& other : group) {
-        auto q = map.placement_of(other);
-        if (other != name && checkpoint.contains(other) && q && *q != *p)
-          FERRY_FAIL("the device map puts '", name, "' on disk, but the checkpoint does not store it: it is tied to '",
-                     other, "', which the map puts on ", q->str(), ". Place '", map.owner_of(name).value_or(name),
-                     "' with '", map.owner_of(other).value_or(other), "' (tied weights share one placement)");
-      }
-    }
-  }
-}
-
 }  // namespace
 
 void check_device_map_names(CausalLM& model, const DeviceMap& map) {
@@ -93,7 +74,6 @@ LoadedModel load_model(const std::string& dir, const LoadModelOptions& o) {
   }
   if (options.device_map) {
     check_device_map_names(model, *options.device_map);
-    check_tied_placement(model, *options.device_map, checkpoint);
   }
 
   if (o.on_progress) o.on_progress(0, 1);

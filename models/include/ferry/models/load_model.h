@@ -12,7 +12,7 @@
 ///
 /// Steps, each checked before the next: config.json -> the model on the meta device -> the
 /// checkpoint's names and shapes against the model -> a given device map checked against the
-/// model's module names and tie groups -> load_checkpoint_and_dispatch (plans a strategy with the
+/// model's module names -> load_checkpoint_and_dispatch (plans a strategy with the
 /// model's no-split classes, loads each weight to its placement, leaves disk-placed ones in the
 /// checkpoint to be read in place, attaches the hooks).
 /// A bad folder, config, checkpoint or map fails before any weight is read or any file written.
@@ -68,8 +68,7 @@ struct LoadedModel {
 /// Loads `dir` as described in the file comment. Throws ferry::Error for a folder without
 /// config.json or weights, an unsupported config, a checkpoint that disagrees with the config,
 /// a device map naming modules the model does not have (or leaving tensors without a placement),
-/// a tied copy the files omit placed on disk apart from its stored partner, an unknown strategy,
-/// or a bad max_memory.
+/// an unknown strategy, or a bad max_memory.
 LoadedModel load_model(const std::string& dir, const LoadModelOptions& options = {});
 
 /// Checks that every key of `map` is "" or a module or tensor name of `model`, and that every
