@@ -125,23 +125,10 @@ void demo(const DemoOptions& o) {
 
   LoadModelOptions off;
   int64_t budget = static_cast<int64_t>(bytes * 0.4);
-  if (planner_available()) {
-    off.device_map = "auto";
-    off.max_memory = "cpu=" + std::to_string(budget);
-    std::cout << "offloaded: device_map=auto, max_memory cpu=" << format_bytes(static_cast<double>(budget))
-              << " (40% of the model; the rest stays on disk, read in place from the checkpoint)\n";
-  } else {
-    // Without the planner in this build: the same split by hand, as a JSON map.
-    std::string map = (fs::path(dir) / "demo_device_map.json").string();
-    DeviceMap m{{"model.embed_tokens", Placement::cpu()}, {"model.layers.0", Placement::cpu()},
-                {"model.layers.1", Placement::cpu()}, {"model.layers.2", Placement::disk()},
-                {"model.layers.3", Placement::disk()}, {"model.layers.4", Placement::disk()},
-                {"model.layers.5", Placement::disk()}, {"model.norm", Placement::cpu()},
-                {"model.rotary_emb", Placement::cpu()}, {"lm_head", Placement::disk()}};
-    m.write_json_file(map);
-    off.device_map = map;
-    std::cout << "offloaded: device map " << map << " (planner not in this build)\n";
-  }
+  off.device_map = "auto";
+  off.max_memory = "cpu=" + std::to_string(budget);
+  std::cout << "offloaded: device_map=auto, max_memory cpu=" << format_bytes(static_cast<double>(budget))
+            << " (40% of the model; the rest stays on disk, read in place from the checkpoint)\n";
   Run offloaded = run_once(dir, off, ids, o.max_new_tokens);
   print_run("offloaded (CPU + disk):", offloaded);
 

@@ -5,6 +5,7 @@
 #include "ferry/core/byte_size.h"
 #include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
+#include "ferry/io/checkpoint.h"
 #include "ferry/io/safetensors.h"
 #include "ferry/models/generate.h"
 #include "ferry/models/load_model.h"
@@ -16,6 +17,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -86,32 +88,41 @@ int64_t peak_rss_bytes() {
   return static_cast<int64_t>(u.ru_maxrss) * 1024;
 }
 
-// A one-line progress bar on stderr, only when stderr is a terminal.
-class ProgressBar {
+// A loading status line on stderr, only when stderr is a terminal: load_checkpoint_in_model reports
+// only its start and end, so this shows what is being loaded and then how long it took.
+class ProgressLine {
  public:
-  explicit ProgressBar(bool enabled) : enabled_(enabled) {}
-  ~ProgressBar() { finish(); }
+  ProgressLine(bool enabled, std::string what) : enabled_(enabled), what_(std::move(what)) {}
   void update(uint64_t done, uint64_t total) {
-    if (!enabled_ || total == 0) return;
-    int width = 40, filled = static_cast<int>(width * done / total);
-    int percent = static_cast<int>(100 * done / total);
-    if (percent == last_) return;
-    last_ = percent;
-    std::fprintf(stderr, "\rloading [%s%s] %3d%% %s", std::string(filled, '#').c_str(),
-                 std::string(width - filled, '.').c_str(), percent, format_bytes(static_cast<double>(done)).c_str());
+    if (!enabled_) return;
+    if (done == 0) {
+      start_ = std::chrono::steady_clock::now();
+      std::fprintf(stderr, "loading %s ...", what_.c_str());
+    } else if (done == total) {
+      double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+      std::fprintf(stderr, "\rloading %s ... done in %.2f s\n", what_.c_str(), s);
+    }
     std::fflush(stderr);
-    shown_ = true;
-  }
-  void finish() {
-    if (shown_) std::fprintf(stderr, "\n");
-    shown_ = false;
   }
 
  private:
   bool enabled_;
-  bool shown_ = false;
-  int last_ = -1;
+  std::string what_;
+  std::chrono::steady_clock::time_point start_;
 };
+
+// Anonymous (private) resident memory now, from /proc/self/status: peak RSS also counts the pages
+// of disk-offloaded weights mapped from the checkpoint, which are page cache, not the process's own.
+int64_t rss_anon_bytes() {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  long long kb = -1;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "RssAnon: %lld kB", &kb) == 1) break;
+  std::fclose(f);
+  return kb < 0 ? -1 : kb * 1024;
+}
 
 std::string join_ids(const at::Tensor& row) {
   std::ostringstream s;
@@ -127,6 +138,7 @@ void run(const RunOptions& o) {
   {
     auto empty = create_empty_model(o.model_dir);
     check_input_ids(*empty, ids);
+    check_checkpoint_matches(*empty, o.model_dir);
   }
   GenerationConfig g;
   g.max_new_tokens = o.max_new_tokens;
@@ -152,13 +164,23 @@ void run(const RunOptions& o) {
   if (!o.dtype.empty()) lo.dtype = parse_dtype(o.dtype);
   if (o.prefetch_bytes >= 0) lo.prefetch_bytes = o.prefetch_bytes;
   FERRY_CHECK(!(!o.max_memory.empty() && o.device_map.empty()), "--max-memory needs --device-map (e.g. auto)");
-  ProgressBar bar(isatty(STDERR_FILENO) && !o.json);
-  lo.on_progress = [&](uint64_t done, uint64_t total) { bar.update(done, total); };
+  io::Checkpoint checkpoint = io::Checkpoint::open(o.model_dir);
+  ProgressLine progress(isatty(STDERR_FILENO) && !o.json,
+                        format_bytes(static_cast<double>(checkpoint.total_bytes())) + " in " +
+                            std::to_string(checkpoint.files().size()) + " shard(s) from " + o.model_dir);
+  lo.on_progress = [&](uint64_t done, uint64_t total) { progress.update(done, total); };
   LoadedModel loaded = load_model(o.model_dir, lo);
-  bar.finish();
 
   int64_t streamed_before = loaded.dispatch && loaded.dispatch->streamer ? loaded.dispatch->streamer->stats().bytes_loaded : 0;
-  GenerationOutput out = generate(*loaded.model, ids, g);
+  GenerationOutput out;
+  try {
+    out = generate(*loaded.model, ids, g);
+  } catch (const c10::Error& e) {
+    // E.g. float16 matmuls, which LibTorch 1.13 lacks on the CPU.
+    FERRY_FAIL("LibTorch could not run this ", loaded.model->config().architecture, " in ",
+               dtype_name(loaded.model->config().dtype), ": ", e.what_without_backtrace(),
+               ". Try --dtype float32 or bfloat16");
+  }
   int64_t streamed = loaded.dispatch && loaded.dispatch->streamer
                          ? loaded.dispatch->streamer->stats().bytes_loaded - streamed_before
                          : 0;
@@ -196,6 +218,7 @@ void run(const RunOptions& o) {
                     {"decode_ms_per_token", decode_ms},
                     {"decode_steps", out.decode_steps},
                     {"peak_rss_bytes", peak_rss_bytes()},
+                    {"rss_anon_bytes", rss_anon_bytes()},
                     {"offloaded_bytes_per_token", moved_per_token}};
     if (!o.logits_out.empty()) j["logits_out"] = o.logits_out;
     std::cout << j.dump() << std::endl;
@@ -214,9 +237,11 @@ void run(const RunOptions& o) {
     std::cout << "  [" << join_ids(ids[b]) << "] -> "
               << join_ids(out.sequences[b].narrow(0, ids.size(1), out.sequences.size(1) - ids.size(1))) << "\n";
   }
-  std::printf("timings: load %.3f s, prefill %.3f s, decode %.2f ms/token (%lld steps), peak RSS %s, offloaded bytes moved per token %s\n",
+  std::printf("timings: load %.3f s, prefill %.3f s, decode %.2f ms/token (%lld steps), peak RSS %s (anonymous now %s), "
+              "offloaded bytes moved per token %s\n",
               loaded.load_seconds, out.prefill_seconds, decode_ms, static_cast<long long>(out.decode_steps),
-              format_bytes(static_cast<double>(peak_rss_bytes())).c_str(), format_bytes(moved_per_token).c_str());
+              format_bytes(static_cast<double>(peak_rss_bytes())).c_str(),
+              format_bytes(static_cast<double>(rss_anon_bytes())).c_str(), format_bytes(moved_per_token).c_str());
   if (!o.logits_out.empty()) std::cout << "prompt logits written to " << o.logits_out << "\n";
 }
 

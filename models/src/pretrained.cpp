@@ -2,6 +2,7 @@
 
 #include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
+#include "ferry/dispatch/load_checkpoint.h"
 #include "ferry/io/safetensors.h"
 #include "ferry/io/checkpoint.h"
 #include "ferry/nn/init_on_device.h"
@@ -133,42 +134,17 @@ void check_checkpoint_matches(CausalLM& model, const std::string& dir) {
                "; check that config.json belongs to these weights");
 }
 
-void load_checkpoint_weights(CausalLM& model, const std::string& dir,
-                             const std::function<c10::optional<c10::Device>(const std::string&)>& device_for,
-                             const std::function<void(uint64_t, uint64_t)>& on_progress) {
-  auto groups = find_tied_parameters(model);
-  io::Checkpoint ckpt = open_checkpoint(dir);
-  std::map<std::string, at::Tensor> model_tensors;
-  for (auto& [name, t] : model.state_dict()) model_tensors.emplace(name, t);
-  uint64_t total = 0, done = 0;
-  for (const auto& t : ckpt.tensors())
-    if (model_tensors.count(t.name) && device_for(t.name)) total += t.nbytes;
-  for (const std::string& file : ckpt.files()) {
-    io::SafetensorsFile shard = ckpt.open_file(file);
-    for (const std::string& name : ckpt.tensors_in(file)) {
-      auto it = model_tensors.find(name);
-      if (it == model_tensors.end()) continue;  // e.g. rotary inv_freq saved by old transformers
-      c10::optional<c10::Device> device = device_for(name);
-      if (!device) continue;  // stays on meta: read in place when its module runs
-      c10::ScalarType want = it->second.scalar_type();
-      at::Tensor value = shard.load(name, *device, is_floating_dtype(want) ? c10::optional<c10::ScalarType>(want) : c10::nullopt);
-      set_module_tensor_to_device(model, name, *device, value);
-      done += shard.entry(name).nbytes();
-      if (on_progress) on_progress(done, total);
-    }
-  }
-  retie_parameters(model, groups);
-}
-
 std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, const PretrainedOptions& options) {
   std::shared_ptr<CausalLM> model = create_empty_model(dir, options.dtype);
   check_checkpoint_matches(*model, dir);
-  c10::Device device = options.device;
-  load_checkpoint_weights(*model, dir, [&](const std::string&) { return c10::optional<c10::Device>(device); },
-                          options.on_progress);
+  LoadCheckpointOptions load;
+  load.device_map = DeviceMap{{"", Placement(options.device)}};
+  if (options.on_progress) options.on_progress(0, 1);
+  load_checkpoint_in_model(*model, dir, load);
+  if (options.on_progress) options.on_progress(1, 1);
   // Non-persistent buffers (rotary inv_freq) were built on the CPU; bring them along.
   for (auto& [name, t] : model->named_buffers())
-    if (t.device() != device) set_module_tensor_to_device(*model, name, device);
+    if (t.device() != options.device) set_module_tensor_to_device(*model, name, options.device);
   for (auto& [name, t] : model->named_parameters())
     FERRY_CHECK(!t.is_meta(), "'", name, "' was not loaded from '", dir, "'");
   return model;

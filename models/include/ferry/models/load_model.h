@@ -11,9 +11,10 @@
 ///     m.device_map.to_json();                // where everything went
 ///
 /// Steps, each checked before the next: config.json -> the model on the meta device -> the
-/// checkpoint's names and shapes against the model -> the device map (planned, or read and
-/// checked against the model's module names) -> weights loaded to their placements (disk-placed
-/// ones stay in the checkpoint and are read in place) -> dispatch_model attaches the hooks.
+/// checkpoint's names and shapes against the model -> a given device map checked against the
+/// model's module names -> load_checkpoint_and_dispatch (plans a strategy with the
+/// model's no-split classes, loads each weight to its placement, leaves disk-placed ones in the
+/// checkpoint to be read in place, attaches the hooks).
 /// A bad folder, config, checkpoint or map fails before any weight is read or any file written.
 
 #include "ferry/dispatch/big_modeling.h"
@@ -69,9 +70,6 @@ struct LoadedModel {
 /// a device map naming modules the model does not have (or leaving tensors without a placement),
 /// an unknown strategy, or a bad max_memory.
 LoadedModel load_model(const std::string& dir, const LoadModelOptions& options = {});
-
-/// True when this build includes ferry's planner, so that device_map strategies ("auto", ...) work.
-bool planner_available();
 
 /// Checks that every key of `map` is "" or a module or tensor name of `model`, and that every
 /// tensor gets a placement. The message names the unknown key and suggests the model's top-level

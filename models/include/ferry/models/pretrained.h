@@ -6,8 +6,9 @@
 ///     auto model = ferry::models::load_pretrained("/models/tiny_llama", {at::kFloat});
 ///     at::Tensor logits = model->logits(ids);
 ///
-/// The model is built under init_empty_weights (no memory, no initialisation) and every weight is
-/// then read from the checkpoint straight to its device and dtype. For models larger than memory
+/// The model is built under init_empty_weights (no memory, no initialisation); the checkpoint is
+/// checked against it (names, shapes) and then streamed in by load_checkpoint_in_model, every
+/// weight straight to its device and dtype. For models larger than memory
 /// use ferry::load_checkpoint_and_dispatch with create_model instead (see ferry run).
 
 #include "ferry/models/causal_lm.h"
@@ -29,7 +30,8 @@ struct PretrainedOptions {
   c10::optional<c10::ScalarType> dtype;
   /// Where every weight goes.
   c10::Device device = c10::Device(c10::kCPU);
-  /// Called after each tensor with (stored bytes loaded so far, stored bytes in all).
+  /// Called with (0, 1) before the weights load and (1, 1) after (load_checkpoint_in_model has no
+  /// finer progress report).
   std::function<void(uint64_t, uint64_t)> on_progress;
 };
 
@@ -50,13 +52,6 @@ void save_pretrained(CausalLM& model, const std::string& dir, uint64_t max_shard
 
 /// Builds the model described by `dir/config.json` on the meta device (no memory), with `dtype`.
 std::shared_ptr<CausalLM> create_empty_model(const std::string& dir, c10::optional<c10::ScalarType> dtype = c10::nullopt);
-
-/// Loads the checkpoint in `dir` into `model` (built on meta), tensor by tensor, shard by shard:
-/// each tensor goes to `device_for(name)` in the model tensor's dtype; names for which it returns
-/// nullopt stay on meta (disk-placed). Tied groups are re-tied afterwards.
-void load_checkpoint_weights(CausalLM& model, const std::string& dir,
-                             const std::function<c10::optional<c10::Device>(const std::string&)>& device_for,
-                             const std::function<void(uint64_t, uint64_t)>& on_progress = {});
 
 /// Checks that `dir` holds a checkpoint whose tensors match `model` (names, shapes), before anything
 /// is loaded: every model tensor is present (tied copies excepted) with the shape the config implies.
