@@ -190,6 +190,12 @@ void WeightStreamer::forget(AlignDevicesHook* hook) {
   cursor_ = 0;
 }
 
+void WeightStreamer::drop_prefetched() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  pending_.clear();
+  pending_bytes_ = 0;
+}
+
 StreamerStats WeightStreamer::stats() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return stats_;

@@ -68,6 +68,9 @@ class WeightStreamer {
   void release(AlignDevicesHook* hook);
   /// Forgets a hook (when it is detached): its pending loads are dropped.
   void forget(AlignDevicesHook* hook);
+  /// Drops every prefetched tensor (keeping the learned order), releasing their memory and
+  /// file mappings; prefetching resumes at the next forward.
+  void drop_prefetched();
 
   StreamerStats stats() const;
   void reset_stats();
