@@ -9,8 +9,11 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.fallthrough();
   // Each subcommand registers itself; see commands.h.
+  ferry::cli::add_plan_command(app);
   ferry::cli::add_inspect_command(app);
   ferry::cli::add_offload_command(app);
+  ferry::cli::add_run_command(app);
+  ferry::cli::add_demo_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

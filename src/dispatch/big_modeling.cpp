@@ -43,14 +43,33 @@ class AliasedWeightsMap : public io::WeightsMap {
   std::vector<std::string> keys_;
 };
 
+// Offloaded slots of a tie group must find their weight: under another name of the group in the
+// store (a checkpoint saves a tied weight once), or, when the store has none of them, in the
+// model itself, where a resident member of the group holds it (e.g. a CPU embedding tied to a
+// disk-placed LM head).
 io::WeightsMapPtr with_tied_aliases(Module& model, io::WeightsMapPtr weights) {
-  if (!weights) return weights;
   std::unordered_map<std::string, std::string> aliases;
+  io::NamedTensors resident;
   for (const auto& group : find_tied_parameters(model)) {
-    auto present = std::find_if(group.begin(), group.end(), [&](const std::string& n) { return weights->contains(n); });
-    if (present == group.end()) continue;
-    for (const auto& name : group)
-      if (!weights->contains(name)) aliases.emplace(name, *present);
+    auto stored = [&](const std::string& n) { return weights && weights->contains(n); };
+    auto present = std::find_if(group.begin(), group.end(), stored);
+    if (present != group.end()) {
+      for (const auto& name : group)
+        if (!stored(name)) aliases.emplace(name, *present);
+      continue;
+    }
+    for (const auto& name : group) {
+      auto [owner, leaf] = resolve_tensor_owner(model, name);
+      at::Tensor t = owner->parameter(leaf);
+      if (t.defined() && !t.is_meta()) {
+        for (const auto& other : group) resident.emplace_back(other, t);
+        break;
+      }
+    }
+  }
+  if (!resident.empty()) {
+    auto held = io::make_state_dict_weights_map(std::move(resident));
+    weights = weights ? io::make_union_weights_map({weights, held}) : held;
   }
   if (aliases.empty()) return weights;
   return std::make_shared<AliasedWeightsMap>(std::move(weights), std::move(aliases));
@@ -82,6 +101,27 @@ int64_t sum_offloaded_bytes(Module& model) {
   return total;
 }
 
+// Restores ties when the hooks are removed: each offloaded slot gets its own copy back from
+// the weights map, so the tie groups found at dispatch are re-established on the root's detach
+// (remove_hook_from_submodules detaches children first).
+class RetieOnDetachHook : public ModelHook {
+ public:
+  explicit RetieOnDetachHook(std::vector<std::vector<std::string>> groups) : groups_(std::move(groups)) {}
+  void detach_hook(Module& module) override { retie_parameters(module, groups_); }
+
+ private:
+  std::vector<std::vector<std::string>> groups_;
+};
+
+void install_move_guard(Module& model);
+
+void finish_dispatch(Module& model, DispatchState& state, std::vector<std::vector<std::string>> tied_groups) {
+  if (!tied_groups.empty()) add_hook_to_module(model, std::make_shared<RetieOnDetachHook>(std::move(tied_groups)), true);
+  state.tied_cache->seal();
+  state.offloaded_bytes_per_forward = sum_offloaded_bytes(model);
+  install_move_guard(model);
+}
+
 void install_move_guard(Module& model) {
   model.set_move_guard([](Module& m, const std::string& request) {
     for (const auto& [name, module] : m.named_modules())
@@ -93,8 +133,16 @@ void install_move_guard(Module& model) {
   });
 }
 
+// Dispatching a dispatched model starts from the model as it was: the old hooks go first.
+void undo_previous_dispatch(Module& model) {
+  if (!model.has_move_guard()) return;
+  log_info("[dispatch] the model was already dispatched; removing its hooks before placing it again");
+  remove_hook_from_submodules(model);
+}
+
 std::shared_ptr<DispatchState> offload_everything(Module& model, io::WeightsMapPtr weights,
                                                   const OffloadOptions& options) {
+  auto tied_groups = find_tied_parameters(model);
   auto state = std::make_shared<DispatchState>();
   state->main_device = options.execution_device.value_or(first_parameter_device(model).value_or(c10::kCPU));
   state->streamer = make_streamer(options.streamer);
@@ -111,8 +159,7 @@ std::shared_ptr<DispatchState> offload_everything(Module& model, io::WeightsMapP
   attach.tied_cache = state->tied_cache;
   attach.streamer = state->streamer;
   attach_align_device_hook(model, state->main_device, /*offload=*/true, state->weights_map, attach);
-  state->offloaded_bytes_per_forward = sum_offloaded_bytes(model);
-  install_move_guard(model);
+  finish_dispatch(model, *state, std::move(tied_groups));
   return state;
 }
 
@@ -147,6 +194,7 @@ void validate_device_map(Module& model, const DeviceMap& device_map) {
 }  // namespace
 
 std::shared_ptr<DispatchState> cpu_offload(Module& model, const OffloadOptions& options) {
+  undo_previous_dispatch(model);
   io::WeightsMapPtr weights = options.state_dict;
   if (!weights) {
     io::NamedTensors on_cpu;
@@ -159,6 +207,7 @@ std::shared_ptr<DispatchState> cpu_offload(Module& model, const OffloadOptions& 
 std::shared_ptr<DispatchState> disk_offload(Module& model, const std::string& offload_dir,
                                             const OffloadOptions& options) {
   FERRY_CHECK(!offload_dir.empty(), "an offload folder is needed to offload a ", model.class_name(), " to disk");
+  undo_previous_dispatch(model);
   if (!io::has_offload_index(offload_dir)) io::offload_state_dict(offload_dir, model.state_dict());
   return offload_everything(model, io::make_offload_folder_weights_map(offload_dir), options);
 }
@@ -166,6 +215,7 @@ std::shared_ptr<DispatchState> disk_offload(Module& model, const std::string& of
 std::shared_ptr<DispatchState> dispatch_model(Module& model, const DeviceMap& device_map,
                                               const DispatchOptions& options) {
   validate_device_map(model, device_map);
+  undo_previous_dispatch(model);
   auto state = std::make_shared<DispatchState>();
   state->device_map = device_map;
 
@@ -238,6 +288,7 @@ std::shared_ptr<DispatchState> dispatch_model(Module& model, const DeviceMap& de
   }
   execution.emplace("", main);
 
+  auto tied_groups = find_tied_parameters(model);
   state->tied_cache = std::make_shared<TiedWeightsCache>(model);
   state->streamer = make_streamer(options.streamer);
   AttachOptions attach;
@@ -247,10 +298,9 @@ std::shared_ptr<DispatchState> dispatch_model(Module& model, const DeviceMap& de
   attach.tied_cache = state->tied_cache;
   attach.streamer = state->streamer;
   attach_align_device_hook_on_blocks(model, execution, offload, state->weights_map, attach);
-  state->offloaded_bytes_per_forward = sum_offloaded_bytes(model);
+  finish_dispatch(model, *state, std::move(tied_groups));
   if (state->offloaded_bytes_per_forward > 0)
     log_info("[dispatch_model] some parameters are on the meta device because they were offloaded to the cpu/disk");
-  install_move_guard(model);
   return state;
 }
 
@@ -259,9 +309,17 @@ bool has_offloaded_params(const Module& module) {
   return hook && hook->offload();
 }
 
+std::shared_ptr<AlignDevicesHook> find_offloading_hook(const Module& module) {
+  if (auto hook = hook_as<AlignDevicesHook>(module)) return hook->offload() ? hook : nullptr;
+  if (auto sequential = hook_as<SequentialHook>(module))
+    for (const auto& h : sequential->hooks)
+      if (auto align = std::dynamic_pointer_cast<AlignDevicesHook>(h); align && align->offload()) return align;
+  return nullptr;
+}
+
 AlignModuleDevice::AlignModuleDevice(Module& module, std::optional<c10::Device> execution_device) : module_(module) {
-  if (has_offloaded_params(module)) {
-    hook_ = hook_as<AlignDevicesHook>(module);
+  if (auto hook = find_offloading_hook(module)) {
+    hook_ = hook;
     if (execution_device) {
       saved_execution_device_ = hook_->options().execution_device;
       hook_->set_execution_device(execution_device);

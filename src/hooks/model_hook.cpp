@@ -1,8 +1,14 @@
 #include "ferry/hooks/model_hook.h"
 
+#include "ferry/core/error.h"
+
+#include <typeinfo>
+
 namespace ferry {
 
 void SequentialHook::init_hook(Module& module) {
+  for (size_t i = 0; i < hooks.size(); ++i)
+    FERRY_CHECK(hooks[i], "the SequentialHook attached to a ", module.class_name(), " holds no hook at position ", i);
   for (auto& hook : hooks) hook->init_hook(module);
 }
 
@@ -24,12 +30,15 @@ void SequentialHook::abort_forward(Module& module) {
 }
 
 void add_hook_to_module(Module& module, std::shared_ptr<ModelHook> hook, bool append) {
+  FERRY_CHECK(hook, "no hook given for the ", module.class_name(),
+              "; to take a hook off, call remove_hook_from_module");
   if (append && module.hook()) {
     std::shared_ptr<ModelHook> old = module.hook();
     remove_hook_from_module(module);
-    // Flatten, so that appending many times gives one flat SequentialHook.
+    // Flatten, so that appending many times gives one flat SequentialHook. Only a plain
+    // SequentialHook is flattened: a subclass may add behaviour of its own and is kept whole.
     std::vector<std::shared_ptr<ModelHook>> chain;
-    if (auto sequential = std::dynamic_pointer_cast<SequentialHook>(old)) chain = sequential->hooks;
+    if (typeid(*old) == typeid(SequentialHook)) chain = static_cast<SequentialHook&>(*old).hooks;
     else chain.push_back(old);
     chain.push_back(std::move(hook));
     hook = std::make_shared<SequentialHook>(std::move(chain));
@@ -39,17 +48,21 @@ void add_hook_to_module(Module& module, std::shared_ptr<ModelHook> hook, bool ap
 }
 
 void remove_hook_from_module(Module& module, bool recurse) {
+  if (recurse) {
+    remove_hook_from_submodules(module);
+    return;
+  }
   if (auto hook = module.hook()) {
     hook->detach_hook(module);
     module.set_hook(nullptr);
   }
   module.set_move_guard(nullptr);
-  if (recurse)
-    for (auto& [name, child] : module.named_children()) remove_hook_from_module(*child, true);
 }
 
 void remove_hook_from_submodules(Module& module) {
-  for (auto& [name, child] : module.named_modules()) remove_hook_from_module(*child);
+  // Children first, so that a hook on a parent sees its subtree restored when it detaches.
+  auto modules = module.named_modules();
+  for (auto it = modules.rbegin(); it != modules.rend(); ++it) remove_hook_from_module(*it->second);
 }
 
 }  // namespace ferry

@@ -22,6 +22,12 @@ TiedWeightsCache::TiedWeightsCache(Module& model) {
     group_of_.emplace(tensors[i].unsafeGetTensorImpl(), static_cast<int>(groups_.size()));
     groups_.push_back(tensors[i]);
   }
+  group_count_ = groups_.size();
+}
+
+void TiedWeightsCache::seal() {
+  groups_.clear();
+  group_of_.clear();
 }
 
 std::optional<int> TiedWeightsCache::group_of(const at::Tensor& tensor) const {

@@ -92,6 +92,10 @@ Conv1D::Conv1D(int64_t nf, int64_t nx, c10::ScalarType dtype) : Module("Conv1D")
 
 c10::IValue Conv1D::forward(Args& args) {
   at::Tensor x = args.tensor(0);
+  // Checked here: the reshape below would otherwise fold a wrong width into the rows and fail
+  // later with a message about views.
+  FERRY_CHECK(x.dim() >= 1 && x.size(-1) == nx, "Conv1D(nf=", nf, ", nx=", nx,
+              ") expects inputs whose last dimension is ", nx, ", got shape ", x.sizes());
   auto out_shape = x.sizes().vec();
   out_shape.back() = nf;
   return at::addmm(*bias, x.reshape({-1, nx}), *weight).view(out_shape);

@@ -63,8 +63,16 @@ void Module::check_new_name(const std::string& name) const {
 TensorRef Module::register_parameter(const std::string& name, at::Tensor tensor, bool requires_grad) {
   check_new_name(name);
   if (tensor.defined()) {
-    if (auto device = current_parameter_init_device(); device && tensor.device() != *device)
-      tensor = tensor.to(*device);
+    if (auto device = current_parameter_init_device(); device && tensor.device() != *device) {
+      // Accelerate's init_on_device re-creates the Parameter on the device with the same
+      // requires_grad: move without recording autograd history, so the parameter stays a leaf.
+      bool trainable = tensor.requires_grad();
+      {
+        c10::NoGradGuard no_grad;
+        tensor = tensor.to(*device);
+      }
+      if (trainable) tensor.set_requires_grad(true);
+    }
     if (requires_grad && is_floating_dtype(tensor.scalar_type())) tensor.set_requires_grad(true);
   }
   auto slot = std::make_shared<TensorSlot>(TensorSlot{std::move(tensor), true});
@@ -228,9 +236,16 @@ void Module::move_tensors(const std::function<at::Tensor(const at::Tensor&)>& co
         auto key = slot->tensor.unsafeGetTensorImpl();
         auto it = converted.find(key);
         if (it == converted.end()) {
-          at::Tensor fresh = convert(slot->tensor);
-          if (slot->tensor.requires_grad() && is_floating_dtype(fresh.scalar_type()) && !fresh.requires_grad())
-            fresh = fresh.detach().set_requires_grad(true);
+          // As Python's Module._apply: convert without recording autograd history, so that a
+          // trainable parameter stays a leaf (a recorded copy would be a non-leaf with a grad_fn
+          // that never receives .grad), then restore requires_grad.
+          at::Tensor fresh;
+          {
+            c10::NoGradGuard no_grad;
+            fresh = convert(slot->tensor);
+          }
+          if (!fresh.is_same(slot->tensor) && slot->tensor.requires_grad() && is_floating_dtype(fresh.scalar_type()))
+            fresh.set_requires_grad(true);
           it = converted.emplace(key, fresh).first;
         }
         slot->tensor = it->second;

@@ -4,6 +4,7 @@
 #include "ferry/core/error.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <algorithm>
 #include <map>
@@ -43,6 +44,10 @@ void set_module_tensor_to_device(Module& module, const std::string& name, c10::D
   at::Tensor old = is_buffer ? owner->buffer(leaf) : owner->parameter(leaf);
   FERRY_CHECK(old.defined() || value, "'", name, "' is registered as None; give a value to set it");
 
+  // Conversions are not recorded by autograd (Accelerate runs them under torch.no_grad()); a
+  // parameter's requires_grad is the old one's, whatever the value's (a value that requires grad
+  // must not make a frozen slot trainable, nor a recorded copy make a parameter a non-leaf).
+  c10::NoGradGuard no_grad;
   at::Tensor fresh;
   if (value) {
     at::Tensor v = *value;
@@ -62,9 +67,10 @@ void set_module_tensor_to_device(Module& module, const std::string& name, c10::D
     if (dtype && device.type() == c10::kMeta && is_floating_dtype(old.scalar_type())) fresh = fresh.to(*dtype);
     if (!is_buffer && fresh.is_same(old)) return;  // already there: keep the object (and its ties)
   }
-  if (!is_buffer && old.defined() && old.requires_grad() && is_floating_dtype(fresh.scalar_type()) &&
-      !fresh.requires_grad())
-    fresh = fresh.detach().set_requires_grad(true);
+  if (!is_buffer) {
+    bool requires_grad = old.defined() && old.requires_grad() && is_floating_dtype(fresh.scalar_type());
+    if (fresh.requires_grad() != requires_grad) fresh = fresh.detach().set_requires_grad(requires_grad);
+  }
   if (is_buffer) owner->set_buffer(leaf, std::move(fresh));
   else owner->set_parameter(leaf, std::move(fresh));
 }

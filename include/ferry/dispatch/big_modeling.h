@@ -92,7 +92,11 @@ std::shared_ptr<DispatchState> dispatch_model(Module& model, const DeviceMap& de
                                               const DispatchOptions& options = {});
 
 /// True when `module`'s hook is an AlignDevicesHook that offloads (its weights are not resident).
+/// As in Accelerate, a SequentialHook does not count.
 bool has_offloaded_params(const Module& module);
+
+/// The offloading AlignDevicesHook of `module`, also when it sits inside a SequentialHook; null if none.
+std::shared_ptr<AlignDevicesHook> find_offloading_hook(const Module& module);
 
 /// RAII: materialises an offloaded module's weights (on `execution_device` if given) for a scope;
 /// for a module that is not offloaded, moves its direct parameters to `execution_device` and back.

@@ -60,7 +60,7 @@ class SequentialHook : public ModelHook {
 /// detached and both run as SequentialHook(old, hook), each re-initialised.
 void add_hook_to_module(Module& module, std::shared_ptr<ModelHook> hook, bool append = false);
 
-/// Detaches and removes the hook of `module` (and its descendants with `recurse`); also removes a
+/// Detaches and removes the hook of `module` (and its descendants with `recurse`, children first); also removes a
 /// move guard installed by dispatch_model. Safe on a module without a hook.
 void remove_hook_from_module(Module& module, bool recurse = false);
 

@@ -36,11 +36,15 @@ class TiedWeightsCache {
   /// Number of (group, device) materialisations held.
   size_t size() const;
   /// Number of tie groups.
-  size_t group_count() const { return groups_.size(); }
+  size_t group_count() const { return group_count_; }
+  /// Forgets the tensor identities (once every hook has looked up its groups), so that the
+  /// original tensors are not kept alive: offloaded tied weights must be able to leave memory.
+  void seal();
 
  private:
-  // The tensors are pinned so that no TensorImpl address can be reused by another tensor.
+  // The tensors are pinned until seal() so that no TensorImpl address is reused meanwhile.
   std::vector<at::Tensor> groups_;
+  size_t group_count_ = 0;
   std::unordered_map<const c10::TensorImpl*, int> group_of_;
   mutable std::mutex mutex_;
   std::unordered_map<int, std::vector<std::pair<c10::Device, at::Tensor>>> placed_;

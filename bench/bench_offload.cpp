@@ -1,0 +1,196 @@
+// bench_offload MODEL_DIR [--steps N] [--prompt N] [--skip-cold]
+//
+// Decode speed of a Llama-shaped checkpoint run on the CPU, resident versus with every decoder
+// layer on disk (read in place from the safetensors files), with ferry's streamer and without it
+// (synchronous loads, as Accelerate does), beside the disk's sequential read bandwidth measured
+// in the same run. Make the checkpoint with `make_big_llama DIR --layers 10` (about 2.5 GB), or run
+// scripts/bench_offload.sh, which does both.
+//
+// Cold-cache figures evict the checkpoint's pages with posix_fadvise(POSIX_FADV_DONTNEED), which
+// needs no privileges; they are only meaningful when nothing else maps the files.
+
+#include "ferry/core/byte_size.h"
+#include "ferry/core/error.h"
+#include "ferry/models/generate.h"
+#include "ferry/models/load_model.h"
+#include "ferry/plan/device_map.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+using namespace ferry;
+using namespace ferry::models;
+namespace fs = std::filesystem;
+
+namespace {
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+int64_t status_kib(const std::string& key) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1));
+  return -1;
+}
+
+void reset_peak_rss() {
+  std::ofstream out("/proc/self/clear_refs");
+  out << "5";
+}
+
+std::vector<std::string> shard_files(const std::string& dir) {
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".safetensors") files.push_back(e.path().string());
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+void evict(const std::vector<std::string>& files) {
+  for (const auto& f : files) {
+    int fd = ::open(f.c_str(), O_RDONLY);
+    if (fd < 0) continue;
+    ::fdatasync(fd);
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+  }
+}
+
+// Sequential read of every shard with large reads: the disk's (or page cache's) bandwidth.
+double read_bandwidth(const std::vector<std::string>& files) {
+  std::vector<char> buffer(16 << 20);
+  uint64_t total = 0;
+  double start = now();
+  for (const auto& f : files) {
+    int fd = ::open(f.c_str(), O_RDONLY);
+    FERRY_CHECK(fd >= 0, "cannot open ", f);
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    ssize_t n;
+    while ((n = ::read(fd, buffer.data(), buffer.size())) > 0) total += static_cast<uint64_t>(n);
+    ::close(fd);
+  }
+  return static_cast<double>(total) / (now() - start);
+}
+
+struct StepTimes {
+  double first_ms = 0;   // the prompt's forward (cold when the cache was evicted)
+  double decode_ms = 0;  // mean of the later steps
+  int64_t offloaded_bytes = 0;
+};
+
+StepTimes run(const std::string& dir, const LoadModelOptions& options, int64_t prompt, int64_t steps,
+              bool evict_first) {
+  LoadedModel loaded = load_model(dir, options);
+  if (evict_first) evict(shard_files(dir));
+  at::Tensor ids = at::arange(1, prompt + 1, at::kLong).unsqueeze(0);
+  GenerationConfig g;
+  g.max_new_tokens = steps + 1;
+  GenerationOutput out = generate(*loaded.model, ids, g);
+  StepTimes t;
+  t.first_ms = out.prefill_seconds * 1e3;
+  t.decode_ms = out.decode_steps ? out.decode_seconds * 1e3 / static_cast<double>(out.decode_steps) : 0;
+  t.offloaded_bytes = loaded.offloaded_bytes_per_forward;
+  return t;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    std::string dir;
+    int64_t steps = 8, prompt = 4;
+    bool cold = true;
+    for (int i = 1; i < argc; ++i) {
+      std::string a = argv[i];
+      if (a == "--steps" && i + 1 < argc) steps = std::stoll(argv[++i]);
+      else if (a == "--prompt" && i + 1 < argc) prompt = std::stoll(argv[++i]);
+      else if (a == "--skip-cold") cold = false;
+      else dir = a;
+    }
+    FERRY_CHECK(!dir.empty() && fs::exists(dir + "/config.json"),
+                "usage: bench_offload MODEL_DIR [--steps N] [--prompt N] [--skip-cold] (make MODEL_DIR with make_big_llama)");
+    auto files = shard_files(dir);
+    uint64_t checkpoint_bytes = 0;
+    for (const auto& f : files) checkpoint_bytes += fs::file_size(f);
+
+    // Every decoder layer on disk; embeddings, final norm and head in RAM.
+    std::string map_path = (fs::temp_directory_path() / "ferry-bench-offload-map.json").string();
+    DeviceMap{{"model.embed_tokens", Placement::cpu()}, {"model.layers", Placement::disk()},
+              {"model.norm", Placement::cpu()}, {"model.rotary_emb", Placement::cpu()}, {"lm_head", Placement::cpu()}}
+        .write_json_file(map_path);
+
+    std::printf("checkpoint: %s in %zu shards; %d compute threads\n", format_bytes(double(checkpoint_bytes)).c_str(),
+                files.size(), at::get_num_threads());
+    double warm_bw = 0, cold_bw = 0;
+    if (cold) {
+      evict(files);
+      cold_bw = read_bandwidth(files);
+    }
+    warm_bw = read_bandwidth(files);
+    warm_bw = read_bandwidth(files);
+    std::printf("sequential read: cold %.2f GB/s, page cache %.2f GB/s\n", cold_bw / 1e9, warm_bw / 1e9);
+
+    LoadModelOptions disk;
+    disk.device_map = map_path;
+    // Offloaded runs first, so that their peak memory is not the resident run's.
+    reset_peak_rss();
+    LoadModelOptions disk_sync = disk;
+    disk_sync.prefetch_bytes = 0;
+    StepTimes cold_stream, cold_sync;
+    if (cold) {
+      cold_stream = run(dir, disk, prompt, 1, true);
+      cold_sync = run(dir, disk_sync, prompt, 1, true);
+    }
+    read_bandwidth(files);  // warm the page cache again
+    StepTimes warm_stream = run(dir, disk, prompt, steps, false);
+    int64_t offload_hwm = status_kib("VmHWM"), offload_anon = status_kib("RssAnon");
+    StepTimes warm_sync = run(dir, disk_sync, prompt, steps, false);
+    reset_peak_rss();
+    StepTimes resident = run(dir, LoadModelOptions{}, prompt, steps, false);
+    int64_t resident_hwm = status_kib("VmHWM");
+
+    double offloaded = static_cast<double>(warm_stream.offloaded_bytes);
+    std::printf("\n| run | decode ms/step | vs resident | first forward ms |\n|---|---|---|---|\n");
+    std::printf("| resident | %.1f | 1.00x | %.1f |\n", resident.decode_ms, resident.first_ms);
+    std::printf("| disk, streamer, warm cache | %.1f | %.2fx | %.1f |\n", warm_stream.decode_ms,
+                warm_stream.decode_ms / resident.decode_ms, warm_stream.first_ms);
+    std::printf("| disk, synchronous (Accelerate-like), warm cache | %.1f | %.2fx | %.1f |\n", warm_sync.decode_ms,
+                warm_sync.decode_ms / resident.decode_ms, warm_sync.first_ms);
+    if (cold) {
+      std::printf("| disk, streamer, cold cache (first forward) | - | - | %.1f (%.2f GB/s, %.0f%% of sequential read) |\n",
+                  cold_stream.first_ms, offloaded / cold_stream.first_ms / 1e6,
+                  100.0 * offloaded / (cold_stream.first_ms / 1e3) / cold_bw);
+      std::printf("| disk, synchronous, cold cache (first forward) | - | - | %.1f (%.2f GB/s, %.0f%% of sequential read) |\n",
+                  cold_sync.first_ms, offloaded / cold_sync.first_ms / 1e6,
+                  100.0 * offloaded / (cold_sync.first_ms / 1e3) / cold_bw);
+    }
+    std::printf("\noffloaded per forward: %s; peak RSS offloaded %s (anonymous %s, the rest is page cache the\n"
+                "kernel may reclaim), resident %s\n",
+                format_bytes(offloaded).c_str(), format_bytes(double(offload_hwm) * 1024).c_str(),
+                format_bytes(double(offload_anon) * 1024).c_str(), format_bytes(double(resident_hwm) * 1024).c_str());
+    std::printf("{\"resident_ms\": %.2f, \"disk_stream_warm_ms\": %.2f, \"disk_sync_warm_ms\": %.2f, "
+                "\"disk_stream_cold_first_ms\": %.2f, \"disk_sync_cold_first_ms\": %.2f, \"cold_read_gbs\": %.3f, "
+                "\"offloaded_bytes\": %.0f}\n",
+                resident.decode_ms, warm_stream.decode_ms, warm_sync.decode_ms, cold_stream.first_ms,
+                cold_sync.first_ms, cold_bw / 1e9, offloaded);
+    fs::remove(map_path);
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "bench_offload: " << e.what() << '\n';
+    return 1;
+  }
+}

@@ -1,0 +1,272 @@
+// ferry run MODEL_DIR --ids "1 2 3;4 5 6": load (resident or dispatched), generate, report.
+
+#include "commands.h"
+
+#include "ferry/core/byte_size.h"
+#include "ferry/core/dtype.h"
+#include "ferry/core/error.h"
+#include "ferry/io/checkpoint.h"
+#include "ferry/io/safetensors.h"
+#include "ferry/models/generate.h"
+#include "ferry/models/load_model.h"
+#include "ferry/models/pretrained.h"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+namespace ferry::cli {
+namespace {
+
+struct RunOptions {
+  std::string model_dir;
+  std::string ids;
+  int64_t max_new_tokens = 20;
+  std::string device_map;
+  std::string max_memory;
+  std::string offload_folder;
+  std::string dtype;
+  bool greedy = false;
+  double temperature = 1.0;
+  int64_t top_k = 0;
+  double top_p = 1.0;
+  uint64_t seed = 0;
+  bool json = false;
+  std::string logits_out;
+  int64_t prefetch_bytes = -1;
+};
+
+// "1 2 3;4 5 6" -> [2, 3] int64; every prompt the same length.
+at::Tensor parse_ids(const std::string& text) {
+  std::vector<std::vector<int64_t>> prompts(1);
+  std::string token;
+  auto flush = [&] {
+    if (token.empty()) return;
+    size_t used = 0;
+    int64_t v = 0;
+    try {
+      v = std::stoll(token, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    FERRY_CHECK(used == token.size(), "--ids: '", token, "' is not an integer token id");
+    prompts.back().push_back(v);
+    token.clear();
+  };
+  for (char c : text) {
+    if (c == ';') {
+      flush();
+      prompts.emplace_back();
+    } else if (c == ' ' || c == ',' || c == '\t') {
+      flush();
+    } else {
+      token += c;
+    }
+  }
+  flush();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    FERRY_CHECK(!prompts[i].empty(), "--ids: prompt ", i, " is empty; give ids like \"1 2 3;4 5 6\"");
+    FERRY_CHECK(prompts[i].size() == prompts[0].size(), "--ids: prompts must have equal lengths (no padding yet); prompt 0 has ",
+                prompts[0].size(), " ids, prompt ", i, " has ", prompts[i].size());
+  }
+  std::vector<int64_t> flat;
+  for (const auto& p : prompts) flat.insert(flat.end(), p.begin(), p.end());
+  return at::tensor(flat, at::kLong).view({static_cast<int64_t>(prompts.size()), static_cast<int64_t>(prompts[0].size())});
+}
+
+int64_t peak_rss_bytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<int64_t>(u.ru_maxrss) * 1024;
+}
+
+// A loading status line on stderr, only when stderr is a terminal: load_checkpoint_in_model reports
+// only its start and end, so this shows what is being loaded and then how long it took.
+class ProgressLine {
+ public:
+  ProgressLine(bool enabled, std::string what) : enabled_(enabled), what_(std::move(what)) {}
+  void update(uint64_t done, uint64_t total) {
+    if (!enabled_) return;
+    if (done == 0) {
+      start_ = std::chrono::steady_clock::now();
+      std::fprintf(stderr, "loading %s ...", what_.c_str());
+    } else if (done == total) {
+      double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+      std::fprintf(stderr, "\rloading %s ... done in %.2f s\n", what_.c_str(), s);
+    }
+    std::fflush(stderr);
+  }
+
+ private:
+  bool enabled_;
+  std::string what_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// Anonymous (private) resident memory now, from /proc/self/status: peak RSS also counts the pages
+// of disk-offloaded weights mapped from the checkpoint, which are page cache, not the process's own.
+int64_t rss_anon_bytes() {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  long long kb = -1;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "RssAnon: %lld kB", &kb) == 1) break;
+  std::fclose(f);
+  return kb < 0 ? -1 : kb * 1024;
+}
+
+std::string join_ids(const at::Tensor& row) {
+  std::ostringstream s;
+  for (int64_t i = 0; i < row.size(0); ++i) s << (i ? " " : "") << row[i].item<int64_t>();
+  return s.str();
+}
+
+void run(const RunOptions& o) {
+  using namespace ferry::models;
+  at::Tensor ids = parse_ids(o.ids);
+  // Everything the user can get wrong is checked before any weight is read.
+  ModelConfig config = load_config(o.model_dir);
+  {
+    auto empty = create_empty_model(o.model_dir);
+    check_input_ids(*empty, ids);
+    check_checkpoint_matches(*empty, o.model_dir);
+  }
+  GenerationConfig g;
+  g.max_new_tokens = o.max_new_tokens;
+  g.do_sample = !o.greedy && (o.temperature != 1.0 || o.top_k != 0 || o.top_p != 1.0);
+  g.temperature = o.temperature;
+  g.top_k = o.top_k;
+  g.top_p = o.top_p;
+  g.seed = o.seed;
+  g.eos_token_ids = config.eos_token_ids;
+  g.pad_token_id = config.pad_token_id;
+  g.return_prompt_logits = !o.logits_out.empty();
+  FERRY_CHECK(o.max_new_tokens >= 0, "--max-new-tokens must be >= 0, got ", o.max_new_tokens);
+  if (g.do_sample) {
+    FERRY_CHECK(g.temperature > 0, "--temperature must be > 0, got ", g.temperature);
+    FERRY_CHECK(g.top_p > 0 && g.top_p <= 1, "--top-p must be in (0, 1], got ", g.top_p);
+    FERRY_CHECK(g.top_k >= 0, "--top-k must be >= 0, got ", g.top_k);
+  }
+
+  LoadModelOptions lo;
+  lo.device_map = o.device_map;
+  lo.max_memory = o.max_memory;
+  lo.offload_folder = o.offload_folder;
+  if (!o.dtype.empty()) lo.dtype = parse_dtype(o.dtype);
+  if (o.prefetch_bytes >= 0) lo.prefetch_bytes = o.prefetch_bytes;
+  FERRY_CHECK(!(!o.max_memory.empty() && o.device_map.empty()), "--max-memory needs --device-map (e.g. auto)");
+  io::Checkpoint checkpoint = io::Checkpoint::open(o.model_dir);
+  ProgressLine progress(isatty(STDERR_FILENO) && !o.json,
+                        format_bytes(static_cast<double>(checkpoint.total_bytes())) + " in " +
+                            std::to_string(checkpoint.files().size()) + " shard(s) from " + o.model_dir);
+  lo.on_progress = [&](uint64_t done, uint64_t total) { progress.update(done, total); };
+  LoadedModel loaded = load_model(o.model_dir, lo);
+
+  int64_t streamed_before = loaded.dispatch && loaded.dispatch->streamer ? loaded.dispatch->streamer->stats().bytes_loaded : 0;
+  GenerationOutput out;
+  try {
+    out = generate(*loaded.model, ids, g);
+  } catch (const c10::Error& e) {
+    // E.g. float16 matmuls, which LibTorch 1.13 lacks on the CPU.
+    FERRY_FAIL("LibTorch could not run this ", loaded.model->config().architecture, " in ",
+               dtype_name(loaded.model->config().dtype), ": ", e.what_without_backtrace(),
+               ". Try --dtype float32 or bfloat16");
+  }
+  int64_t streamed = loaded.dispatch && loaded.dispatch->streamer
+                         ? loaded.dispatch->streamer->stats().bytes_loaded - streamed_before
+                         : 0;
+  int64_t forwards = out.new_tokens > 0 ? out.new_tokens : (g.return_prompt_logits ? 1 : 0);
+  double moved_per_token = forwards > 0 ? static_cast<double>(streamed) / static_cast<double>(forwards) : 0.0;
+  if (moved_per_token == 0 && loaded.offloaded_bytes_per_forward > 0) moved_per_token = static_cast<double>(loaded.offloaded_bytes_per_forward);
+  double decode_ms = out.decode_steps > 0 ? 1000.0 * out.decode_seconds / static_cast<double>(out.decode_steps) : 0.0;
+
+  if (!o.logits_out.empty())
+    io::save_safetensors(o.logits_out, {{"logits", out.prompt_logits.contiguous()}}, {{"format", "pt"}});
+
+  const ModelConfig& c = loaded.model->config();
+  std::string dtype = dtype_name(c.dtype);
+  if (o.json) {
+    nlohmann::json j;
+    j["model"] = o.model_dir;
+    j["architecture"] = c.architecture;
+    j["dtype"] = dtype;
+    j["device_map"] = nlohmann::json::parse(loaded.device_map.to_json());
+    nlohmann::json per = nlohmann::json::object();
+    for (const auto& [p, b] : loaded.bytes_per_placement) per[p.str()] = b;
+    j["bytes_per_placement"] = per;
+    j["prompt"] = nlohmann::json::array();
+    j["generated"] = nlohmann::json::array();
+    for (int64_t b = 0; b < out.sequences.size(0); ++b) {
+      std::vector<int64_t> prompt, gen;
+      for (int64_t i = 0; i < out.sequences.size(1); ++i)
+        (i < ids.size(1) ? prompt : gen).push_back(out.sequences[b][i].item<int64_t>());
+      j["prompt"].push_back(prompt);
+      j["generated"].push_back(gen);
+    }
+    j["new_tokens"] = out.new_tokens;
+    j["timings"] = {{"load_s", loaded.load_seconds},
+                    {"prefill_s", out.prefill_seconds},
+                    {"decode_ms_per_token", decode_ms},
+                    {"decode_steps", out.decode_steps},
+                    {"peak_rss_bytes", peak_rss_bytes()},
+                    {"rss_anon_bytes", rss_anon_bytes()},
+                    {"offloaded_bytes_per_token", moved_per_token}};
+    if (!o.logits_out.empty()) j["logits_out"] = o.logits_out;
+    std::cout << j.dump() << std::endl;
+    return;
+  }
+  std::cout << "model: " << c.architecture << " (" << c.num_hidden_layers << " layers, hidden " << c.hidden_size
+            << ", vocab " << c.vocab_size << ") " << dtype << " from " << o.model_dir << "\n";
+  std::cout << "placement:";
+  for (const auto& [p, b] : loaded.bytes_per_placement) std::cout << "  " << p.str() << " " << format_bytes(static_cast<double>(b));
+  std::cout << "\n";
+  if (loaded.device_map.size() > 1 || !loaded.device_map.contains("")) {
+    std::cout << "device map: " << loaded.device_map.to_json() << "\n";
+  }
+  std::cout << "generated:\n";
+  for (int64_t b = 0; b < out.sequences.size(0); ++b) {
+    std::cout << "  [" << join_ids(ids[b]) << "] -> "
+              << join_ids(out.sequences[b].narrow(0, ids.size(1), out.sequences.size(1) - ids.size(1))) << "\n";
+  }
+  std::printf("timings: load %.3f s, prefill %.3f s, decode %.2f ms/token (%lld steps), peak RSS %s (anonymous now %s), "
+              "offloaded bytes moved per token %s\n",
+              loaded.load_seconds, out.prefill_seconds, decode_ms, static_cast<long long>(out.decode_steps),
+              format_bytes(static_cast<double>(peak_rss_bytes())).c_str(),
+              format_bytes(static_cast<double>(rss_anon_bytes())).c_str(), format_bytes(moved_per_token).c_str());
+  if (!o.logits_out.empty()) std::cout << "prompt logits written to " << o.logits_out << "\n";
+}
+
+}  // namespace
+
+void add_run_command(CLI::App& app) {
+  auto o = std::make_shared<RunOptions>();
+  CLI::App* cmd = app.add_subcommand("run", "Load a Hugging Face checkpoint folder and generate from token ids");
+  cmd->add_option("model_dir", o->model_dir, "Folder with config.json and safetensors weights")->required();
+  cmd->add_option("--ids", o->ids, "Prompt token ids: \"1 2 3\" or several equal-length prompts \"1 2 3;4 5 6\"")->required();
+  cmd->add_option("--max-new-tokens", o->max_new_tokens, "Tokens to generate per prompt (default 20)");
+  cmd->add_option("--device-map", o->device_map,
+                  "auto | balanced | balanced_low_0 | sequential | MAP.json (default: resident on the CPU)");
+  cmd->add_option("--max-memory", o->max_memory, "Budgets for the planner, e.g. 0=4GiB,cpu=8GiB");
+  cmd->add_option("--offload-folder", o->offload_folder, "Folder for disk-offloaded weights that need one");
+  cmd->add_option("--dtype", o->dtype, "float32 | bfloat16 | float16 (default: the config's)");
+  cmd->add_flag("--greedy", o->greedy, "Greedy decoding (the default unless sampling options are given)");
+  cmd->add_option("--temperature", o->temperature, "Sampling temperature");
+  cmd->add_option("--top-k", o->top_k, "Sample among the k most likely tokens");
+  cmd->add_option("--top-p", o->top_p, "Nucleus sampling threshold");
+  cmd->add_option("--seed", o->seed, "Seed of the sampling generator");
+  cmd->add_flag("--json", o->json, "Print one JSON object instead of text");
+  cmd->add_option("--logits-out", o->logits_out, "Write the prompt's float32 logits (key \"logits\") to this .safetensors file");
+  cmd->add_option("--prefetch-bytes", o->prefetch_bytes, "Weight streamer prefetch budget in bytes (0: load on demand)");
+  cmd->callback([o] { run(*o); });
+}
+
+}  // namespace ferry::cli

@@ -1,0 +1,22 @@
+#pragma once
+/// \file
+/// Tied parameters: one parameter object reachable under several names.
+///
+///     auto groups = find_tied_parameters(tree);
+///     // [["lm_head.weight", "model.embed_tokens.weight"]]
+///
+/// Identity comes from the tree (two slots holding the same TensorId), never from data pointers.
+
+#include "ferry/plan/model_tree.h"
+
+#include <string>
+#include <vector>
+
+namespace ferry {
+
+/// Accelerate's find_tied_parameters: groups of names (each sorted lexicographically) that refer
+/// to one parameter object, including names reached through a module registered twice. Groups
+/// come in the order their first name appears in the module walk (Accelerate's order is a set's).
+std::vector<std::vector<std::string>> find_tied_parameters(const ModelTree& tree);
+
+}  // namespace ferry

@@ -1,0 +1,79 @@
+#pragma once
+/// \file
+/// One call from a checkpoint folder to a model ready to generate, resident or placed over
+/// GPUs, CPU RAM and disk: what `ferry run` and `ferry demo` do.
+///
+///     LoadModelOptions o;
+///     o.device_map = "auto";                 // or balanced, balanced_low_0, sequential, a .json map
+///     o.max_memory = "0=4GiB,cpu=8GiB";      // budgets for the planner
+///     LoadedModel m = load_model("/models/llama", o);
+///     generate(*m.model, ids, g);            // offloaded layers stream in as they run
+///     m.device_map.to_json();                // where everything went
+///
+/// Steps, each checked before the next: config.json -> the model on the meta device -> the
+/// checkpoint's names and shapes against the model -> a given device map checked against the
+/// model's module names -> load_checkpoint_and_dispatch (plans a strategy with the
+/// model's no-split classes, loads each weight to its placement, leaves disk-placed ones in the
+/// checkpoint to be read in place, attaches the hooks).
+/// A bad folder, config, checkpoint or map fails before any weight is read or any file written.
+
+#include "ferry/dispatch/big_modeling.h"
+#include "ferry/models/causal_lm.h"
+#include "ferry/plan/device_map.h"
+
+#include <c10/core/ScalarType.h>
+#include <c10/util/Optional.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace ferry::models {
+
+/// How to load and place a model.
+struct LoadModelOptions {
+  /// Empty: resident on the CPU (no hooks). Otherwise "auto", "balanced", "balanced_low_0",
+  /// "sequential" (planned with max_memory), or the path of an hf_device_map JSON file.
+  std::string device_map;
+  /// Budgets for the planner, "0=4GiB,cpu=8GiB" (empty: what the machine has free).
+  std::string max_memory;
+  /// Offload folder for disk-placed weights that cannot be read in place from the checkpoint.
+  std::string offload_folder;
+  /// dtype of the floating-point weights (default: the config's).
+  c10::optional<c10::ScalarType> dtype;
+  /// Prefetch budget of the weight streamer (bytes; 0 loads on demand).
+  c10::optional<int64_t> prefetch_bytes;
+  /// Called while weights load with (bytes done, bytes in all).
+  std::function<void(uint64_t, uint64_t)> on_progress;
+  /// Called with each planner decision when planning.
+  std::function<void(const std::string&)> explain;
+};
+
+/// A loaded model and where it lives.
+struct LoadedModel {
+  std::shared_ptr<CausalLM> model;
+  /// The placement of every module ({"": cpu} for a resident model).
+  DeviceMap device_map;
+  /// The dispatch state (null for a resident model).
+  std::shared_ptr<DispatchState> dispatch;
+  /// Wall time of the whole load, in seconds.
+  double load_seconds = 0;
+  /// Stored bytes of the weights per placement, in the order of device_map.placements().
+  std::vector<std::pair<Placement, uint64_t>> bytes_per_placement;
+  /// Bytes of offloaded weights brought in per forward (0 when nothing is offloaded).
+  int64_t offloaded_bytes_per_forward = 0;
+};
+
+/// Loads `dir` as described in the file comment. Throws ferry::Error for a folder without
+/// config.json or weights, an unsupported config, a checkpoint that disagrees with the config,
+/// a device map naming modules the model does not have (or leaving tensors without a placement),
+/// an unknown strategy, or a bad max_memory.
+LoadedModel load_model(const std::string& dir, const LoadModelOptions& options = {});
+
+/// Checks that every key of `map` is "" or a module or tensor name of `model`, and that every
+/// tensor gets a placement. The message names the unknown key and suggests the model's top-level
+/// modules.
+void check_device_map_names(CausalLM& model, const DeviceMap& map);
+
+}  // namespace ferry::models

@@ -1,0 +1,61 @@
+#pragma once
+/// \file
+/// Loading a Hugging Face checkpoint folder (config.json + safetensors, single file or sharded) into
+/// a resident model in one call.
+///
+///     auto model = ferry::models::load_pretrained("/models/tiny_llama", {at::kFloat});
+///     at::Tensor logits = model->logits(ids);
+///
+/// The model is built under init_empty_weights (no memory, no initialisation); the checkpoint is
+/// checked against it (names, shapes) and then streamed in by load_checkpoint_in_model, every
+/// weight straight to its device and dtype. For models larger than memory
+/// use ferry::load_checkpoint_and_dispatch with create_model instead (see ferry run).
+
+#include "ferry/models/causal_lm.h"
+
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/Optional.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace ferry::models {
+
+/// How load_pretrained places the weights.
+struct PretrainedOptions {
+  /// The dtype of the model's floating-point weights (default: the config's `dtype`).
+  c10::optional<c10::ScalarType> dtype;
+  /// Where every weight goes.
+  c10::Device device = c10::Device(c10::kCPU);
+  /// Called with (0, 1) before the weights load and (1, 1) after (load_checkpoint_in_model has no
+  /// finer progress report).
+  std::function<void(uint64_t, uint64_t)> on_progress;
+};
+
+/// Builds the model `dir/config.json` describes and loads `dir`'s checkpoint into it. Throws
+/// ferry::Error when the folder lacks config.json or weights, when a weight the model needs is
+/// missing from the checkpoint, or when a checkpoint tensor's shape disagrees with the config
+/// (the message names the tensor and both shapes). Tied weights absent from the files (lm_head
+/// under tie_word_embeddings) are re-tied to the embeddings.
+std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, const PretrainedOptions& options = {});
+
+/// Writes `model` as a Hugging Face checkpoint folder: config.json, and its weights as safetensors
+/// shards of at most `max_shard_bytes` each (one tensor per shard at least) named like transformers'
+/// `model-00001-of-00003.safetensors`, with `model.safetensors.index.json` when there is more than
+/// one shard. Tied copies (lm_head.weight under tie_word_embeddings) are left out, as transformers
+/// does. `storage_dtype` casts floating-point weights on the way out. Files are written atomically.
+void save_pretrained(CausalLM& model, const std::string& dir, uint64_t max_shard_bytes = 2ull << 30,
+                     c10::optional<c10::ScalarType> storage_dtype = c10::nullopt);
+
+/// Builds the model described by `dir/config.json` on the meta device (no memory), with `dtype`.
+std::shared_ptr<CausalLM> create_empty_model(const std::string& dir, c10::optional<c10::ScalarType> dtype = c10::nullopt);
+
+/// Checks that `dir` holds a checkpoint whose tensors match `model` (names, shapes), before anything
+/// is loaded: every model tensor is present (tied copies excepted) with the shape the config implies.
+/// Throws ferry::Error naming the first mismatch and how many there are.
+void check_checkpoint_matches(CausalLM& model, const std::string& dir);
+
+}  // namespace ferry::models

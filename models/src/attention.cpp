@@ -1,0 +1,54 @@
+#include "attention.h"
+
+#include <ATen/ATen.h>
+
+#include <limits>
+
+namespace ferry::models::detail {
+namespace {
+
+// transformers' repeat_kv: [b, kv, s, d] -> [b, kv * n_rep, s, d], each kv head repeated n_rep times.
+at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep) {
+  if (n_rep == 1) return x;
+  auto b = x.size(0), kv = x.size(1), s = x.size(2), d = x.size(3);
+  return x.unsqueeze(2).expand({b, kv, n_rep, s, d}).reshape({b, kv * n_rep, s, d});
+}
+
+}  // namespace
+
+at::Tensor causal_mask(int64_t q_len, int64_t kv_len, int64_t sliding_window, c10::ScalarType dtype,
+                       c10::Device device) {
+  int64_t past = kv_len - q_len;
+  bool window_bites = sliding_window > 0 && kv_len > sliding_window;
+  if (q_len == 1 && !window_bites) return at::Tensor();  // one query sees every key
+  auto opts = at::TensorOptions().dtype(at::kLong).device(device);
+  at::Tensor q_pos = at::arange(past, past + q_len, opts).unsqueeze(1);
+  at::Tensor k_pos = at::arange(0, kv_len, opts).unsqueeze(0);
+  at::Tensor allowed = k_pos.le(q_pos);
+  if (sliding_window > 0) allowed = allowed.logical_and(k_pos.gt(q_pos - sliding_window));
+  double lowest = 0;
+  switch (dtype) {
+    case at::kHalf: lowest = -65504.0; break;
+    case at::kBFloat16: lowest = -3.3895313892515355e38; break;
+    case at::kDouble: lowest = std::numeric_limits<double>::lowest(); break;
+    default: lowest = std::numeric_limits<float>::lowest(); break;
+  }
+  at::Tensor mask = at::zeros({q_len, kv_len}, at::TensorOptions().dtype(dtype).device(device));
+  mask.masked_fill_(allowed.logical_not(), lowest);
+  return mask.view({1, 1, q_len, kv_len});
+}
+
+at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                           const at::Tensor& mask) {
+  at::Tensor keys = repeat_kv(k, q.size(1) / k.size(1));
+  at::Tensor scores = at::matmul(q, keys.transpose(2, 3)) * scale;
+  return attend(scores, v, mask, q.scalar_type());
+}
+
+at::Tensor attend(const at::Tensor& scores, const at::Tensor& v, const at::Tensor& mask, c10::ScalarType dtype) {
+  at::Tensor s = mask.defined() ? scores + mask : scores;
+  at::Tensor weights = at::softmax(s, -1, at::kFloat).to(dtype);
+  return at::matmul(weights, repeat_kv(v, scores.size(1) / v.size(1)));
+}
+
+}  // namespace ferry::models::detail

@@ -1,0 +1,361 @@
+#include "ferry/models/config.h"
+
+#include "ferry/core/dtype.h"
+#include "ferry/core/error.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace ferry::models {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  FERRY_CHECK(in.good(), "cannot read '", path.string(), "'");
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+bool present(const json& j, const char* key) { return j.contains(key) && !j.at(key).is_null(); }
+
+int64_t get_int(const json& j, const char* key, const std::string& source) {
+  if (!present(j, key)) FERRY_FAIL(source, " has no '", key, "': it is required for this architecture");
+  const json& v = j.at(key);
+  if (!v.is_number_integer()) FERRY_FAIL(source, ": '", key, "' must be an integer, got ", v.dump());
+  return v.get<int64_t>();
+}
+
+int64_t get_int_or(const json& j, const char* key, int64_t fallback, const std::string& source) {
+  return present(j, key) ? get_int(j, key, source) : fallback;
+}
+
+double get_double_or(const json& j, const char* key, double fallback, const std::string& source) {
+  if (!present(j, key)) return fallback;
+  const json& v = j.at(key);
+  if (!v.is_number()) FERRY_FAIL(source, ": '", key, "' must be a number, got ", v.dump());
+  return v.get<double>();
+}
+
+bool get_bool_or(const json& j, const char* key, bool fallback, const std::string& source) {
+  if (!present(j, key)) return fallback;
+  const json& v = j.at(key);
+  if (!v.is_boolean()) FERRY_FAIL(source, ": '", key, "' must be true or false, got ", v.dump());
+  return v.get<bool>();
+}
+
+std::string get_string_or(const json& j, const char* key, const std::string& fallback, const std::string& source) {
+  if (!present(j, key)) return fallback;
+  const json& v = j.at(key);
+  if (!v.is_string()) FERRY_FAIL(source, ": '", key, "' must be a string, got ", v.dump());
+  return v.get<std::string>();
+}
+
+std::vector<int64_t> get_ids(const json& j, const char* key, const std::string& source) {
+  std::vector<int64_t> ids;
+  if (!present(j, key)) return ids;
+  const json& v = j.at(key);
+  if (v.is_number_integer()) {
+    ids.push_back(v.get<int64_t>());
+  } else if (v.is_array()) {
+    for (const json& e : v) {
+      if (!e.is_number_integer()) FERRY_FAIL(source, ": '", key, "' must hold integers, got ", v.dump());
+      ids.push_back(e.get<int64_t>());
+    }
+  } else {
+    FERRY_FAIL(source, ": '", key, "' must be an integer or a list of integers, got ", v.dump());
+  }
+  return ids;
+}
+
+// The rope settings: transformers 5's rope_parameters, else legacy rope_theta + rope_scaling.
+RopeConfig parse_rope(const json& j, double default_theta, const std::string& source) {
+  RopeConfig rope;
+  const json* params = nullptr;
+  if (present(j, "rope_parameters")) {
+    params = &j.at("rope_parameters");
+    if (!params->is_object())
+      FERRY_FAIL(source, ": 'rope_parameters' must be an object, got ", params->dump());
+    rope.theta = get_double_or(*params, "rope_theta", get_double_or(j, "rope_theta", default_theta, source), source);
+  } else {
+    rope.theta = get_double_or(j, "rope_theta", default_theta, source);
+    if (present(j, "rope_scaling")) {
+      params = &j.at("rope_scaling");
+      if (!params->is_object()) FERRY_FAIL(source, ": 'rope_scaling' must be an object, got ", params->dump());
+    }
+  }
+  if (params) {
+    // Older configs spell the type "type".
+    rope.type = get_string_or(*params, "rope_type", get_string_or(*params, "type", "default", source), source);
+    double partial = get_double_or(*params, "partial_rotary_factor", 1.0, source);
+    FERRY_CHECK(partial == 1.0, source, ": partial_rotary_factor ", partial,
+                " is not supported (ferry's Llama-family attention rotates the whole head)");
+  }
+  if (rope.type == "llama3") {
+    const char* what = present(j, "rope_parameters") ? "rope_parameters" : "rope_scaling";
+    for (const char* key : {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"})
+      FERRY_CHECK(present(*params, key), source, ": rope type 'llama3' needs '", key, "' in '", what, "'");
+    rope.factor = get_double_or(*params, "factor", 1.0, source);
+    rope.low_freq_factor = get_double_or(*params, "low_freq_factor", 1.0, source);
+    rope.high_freq_factor = get_double_or(*params, "high_freq_factor", 4.0, source);
+    rope.original_max_position_embeddings = get_int(*params, "original_max_position_embeddings", source);
+    FERRY_CHECK(rope.factor > 0 && rope.high_freq_factor > rope.low_freq_factor && rope.low_freq_factor > 0,
+                source, ": llama3 rope needs factor > 0 and high_freq_factor > low_freq_factor > 0, got factor=",
+                rope.factor, ", low_freq_factor=", rope.low_freq_factor, ", high_freq_factor=", rope.high_freq_factor);
+  } else if (rope.type != "default") {
+    FERRY_FAIL(source, ": rope type '", rope.type,
+               "' is not supported; ferry implements 'default' and 'llama3' (linear, dynamic, yarn, longrope are not)");
+  }
+  FERRY_CHECK(rope.theta > 0, source, ": rope_theta must be positive, got ", rope.theta);
+  return rope;
+}
+
+void check_positive(int64_t value, const char* name, const std::string& source) {
+  FERRY_CHECK(value > 0, source, ": '", name, "' must be positive, got ", value);
+}
+
+void parse_llama_family(const json& j, ModelConfig& c, const std::string& source) {
+  c.vocab_size = get_int(j, "vocab_size", source);
+  c.hidden_size = get_int(j, "hidden_size", source);
+  c.intermediate_size = get_int(j, "intermediate_size", source);
+  c.num_hidden_layers = get_int(j, "num_hidden_layers", source);
+  c.num_attention_heads = get_int(j, "num_attention_heads", source);
+  c.num_key_value_heads = get_int_or(j, "num_key_value_heads", c.num_attention_heads, source);
+  for (auto [v, n] : {std::pair{c.vocab_size, "vocab_size"}, {c.hidden_size, "hidden_size"},
+                      {c.intermediate_size, "intermediate_size"}, {c.num_hidden_layers, "num_hidden_layers"},
+                      {c.num_attention_heads, "num_attention_heads"}, {c.num_key_value_heads, "num_key_value_heads"}})
+    check_positive(v, n, source);
+  if (present(j, "head_dim")) {
+    c.head_dim = get_int(j, "head_dim", source);
+  } else {
+    FERRY_CHECK(c.hidden_size % c.num_attention_heads == 0, source, ": hidden_size ", c.hidden_size,
+                " is not divisible by num_attention_heads ", c.num_attention_heads, " and no head_dim is given");
+    c.head_dim = c.hidden_size / c.num_attention_heads;
+  }
+  check_positive(c.head_dim, "head_dim", source);
+  FERRY_CHECK(c.head_dim % 2 == 0, source, ": head_dim must be even for rotary embeddings, got ", c.head_dim);
+  FERRY_CHECK(c.num_attention_heads % c.num_key_value_heads == 0, source, ": num_attention_heads ",
+              c.num_attention_heads, " is not a multiple of num_key_value_heads ", c.num_key_value_heads);
+  c.max_position_embeddings = get_int_or(j, "max_position_embeddings", 2048, source);
+  c.norm_eps = get_double_or(j, "rms_norm_eps", 1e-6, source);
+  c.hidden_act = get_string_or(j, "hidden_act", "silu", source);
+  FERRY_CHECK(c.hidden_act == "silu", source, ": hidden_act '", c.hidden_act,
+              "' is not supported for ", c.architecture, " (ferry implements 'silu')");
+  c.tie_word_embeddings = get_bool_or(j, "tie_word_embeddings", false, source);
+  c.mlp_bias = get_bool_or(j, "mlp_bias", false, source);
+  c.attention_bias = get_bool_or(j, "attention_bias", false, source);
+  c.rope = parse_rope(j, c.model_type == "qwen2" ? 1e6 : 10000.0, source);
+
+  std::vector<std::string> layer_types;
+  if (present(j, "layer_types")) {
+    const json& lt = j.at("layer_types");
+    FERRY_CHECK(lt.is_array() && static_cast<int64_t>(lt.size()) == c.num_hidden_layers, source,
+                ": 'layer_types' must list one type per layer (", c.num_hidden_layers, "), got ", lt.dump());
+    for (const json& t : lt) {
+      FERRY_CHECK(t.is_string(), source, ": 'layer_types' entries must be strings, got ", t.dump());
+      std::string s = t.get<std::string>();
+      FERRY_CHECK(s == "full_attention" || s == "sliding_attention", source, ": layer type '", s,
+                  "' is not supported (ferry implements full_attention and sliding_attention)");
+      layer_types.push_back(s);
+    }
+  }
+  c.sliding_layers.assign(static_cast<size_t>(c.num_hidden_layers), false);
+  if (c.model_type == "qwen2") {
+    c.qkv_bias = true;
+    bool use_sliding = get_bool_or(j, "use_sliding_window", false, source);
+    if (use_sliding && present(j, "sliding_window")) {
+      c.sliding_window = get_int(j, "sliding_window", source);
+      int64_t max_window_layers = get_int_or(j, "max_window_layers", c.num_hidden_layers, source);
+      for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+        c.sliding_layers[i] = layer_types.empty() ? i >= max_window_layers : layer_types[i] == "sliding_attention";
+    }
+  } else if (c.model_type == "mistral") {
+    if (present(j, "sliding_window")) {
+      c.sliding_window = get_int(j, "sliding_window", source);
+      c.sliding_layers.assign(static_cast<size_t>(c.num_hidden_layers), true);
+    }
+  } else if (!layer_types.empty() &&
+             std::find(layer_types.begin(), layer_types.end(), "sliding_attention") != layer_types.end()) {
+    FERRY_FAIL(source, ": ", c.architecture, " has no sliding-window attention, but 'layer_types' asks for it");
+  }
+  if (c.sliding_window) check_positive(*c.sliding_window, "sliding_window", source);
+}
+
+void parse_gpt2(const json& j, ModelConfig& c, const std::string& source) {
+  c.vocab_size = get_int(j, "vocab_size", source);
+  c.hidden_size = get_int(j, "n_embd", source);
+  c.num_hidden_layers = get_int(j, "n_layer", source);
+  c.num_attention_heads = get_int(j, "n_head", source);
+  for (auto [v, n] : {std::pair{c.vocab_size, "vocab_size"}, {c.hidden_size, "n_embd"},
+                      {c.num_hidden_layers, "n_layer"}, {c.num_attention_heads, "n_head"}})
+    check_positive(v, n, source);
+  FERRY_CHECK(c.hidden_size % c.num_attention_heads == 0, source, ": n_embd ", c.hidden_size,
+              " is not divisible by n_head ", c.num_attention_heads);
+  c.num_key_value_heads = c.num_attention_heads;
+  c.head_dim = c.hidden_size / c.num_attention_heads;
+  c.intermediate_size = get_int_or(j, "n_inner", 4 * c.hidden_size, source);
+  c.max_position_embeddings = get_int(j, "n_positions", source);
+  check_positive(c.max_position_embeddings, "n_positions", source);
+  c.norm_eps = get_double_or(j, "layer_norm_epsilon", 1e-5, source);
+  c.hidden_act = get_string_or(j, "activation_function", "gelu_new", source);
+  FERRY_CHECK(c.hidden_act == "gelu_new", source, ": activation_function '", c.hidden_act,
+              "' is not supported for GPT-2 (ferry implements 'gelu_new')");
+  c.tie_word_embeddings = get_bool_or(j, "tie_word_embeddings", true, source);
+  c.scale_attn_weights = get_bool_or(j, "scale_attn_weights", true, source);
+  c.scale_attn_by_inverse_layer_idx = get_bool_or(j, "scale_attn_by_inverse_layer_idx", false, source);
+  FERRY_CHECK(!get_bool_or(j, "reorder_and_upcast_attn", false, source), source,
+              ": reorder_and_upcast_attn is not supported");
+  FERRY_CHECK(!get_bool_or(j, "add_cross_attention", false, source), source,
+              ": add_cross_attention (GPT-2 as a decoder of an encoder-decoder model) is not supported");
+  c.sliding_layers.assign(static_cast<size_t>(c.num_hidden_layers), false);
+}
+
+}  // namespace
+
+const std::vector<std::string>& supported_architectures() {
+  static const std::vector<std::string> names = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+                                                 "GPT2LMHeadModel"};
+  return names;
+}
+
+ModelConfig parse_config(const std::string& json_text, const std::string& source) {
+  json j;
+  try {
+    j = json::parse(json_text);
+  } catch (const json::exception& e) {
+    FERRY_FAIL(source, " is not valid JSON: ", e.what());
+  }
+  FERRY_CHECK(j.is_object(), source, " must hold a JSON object");
+  ModelConfig c;
+  c.model_type = get_string_or(j, "model_type", "", source);
+  if (present(j, "architectures")) {
+    const json& a = j.at("architectures");
+    FERRY_CHECK(a.is_array() && !a.empty() && a[0].is_string(), source,
+                ": 'architectures' must be a non-empty list of names, got ", a.dump());
+    FERRY_CHECK(a.size() == 1, source, ": 'architectures' lists ", a.size(), " classes (", a.dump(),
+                "); ferry runs single-architecture checkpoints");
+    c.architecture = a[0].get<std::string>();
+  } else {
+    // Some configs only carry model_type.
+    static const std::vector<std::pair<std::string, std::string>> by_type = {
+        {"llama", "LlamaForCausalLM"}, {"mistral", "MistralForCausalLM"},
+        {"qwen2", "Qwen2ForCausalLM"}, {"gpt2", "GPT2LMHeadModel"}};
+    for (const auto& [type, arch] : by_type)
+      if (type == c.model_type) c.architecture = arch;
+    FERRY_CHECK(!c.architecture.empty(), source, " has neither 'architectures' nor a known 'model_type' (got '",
+                c.model_type, "')");
+  }
+  const auto& supported = supported_architectures();
+  if (std::find(supported.begin(), supported.end(), c.architecture) == supported.end()) {
+    std::string list;
+    for (const auto& s : supported) list += (list.empty() ? "" : ", ") + s;
+    FERRY_FAIL(source, ": architecture '", c.architecture, "' is not supported; ferry runs ", list);
+  }
+  std::string expected_type = c.architecture == "LlamaForCausalLM"     ? "llama"
+                              : c.architecture == "MistralForCausalLM" ? "mistral"
+                              : c.architecture == "Qwen2ForCausalLM"   ? "qwen2"
+                                                                       : "gpt2";
+  if (c.model_type.empty()) c.model_type = expected_type;
+  FERRY_CHECK(c.model_type == expected_type, source, ": model_type '", c.model_type, "' does not match architecture '",
+              c.architecture, "' (expected '", expected_type, "')");
+
+  std::string dtype = get_string_or(j, "dtype", get_string_or(j, "torch_dtype", "float32", source), source);
+  c.dtype = parse_dtype(dtype);
+  if (c.model_type == "gpt2")
+    parse_gpt2(j, c, source);
+  else
+    parse_llama_family(j, c, source);
+  c.eos_token_ids = get_ids(j, "eos_token_id", source);
+  auto bos = get_ids(j, "bos_token_id", source);
+  if (!bos.empty()) c.bos_token_id = bos[0];
+  auto pad = get_ids(j, "pad_token_id", source);
+  if (!pad.empty()) c.pad_token_id = pad[0];
+  return c;
+}
+
+ModelConfig load_config(const std::string& dir) {
+  fs::path folder(dir);
+  FERRY_CHECK(fs::is_directory(folder), "model folder '", dir, "' does not exist or is not a directory");
+  fs::path config_path = folder / "config.json";
+  FERRY_CHECK(fs::is_regular_file(config_path), "model folder '", dir,
+              "' has no config.json: ferry needs the Hugging Face config next to the weights");
+  ModelConfig c = parse_config(read_text(config_path), config_path.string());
+  fs::path gen_path = folder / "generation_config.json";
+  if (fs::is_regular_file(gen_path)) {
+    json g;
+    try {
+      g = json::parse(read_text(gen_path));
+    } catch (const json::exception& e) {
+      FERRY_FAIL(gen_path.string(), " is not valid JSON: ", e.what());
+    }
+    if (g.is_object()) {
+      if (g.contains("eos_token_id")) c.eos_token_ids = get_ids(g, "eos_token_id", gen_path.string());
+      auto bos = get_ids(g, "bos_token_id", gen_path.string());
+      if (!bos.empty()) c.bos_token_id = bos[0];
+      auto pad = get_ids(g, "pad_token_id", gen_path.string());
+      if (!pad.empty()) c.pad_token_id = pad[0];
+    }
+  }
+  return c;
+}
+
+std::string config_to_json(const ModelConfig& c) {
+  json j;
+  j["architectures"] = json::array({c.architecture});
+  j["model_type"] = c.model_type;
+  j["vocab_size"] = c.vocab_size;
+  j["dtype"] = dtype_name(c.dtype);
+  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  if (!c.eos_token_ids.empty()) j["eos_token_id"] = c.eos_token_ids.size() == 1 ? json(c.eos_token_ids[0]) : json(c.eos_token_ids);
+  if (c.bos_token_id) j["bos_token_id"] = *c.bos_token_id;
+  if (c.model_type == "gpt2") {
+    j["n_embd"] = c.hidden_size;
+    j["n_layer"] = c.num_hidden_layers;
+    j["n_head"] = c.num_attention_heads;
+    j["n_inner"] = c.intermediate_size;
+    j["n_positions"] = c.max_position_embeddings;
+    j["layer_norm_epsilon"] = c.norm_eps;
+    j["activation_function"] = c.hidden_act;
+    j["scale_attn_weights"] = c.scale_attn_weights;
+    j["scale_attn_by_inverse_layer_idx"] = c.scale_attn_by_inverse_layer_idx;
+    return j.dump(2);
+  }
+  j["hidden_size"] = c.hidden_size;
+  j["intermediate_size"] = c.intermediate_size;
+  j["num_hidden_layers"] = c.num_hidden_layers;
+  j["num_attention_heads"] = c.num_attention_heads;
+  j["num_key_value_heads"] = c.num_key_value_heads;
+  j["head_dim"] = c.head_dim;
+  j["max_position_embeddings"] = c.max_position_embeddings;
+  j["rms_norm_eps"] = c.norm_eps;
+  j["hidden_act"] = c.hidden_act;
+  j["attention_bias"] = c.attention_bias;
+  j["mlp_bias"] = c.mlp_bias;
+  json rope = {{"rope_theta", c.rope.theta}, {"rope_type", c.rope.type}};
+  if (c.rope.type == "llama3") {
+    rope["factor"] = c.rope.factor;
+    rope["low_freq_factor"] = c.rope.low_freq_factor;
+    rope["high_freq_factor"] = c.rope.high_freq_factor;
+    rope["original_max_position_embeddings"] = c.rope.original_max_position_embeddings;
+  }
+  j["rope_parameters"] = rope;
+  if (c.sliding_window) {
+    j["sliding_window"] = *c.sliding_window;
+    if (c.model_type == "qwen2") {
+      j["use_sliding_window"] = true;
+      json types = json::array();
+      for (bool s : c.sliding_layers) types.push_back(s ? "sliding_attention" : "full_attention");
+      j["layer_types"] = types;
+    }
+  }
+  return j.dump(2);
+}
+
+}  // namespace ferry::models

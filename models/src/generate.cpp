@@ -1,0 +1,128 @@
+#include "ferry/models/generate.h"
+
+#include "ferry/core/error.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <chrono>
+#include <limits>
+
+namespace ferry::models {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+void check_config(const GenerationConfig& g) {
+  FERRY_CHECK(g.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", g.max_new_tokens);
+  if (!g.do_sample) return;
+  FERRY_CHECK(g.temperature > 0, "temperature must be > 0 when sampling, got ", g.temperature,
+              " (use greedy decoding for temperature 0)");
+  FERRY_CHECK(g.top_k >= 0, "top_k must be >= 0 (0 keeps every token), got ", g.top_k);
+  FERRY_CHECK(g.top_p > 0 && g.top_p <= 1, "top_p must be in (0, 1], got ", g.top_p);
+}
+
+// The device the token ids should start on: the input embeddings' when they hold real memory (a
+// resident model on a GPU), else the CPU (a dispatched model's hooks move them).
+c10::Device input_device(CausalLM& model) {
+  Module& embeddings = model.submodule(model.input_embeddings_name());
+  at::Tensor w = embeddings.parameter("weight");
+  if (w.defined() && !w.is_meta()) return w.device();
+  return c10::Device(c10::kCPU);
+}
+
+}  // namespace
+
+void check_input_ids(const CausalLM& model, const at::Tensor& input_ids) {
+  FERRY_CHECK(input_ids.defined() && input_ids.dim() == 2, "input_ids must be a [batch, length] tensor, got ",
+              input_ids.defined() ? std::to_string(input_ids.dim()) + " dimensions" : "nothing");
+  FERRY_CHECK(input_ids.size(0) > 0 && input_ids.size(1) > 0, "input_ids is empty: [", input_ids.size(0), ", ",
+              input_ids.size(1), "]; give at least one token per prompt");
+  FERRY_CHECK(!at::isFloatingType(input_ids.scalar_type()) && input_ids.scalar_type() != at::kBool,
+              "input_ids must hold integers, got ", input_ids.scalar_type());
+  at::Tensor ids = input_ids.to(at::kCPU).to(at::kLong).contiguous();
+  int64_t vocab = model.config().vocab_size;
+  const int64_t* p = ids.data_ptr<int64_t>();
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    FERRY_CHECK(p[i] >= 0 && p[i] < vocab, "token id ", p[i], " (prompt ", i / ids.size(1), ", position ",
+                i % ids.size(1), ") is outside the vocabulary [0, ", vocab, ") of this ", model.config().architecture);
+  }
+}
+
+at::Tensor sampling_probabilities(const at::Tensor& logits, const GenerationConfig& g) {
+  at::Tensor scores = logits.to(at::kFloat);
+  const double filter = -std::numeric_limits<double>::infinity();
+  if (g.temperature != 1.0) scores = scores / g.temperature;
+  if (g.top_k > 0 && g.top_k < scores.size(-1)) {
+    at::Tensor kth = std::get<0>(at::topk(scores, g.top_k, -1)).narrow(-1, g.top_k - 1, 1);
+    scores = scores.masked_fill(scores < kth, filter);
+  }
+  if (g.top_p < 1.0) {
+    // transformers' TopPLogitsWarper: drop the least likely tokens whose cumulative probability
+    // stays within 1 - top_p, always keeping the most likely one.
+    auto [sorted, indices] = at::sort(scores, -1, /*descending=*/false);
+    at::Tensor cumulative = sorted.softmax(-1).cumsum(-1);
+    at::Tensor remove = cumulative <= (1 - g.top_p);
+    remove.narrow(-1, remove.size(-1) - 1, 1).fill_(false);
+    at::Tensor to_remove = remove.scatter(-1, indices, remove);
+    scores = scores.masked_fill(to_remove, filter);
+  }
+  return scores.softmax(-1);
+}
+
+GenerationOutput generate(CausalLM& model, const at::Tensor& input_ids, const GenerationConfig& g) {
+  check_config(g);
+  check_input_ids(model, input_ids);
+  c10::NoGradGuard no_grad;
+  GenerationOutput out;
+  c10::Device device = input_device(model);
+  int64_t batch = input_ids.size(0);
+  at::Tensor sequences = input_ids.to(at::kCPU).to(at::kLong).contiguous();
+  auto cache = c10::make_intrusive<KVCache>();
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(g.seed);
+  at::Tensor eos = at::tensor(g.eos_token_ids, at::kLong);
+  int64_t pad = g.pad_token_id.value_or(g.eos_token_ids.empty() ? 0 : g.eos_token_ids[0]);
+  at::Tensor unfinished = at::ones({batch}, at::kBool);
+
+  auto choose = [&](const at::Tensor& step_logits) {
+    at::Tensor last = step_logits.select(1, step_logits.size(1) - 1).to(at::kCPU).to(at::kFloat);
+    if (!g.do_sample) return last.argmax(-1);
+    return at::multinomial(sampling_probabilities(last, g), 1, false, generator).squeeze(1);
+  };
+
+  auto start = Clock::now();
+  if (g.max_new_tokens == 0 && !g.return_prompt_logits) {
+    out.sequences = sequences;
+    return out;
+  }
+  at::Tensor logits = model.logits(sequences.to(device), cache, g.return_prompt_logits ? 0 : 1);
+  if (g.return_prompt_logits) out.prompt_logits = logits.to(at::kCPU).to(at::kFloat).clone();
+  for (int64_t step = 0; step < g.max_new_tokens; ++step) {
+    auto step_start = Clock::now();
+    if (step > 0) logits = model.logits(sequences.narrow(1, sequences.size(1) - 1, 1).to(device), cache, 1);
+    at::Tensor next = choose(logits);
+    if (eos.numel() > 0) {
+      next = at::where(unfinished, next, at::full_like(next, pad));
+      unfinished = unfinished.logical_and(at::isin(next, eos).logical_not());
+    }
+    sequences = at::cat({sequences, next.view({batch, 1})}, 1);
+    ++out.new_tokens;
+    if (step == 0) {
+      out.prefill_seconds = seconds_since(start);
+    } else {
+      out.decode_seconds += seconds_since(step_start);
+      ++out.decode_steps;
+    }
+    if (g.on_step) g.on_step(step, next);
+    if (eos.numel() > 0 && !unfinished.any().item<bool>()) break;
+  }
+  if (g.max_new_tokens == 0) out.prefill_seconds = seconds_since(start);
+  out.sequences = sequences;
+  return out;
+}
+
+}  // namespace ferry::models

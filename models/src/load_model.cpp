@@ -1,0 +1,104 @@
+#include "ferry/models/load_model.h"
+
+#include "ferry/core/error.h"
+#include "ferry/core/log.h"
+#include "ferry/dispatch/load_checkpoint_and_dispatch.h"
+#include "ferry/io/checkpoint.h"
+#include "ferry/io/weights_map.h"
+#include "ferry/models/pretrained.h"
+#include "ferry/nn/module_tensors.h"
+
+#include "ferry/plan/infer_device_map.h"
+#include "ferry/plan/max_memory.h"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <set>
+
+namespace ferry::models {
+namespace {
+
+bool is_strategy(const std::string& s) {
+  return s == "auto" || s == "balanced" || s == "balanced_low_0" || s == "sequential";
+}
+
+}  // namespace
+
+void check_device_map_names(CausalLM& model, const DeviceMap& map) {
+  std::set<std::string> modules;
+  for (const auto& [name, m] : model.named_modules()) modules.insert(name);
+  std::set<std::string> tensors;
+  for (const auto& [name, t] : model.state_dict()) tensors.insert(name);
+  for (const auto& [name, t] : model.named_buffers()) tensors.insert(name);
+  for (const auto& [key, placement] : map) {
+    if (key.empty() || modules.count(key) || tensors.count(key)) continue;
+    std::string top;
+    for (const auto& [name, child] : model.children()) top += (top.empty() ? "" : ", ") + name;
+    std::string layers;
+    auto names = model.decoder_layer_names();
+    if (!names.empty()) layers = "; its layers are " + names.front() + " .. " + names.back();
+    FERRY_FAIL("the device map names '", key, "', which is not a module or tensor of this ",
+               model.config().architecture, " (top-level modules: ", top, layers, ")");
+  }
+  for (const auto& [name, t] : model.state_dict())
+    FERRY_CHECK(map.placement_of(name).has_value(), "the device map gives no placement for '", name,
+                "'; add an entry for its module (or \"\" for everything)");
+}
+
+LoadedModel load_model(const std::string& dir, const LoadModelOptions& o) {
+  auto start = std::chrono::steady_clock::now();
+  LoadedModel out;
+  out.model = create_empty_model(dir, o.dtype);
+  CausalLM& model = *out.model;
+  check_checkpoint_matches(model, dir);
+  io::Checkpoint checkpoint = io::Checkpoint::open(dir);
+
+  LoadAndDispatchOptions options;
+  options.no_split.classes = model.no_split_module_classes();
+  options.skip_keys = {"past_key_values"};
+  options.offload_folder = o.offload_folder;
+  options.explain = o.explain;
+  if (o.prefetch_bytes) options.streamer.prefetch_bytes = *o.prefetch_bytes;
+  if (!o.max_memory.empty()) options.max_memory = parse_max_memory(o.max_memory);
+  if (o.device_map.empty()) {
+    options.device_map = DeviceMap{{"", Placement::cpu()}};
+  } else if (is_strategy(o.device_map)) {
+    options.strategy = o.device_map;
+  } else {
+    FERRY_CHECK(std::filesystem::is_regular_file(o.device_map), "--device-map '", o.device_map,
+                "' is neither a strategy (auto, balanced, balanced_low_0, sequential) nor an existing JSON file");
+    options.device_map = DeviceMap::read_json_file(o.device_map);
+  }
+  if (options.device_map) {
+    check_device_map_names(model, *options.device_map);
+  }
+
+  if (o.on_progress) o.on_progress(0, 1);
+  DispatchResult r = load_checkpoint_and_dispatch(model, dir, options);
+  if (o.on_progress) o.on_progress(1, 1);
+  out.device_map = r.device_map;
+  out.dispatch = r.state;
+  if (out.dispatch) out.offloaded_bytes_per_forward = out.dispatch->offloaded_bytes_per_forward;
+  // A single-device map moves the model without hooks; the non-persistent buffers go along.
+  std::vector<Placement> placements = out.device_map.placements();
+  if (placements.size() == 1 && placements.front().is_device()) {
+    c10::Device device = placements.front().device();
+    for (auto& [name, t] : model.named_buffers())
+      if (t.device() != device) set_module_tensor_to_device(model, name, device);
+  }
+
+  // Stored bytes per placement (what the summary shows); a tied tensor counts once.
+  std::map<std::string, uint64_t> bytes;
+  for (const auto& [name, t] : model.named_parameters()) {
+    auto p = out.device_map.placement_of(name);
+    if (p && checkpoint.contains(name)) bytes[p->str()] += checkpoint.at(name).nbytes;
+  }
+  for (const Placement& p : placements) out.bytes_per_placement.emplace_back(p, bytes[p.str()]);
+  out.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return out;
+}
+
+}  // namespace ferry::models

@@ -1,0 +1,153 @@
+#include "ferry/models/pretrained.h"
+
+#include "ferry/core/dtype.h"
+#include "ferry/core/error.h"
+#include "ferry/dispatch/load_checkpoint.h"
+#include "ferry/io/safetensors.h"
+#include "ferry/io/checkpoint.h"
+#include "ferry/nn/init_on_device.h"
+#include "ferry/nn/module_tensors.h"
+
+#include <ATen/ATen.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <fstream>
+#include <map>
+#include <set>
+
+namespace ferry::models {
+namespace {
+
+// The tied copies a checkpoint may omit: in each tie group, every name but the one met first in
+// state_dict order (the embeddings, before lm_head), as transformers saves them.
+std::set<std::string> tied_names(CausalLM& model) {
+  std::set<std::string> names;
+  auto sd = model.state_dict();
+  for (const auto& group : find_tied_parameters(model)) {
+    std::string first;
+    for (const auto& [name, t] : sd)
+      if (std::find(group.begin(), group.end(), name) != group.end()) {
+        first = name;
+        break;
+      }
+    for (const auto& name : group)
+      if (name != first) names.insert(name);
+  }
+  return names;
+}
+
+io::Checkpoint open_checkpoint(const std::string& dir) {
+  namespace fs = std::filesystem;
+  bool any = false;
+  if (fs::is_directory(dir))
+    for (const auto& e : fs::directory_iterator(dir)) {
+      auto ext = e.path().extension().string();
+      if (ext == ".safetensors" || ext == ".bin" || (ext == ".json" && e.path().filename().string().find(".index.json") != std::string::npos))
+        if (e.path().filename() != "reference.safetensors") any = true;
+    }
+  FERRY_CHECK(any, "model folder '", dir,
+              "' holds no weights: expected model.safetensors or model.safetensors.index.json with its shards");
+  return io::Checkpoint::open(dir);
+}
+
+void write_text_atomically(const std::filesystem::path& path, const std::string& text) {
+  std::filesystem::path tmp = path;
+  tmp += ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    FERRY_CHECK(out.good(), "cannot write '", tmp.string(), "'");
+    out << text;
+    out.flush();
+    FERRY_CHECK(out.good(), "writing '", tmp.string(), "' failed (disk full?)");
+  }
+  std::filesystem::rename(tmp, path);
+}
+
+}  // namespace
+
+void save_pretrained(CausalLM& model, const std::string& dir, uint64_t max_shard_bytes,
+                     c10::optional<c10::ScalarType> storage_dtype) {
+  namespace fs = std::filesystem;
+  fs::create_directories(dir);
+  std::set<std::string> tied = tied_names(model);
+  std::vector<io::NamedTensors> shards(1);
+  uint64_t shard_bytes = 0, total = 0;
+  for (auto& [name, tensor] : model.state_dict()) {
+    if (tied.count(name)) continue;
+    FERRY_CHECK(!tensor.is_meta(), "'", name, "' is on the meta device: there is nothing to save");
+    at::Tensor t = storage_dtype && is_floating_dtype(tensor.scalar_type()) ? tensor.to(*storage_dtype) : tensor;
+    uint64_t bytes = static_cast<uint64_t>(t.numel()) * t.element_size();
+    if (!shards.back().empty() && shard_bytes + bytes > max_shard_bytes) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().emplace_back(name, t);
+    shard_bytes += bytes;
+    total += bytes;
+  }
+  ModelConfig config = model.config();
+  if (storage_dtype) config.dtype = *storage_dtype;
+  nlohmann::json weight_map = nlohmann::json::object();
+  if (shards.size() == 1) {
+    io::save_safetensors((fs::path(dir) / "model.safetensors").string(), shards[0], {{"format", "pt"}});
+  } else {
+    for (size_t i = 0; i < shards.size(); ++i) {
+      char file[64];
+      std::snprintf(file, sizeof file, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+      io::save_safetensors((fs::path(dir) / file).string(), shards[i], {{"format", "pt"}});
+      for (const auto& [name, t] : shards[i]) weight_map[name] = file;
+    }
+    nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+    write_text_atomically(fs::path(dir) / "model.safetensors.index.json", index.dump(2));
+  }
+  write_text_atomically(fs::path(dir) / "config.json", config_to_json(config));
+}
+
+std::shared_ptr<CausalLM> create_empty_model(const std::string& dir, c10::optional<c10::ScalarType> dtype) {
+  ModelConfig config = load_config(dir);
+  auto guard = init_empty_weights();
+  return create_model(config, dtype);
+}
+
+void check_checkpoint_matches(CausalLM& model, const std::string& dir) {
+  io::Checkpoint ckpt = open_checkpoint(dir);
+  std::set<std::string> tied = tied_names(model);
+  std::vector<std::string> problems;
+  for (const auto& [name, tensor] : model.state_dict()) {
+    const io::CheckpointTensor* t = ckpt.find(name);
+    if (!t) {
+      if (!tied.count(name)) problems.push_back("'" + name + "' is missing from the checkpoint");
+      continue;
+    }
+    if (t->shape != tensor.sizes().vec())
+      problems.push_back("'" + name + "' has shape " + shape_str(t->shape) + " in the checkpoint but " +
+                         shape_str(tensor.sizes()) + " in the model built from config.json");
+  }
+  if (!problems.empty())
+    FERRY_FAIL("checkpoint '", dir, "' does not match its config.json (", model.config().architecture, "): ",
+               problems.front(), problems.size() > 1 ? " (and " + std::to_string(problems.size() - 1) + " more)" : "",
+               "; check that config.json belongs to these weights");
+}
+
+std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, const PretrainedOptions& options) {
+  std::shared_ptr<CausalLM> model = create_empty_model(dir, options.dtype);
+  check_checkpoint_matches(*model, dir);
+  LoadCheckpointOptions load;
+  load.device_map = DeviceMap{{"", Placement(options.device)}};
+  if (options.on_progress) options.on_progress(0, 1);
+  load_checkpoint_in_model(*model, dir, load);
+  if (options.on_progress) options.on_progress(1, 1);
+  // Non-persistent buffers (rotary inv_freq) were built on the CPU; bring them along.
+  for (auto& [name, t] : model->named_buffers())
+    if (t.device() != options.device) set_module_tensor_to_device(*model, name, options.device);
+  for (auto& [name, t] : model->named_parameters())
+    FERRY_CHECK(!t.is_meta(), "'", name, "' was not loaded from '", dir, "'");
+  return model;
+}
+
+}  // namespace ferry::models

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what ferry needs on Debian 12 (apt-get only), skipping what is already there.
+set -euo pipefail
+packages=(libtorch-dev libopenblas0-pthread libgtest-dev nlohmann-json3-dev libcli11-dev cmake g++ ninja-build)
+[ "${FERRY_WITH_FUZZER:-0}" = 1 ] && packages+=(clang)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "ferry: installing ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,28 @@
+#include "ferry/plan/checkpoint_tree.h"
+
+#include "ferry/core/error.h"
+#include "ferry/io/checkpoint.h"
+
+#include <optional>
+
+namespace ferry {
+
+LoadedModelTree load_checkpoint_tree(const std::string& path) {
+  std::optional<io::Checkpoint> opened;
+  try {
+    opened.emplace(io::Checkpoint::open(path));
+  } catch (const Error& e) {
+    FERRY_FAIL("cannot plan from '", path, "': ", e.what());
+  }
+  const io::Checkpoint& checkpoint = *opened;
+  std::vector<NamedTreeTensor> tensors;
+  tensors.reserve(checkpoint.tensors().size());
+  for (const auto& t : checkpoint.tensors()) tensors.push_back(NamedTreeTensor{t.name, TreeTensor{t.shape, t.dtype}});
+  LoadedModelTree out{model_tree_from_named_tensors(std::move(tensors)), true, ""};
+  out.description = "checkpoint of " + std::to_string(checkpoint.files().size()) + " file" +
+                    (checkpoint.files().size() == 1 ? "" : "s") + ", " + std::to_string(checkpoint.tensors().size()) +
+                    " tensors";
+  return out;
+}
+
+}  // namespace ferry
