@@ -5,7 +5,8 @@
 #   scripts/fuzz.sh 300 offload_index_fuzzer
 # Seeds: small valid files from fuzz/make_seeds.py (header fuzzer) or the fixtures' index files and a
 # hand-written Accelerate index (index fuzzer). The corpus grows in build-fuzz/corpus-<fuzzer>;
-# crashes are written to build-fuzz/crash-* and make the script fail.
+# crashes are written to build-fuzz/crash-* and make the script fail. Inputs in
+# fuzz/regressions/<fuzzer>/ (past crashes) are replayed first.
 set -euo pipefail
 seconds="${1:-600}"
 fuzzer="${2:-safetensors_header_fuzzer}"
@@ -25,6 +26,10 @@ else
   printf '{\n  "w": {\n    "dtype": "bfloat16",\n    "shape": [\n      2,\n      3\n    ]\n  },\n  "s": {\n    "dtype": "int64",\n    "shape": []\n  },\n  "t": {"safetensors_file": "a.safetensors", "weight_name": "x", "dtype": "float16"}\n}' > "$seeds/index.json"
 fi
 cd "$build"
+# Inputs that once failed must keep passing.
+if compgen -G "$root/fuzz/regressions/$fuzzer/*" >/dev/null; then
+  "./fuzz/$fuzzer" "$root/fuzz/regressions/$fuzzer"/*
+fi
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   "./fuzz/$fuzzer" -max_total_time="$seconds" -max_len=65536 -print_final_stats=1 "${extra[@]}" \
   "corpus-$fuzzer" "$seeds"

@@ -62,6 +62,7 @@ inline std::string safetensors_image(const std::string& header, size_t data_byte
 inline bool same_bits(const at::Tensor& a, const at::Tensor& b) {
   if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
   at::Tensor ca = a.cpu().contiguous(), cb = b.cpu().contiguous();
+  if (ca.numel() == 0) return true;  // data_ptr() may be null: memcmp(nullptr, ...) is undefined
   return std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.numel() * ca.element_size()) == 0;
 }
 

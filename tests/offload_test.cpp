@@ -156,6 +156,16 @@ TEST(OffloadTest, SafetensorsFormEntriesAreReadAndWritten) {
   EXPECT_EQ(OffloadIndex::from_json(index.to_json(), "again").at("w"), index.at("w"));
 }
 
+// Regression (fuzz/offload_index_fuzzer): an entry without weight_name was written back with one.
+TEST(OffloadTest, SafetensorsEntryWithoutWeightNameRoundTripsUnchanged) {
+  const std::string text = R"({"t": {"safetensors_file": "a.safetensors", "dtype": "float16"}})";
+  OffloadIndex index = OffloadIndex::from_json(text, "mem");
+  EXPECT_TRUE(index.at("t").weight_name.empty());
+  OffloadIndex again = OffloadIndex::from_json(index.to_json(), "again");
+  EXPECT_EQ(again.at("t"), index.at("t"));
+  EXPECT_EQ(index.to_json().find("weight_name"), std::string::npos);
+}
+
 TEST(OffloadTest, DtypeTags) {
   EXPECT_EQ(offload_dtype_tag(at::kBFloat16), "bfloat16");
   EXPECT_EQ(offload_dtype_tag(at::kBool), "bool");

@@ -122,7 +122,9 @@ std::string OffloadIndex::to_json() const {
     nlohmann::ordered_json value = nlohmann::ordered_json::object();
     if (e.is_safetensors()) {
       value["safetensors_file"] = e.safetensors_file;
-      value["weight_name"] = e.weight_name.empty() ? name : e.weight_name;
+      // Written only when given: an absent weight_name means "the index key" and must stay absent, so
+      // that an index read and written back is unchanged (found by fuzz/offload_index_fuzzer).
+      if (!e.weight_name.empty()) value["weight_name"] = e.weight_name;
       if (!e.dtype.empty()) value["dtype"] = e.dtype;
     } else {
       value["dtype"] = e.dtype;

@@ -57,6 +57,7 @@ void Sha256::compress(const uint8_t* block) {
 }
 
 void Sha256::update(const void* data, size_t size) {
+  if (size == 0) return;  // data may be null (an empty tensor): memcpy from null is undefined
   const auto* p = static_cast<const uint8_t*>(data);
   total_bytes_ += size;
   if (buffered_ > 0) {
