@@ -4,17 +4,14 @@
 /// and disk, and run it as if it were resident. Weights of offloaded modules live in a WeightsMap
 /// (a state dict, an offload folder, the checkpoint itself) and are streamed in ahead of use.
 ///
-///     // A model built under init_empty_weights, loaded and placed from a checkpoint in one call:
-///     auto model = make_model();                         // parameters on meta
-///     ferry::DispatchResult r = ferry::load_checkpoint_and_dispatch(
-///         *model, "llama-dir", {.device_map = "auto", .max_memory = "0=20GiB,cpu=8GiB",
-///                               .offload_folder = "/tmp/offload"});
-///     at::Tensor logits = (*model)(input_ids);           // offloaded layers stream in from disk
-///
-///     // Or place a resident model by hand:
-///     ferry::dispatch_model(*model, ferry::DeviceMap{{"embed", Placement::cpu()},
-///                                                    {"layers", Placement::disk()}},
-///                           {.offload_dir = "/tmp/offload"});
+///     // A resident model, its blocks placed by hand (see load_checkpoint_and_dispatch.h for the
+///     // one-call path from a checkpoint into an empty model):
+///     ferry::DispatchOptions o;
+///     o.offload_dir = "/tmp/offload";                    // disk-placed weights are written here
+///     ferry::dispatch_model(*model, ferry::DeviceMap{{"embed", ferry::Placement::cpu()},
+///                                                    {"layers", ferry::Placement::disk()},
+///                                                    {"head", ferry::Placement::cpu()}}, o);
+///     at::Tensor y = (*model)(x);                        // layers stream in from the folder
 ///     ferry::remove_hook_from_submodules(*model);        // and back to resident
 
 #include "ferry/hooks/align_devices_hook.h"
