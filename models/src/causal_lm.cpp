@@ -95,4 +95,11 @@ std::shared_ptr<CausalLM> create_model(const ModelConfig& config, c10::optional<
   FERRY_FAIL("architecture '", a, "' is not supported; ferry runs ", list);
 }
 
+at::Tensor CausalLM::keep_last_positions(const at::Tensor& hidden, const Args& args) {
+  const c10::IValue* keep = args.find("logits_to_keep");
+  int64_t n = keep && keep->isInt() ? keep->toInt() : 0;
+  if (n > 0 && n < hidden.size(1)) return hidden.narrow(1, hidden.size(1) - n, n);
+  return hidden;
+}
+
 }  // namespace ferry::models

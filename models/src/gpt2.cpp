@@ -119,10 +119,7 @@ GPT2LMHeadModel::GPT2LMHeadModel(const ModelConfig& config, c10::ScalarType dtyp
 
 c10::IValue GPT2LMHeadModel::forward(Args& args) {
   at::Tensor h = (*transformer)(args).toTensor();
-  const c10::IValue* keep = args.find("logits_to_keep");
-  int64_t n = keep && keep->isInt() ? keep->toInt() : 0;
-  if (n > 0 && n < h.size(1)) h = h.narrow(1, h.size(1) - n, n);
-  return (*lm_head)(h);
+  return (*lm_head)(keep_last_positions(h, args));
 }
 
 std::vector<std::string> GPT2LMHeadModel::decoder_layer_names() const {

@@ -185,10 +185,7 @@ LlamaForCausalLM::LlamaForCausalLM(const ModelConfig& config, c10::ScalarType dt
 
 c10::IValue LlamaForCausalLM::forward(Args& args) {
   at::Tensor h = (*model)(args).toTensor();
-  const c10::IValue* keep = args.find("logits_to_keep");
-  int64_t n = keep && keep->isInt() ? keep->toInt() : 0;
-  if (n > 0 && n < h.size(1)) h = h.narrow(1, h.size(1) - n, n);
-  return (*lm_head)(h);
+  return (*lm_head)(keep_last_positions(h, args));
 }
 
 std::vector<std::string> LlamaForCausalLM::no_split_module_classes() const { return {prefix_ + "DecoderLayer"}; }

@@ -100,6 +100,11 @@ class CausalLM : public Module {
   /// empty otherwise.
   std::vector<std::string> tied_weight_names() const;
 
+ protected:
+  /// The hidden states of the last `logits_to_keep` positions (a keyword argument; 0 or absent:
+  /// all), so that decoding projects only the new token onto the vocabulary.
+  static at::Tensor keep_last_positions(const at::Tensor& hidden, const Args& args);
+
  private:
   ModelConfig config_;
 };
