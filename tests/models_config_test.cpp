@@ -1,5 +1,6 @@
 #include "ferry/core/error.h"
 #include "ferry/models/config.h"
+#include "models_test_util.h"
 
 #include <gtest/gtest.h>
 
@@ -15,15 +16,7 @@ std::string llama_json(const std::string& extra = "") {
          extra + "}";
 }
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const ferry::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using ferry::models::testing::error_of;
 
 }  // namespace
 

@@ -1,6 +1,10 @@
 #pragma once
 // Internal: the eager attention pieces the architectures share.
 
+#include "ferry/models/causal_lm.h"
+#include "ferry/nn/args.h"
+
+#include <ATen/ATen.h>
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -21,5 +25,23 @@ at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::T
 
 /// softmax(scores + mask) in float32, cast to `dtype`, times v (repeated to the score heads).
 at::Tensor attend(const at::Tensor& scores, const at::Tensor& v, const at::Tensor& mask, c10::ScalarType dtype);
+
+/// Keyword argument `name`, or a None value.
+inline const c10::IValue& keyword_or_none(const Args& args, const std::string& name) {
+  static const c10::IValue none;
+  const c10::IValue* v = args.find(name);
+  return v ? *v : none;
+}
+
+/// Tokens already in the KV cache passed as past_key_values (0 without one).
+inline int64_t cached_length(const Args& args) {
+  KVCache* cache = KVCache::from_ivalue(keyword_or_none(args, "past_key_values"));
+  return cache ? cache->seq_length(0) : 0;
+}
+
+/// Position ids continuing after the cache: [1, seq] = past .. past + seq - 1.
+inline at::Tensor positions_after_cache(const at::Tensor& ids, int64_t past) {
+  return at::arange(past, past + ids.size(1), ids.options().dtype(at::kLong)).unsqueeze(0);
+}
 
 }  // namespace ferry::models::detail

@@ -8,16 +8,6 @@
 #include <cmath>
 
 namespace ferry::models {
-namespace {
-
-const c10::IValue& keyword_or_none(Args& args, const std::string& name) {
-  static const c10::IValue none;
-  const c10::IValue* v = args.find(name);
-  return v ? *v : none;
-}
-
-}  // namespace
-
 at::Tensor gelu_new(const at::Tensor& x) {
   return 0.5 * x * (1.0 + at::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * at::pow(x, 3.0))));
 }
@@ -40,7 +30,7 @@ c10::IValue GPT2Attention::forward(Args& args) {
   at::Tensor q = qkv[0].view({b, s, -1, head_dim}).transpose(1, 2);
   at::Tensor k = qkv[1].view({b, s, -1, head_dim}).transpose(1, 2);
   at::Tensor v = qkv[2].view({b, s, -1, head_dim}).transpose(1, 2);
-  if (KVCache* cache = KVCache::from_ivalue(keyword_or_none(args, "past_key_values"))) {
+  if (KVCache* cache = KVCache::from_ivalue(detail::keyword_or_none(args, "past_key_values"))) {
     std::tie(k, v) = cache->update(layer_idx, k, v);
   }
   at::Tensor scores = at::matmul(q, k.transpose(-1, -2));
@@ -85,14 +75,13 @@ GPT2Model::GPT2Model(const ModelConfig& c, c10::ScalarType dtype) : Module("GPT2
 c10::IValue GPT2Model::forward(Args& args) {
   at::Tensor ids = args.tensor(0);
   FERRY_CHECK(ids.dim() == 2, "input_ids must be [batch, seq], got ", ids.dim(), " dimensions");
-  const c10::IValue& cache_value = keyword_or_none(args, "past_key_values");
+  const c10::IValue& cache_value = detail::keyword_or_none(args, "past_key_values");
   at::Tensor position_ids = args.optional_tensor("position_ids");
   if (!position_ids.defined()) {
-    KVCache* cache = KVCache::from_ivalue(cache_value);
-    int64_t past = cache ? cache->seq_length(0) : 0;
+    int64_t past = detail::cached_length(args);
     FERRY_CHECK(past + ids.size(1) <= wpe->num_embeddings, "GPT-2 has learned positions for ", wpe->num_embeddings,
                 " tokens (n_positions); the sequence would reach ", past + ids.size(1));
-    position_ids = at::arange(past, past + ids.size(1), ids.options().dtype(at::kLong)).unsqueeze(0);
+    position_ids = detail::positions_after_cache(ids, past);
   }
   at::Tensor x = (*wte)(ids);
   at::Tensor p = (*wpe)(position_ids);

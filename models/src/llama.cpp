@@ -17,12 +17,6 @@ at::Tensor rotate_half(const at::Tensor& x) {
   return at::cat({x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)}, -1);
 }
 
-const c10::IValue& keyword_or_none(Args& args, const std::string& name) {
-  static const c10::IValue none;
-  const c10::IValue* v = args.find(name);
-  return v ? *v : none;
-}
-
 }  // namespace
 
 std::string llama_family_prefix(const ModelConfig& config) {
@@ -92,7 +86,7 @@ c10::IValue LlamaAttention::forward(Args& args) {
   at::Tensor k = (*k_proj)(x).view({b, s, -1, head_dim}).transpose(1, 2);
   at::Tensor v = (*v_proj)(x).view({b, s, -1, head_dim}).transpose(1, 2);
 
-  const c10::IValue& pe = keyword_or_none(args, "position_embeddings");
+  const c10::IValue& pe = detail::keyword_or_none(args, "position_embeddings");
   FERRY_CHECK(pe.isTuple() && pe.toTupleRef().elements().size() == 2, class_name(), " (layer ", layer_idx,
               ") needs position_embeddings = (cos, sin)");
   at::Tensor cos = pe.toTupleRef().elements()[0].toTensor().unsqueeze(1);
@@ -100,7 +94,7 @@ c10::IValue LlamaAttention::forward(Args& args) {
   q = q * cos + rotate_half(q) * sin;
   k = k * cos + rotate_half(k) * sin;
 
-  if (KVCache* cache = KVCache::from_ivalue(keyword_or_none(args, "past_key_values"))) {
+  if (KVCache* cache = KVCache::from_ivalue(detail::keyword_or_none(args, "past_key_values"))) {
     std::tie(k, v) = cache->update(layer_idx, k, v);
   }
   at::Tensor mask = detail::causal_mask(s, k.size(2), sliding_window, q.scalar_type(), q.device());
@@ -151,13 +145,9 @@ LlamaModel::LlamaModel(const std::string& prefix, const ModelConfig& c, c10::Sca
 c10::IValue LlamaModel::forward(Args& args) {
   at::Tensor ids = args.tensor(0);
   FERRY_CHECK(ids.dim() == 2, "input_ids must be [batch, seq], got ", ids.dim(), " dimensions");
-  const c10::IValue& cache_value = keyword_or_none(args, "past_key_values");
+  const c10::IValue& cache_value = detail::keyword_or_none(args, "past_key_values");
   at::Tensor position_ids = args.optional_tensor("position_ids");
-  if (!position_ids.defined()) {
-    KVCache* cache = KVCache::from_ivalue(cache_value);
-    int64_t past = cache ? cache->seq_length(0) : 0;
-    position_ids = at::arange(past, past + ids.size(1), ids.options().dtype(at::kLong)).unsqueeze(0);
-  }
+  if (!position_ids.defined()) position_ids = detail::positions_after_cache(ids, detail::cached_length(args));
   at::Tensor h = (*embed_tokens)(ids);
   c10::IValue position_embeddings = (*rotary_emb)(Args{h, position_ids});
   for (const auto& [name, layer] : layers->children()) {
