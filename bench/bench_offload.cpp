@@ -1,4 +1,4 @@
-// bench_offload MODEL_DIR [--steps N] [--prompt N] [--skip-cold]
+// bench_offload MODEL_DIR [--steps N] [--prompt N] [--rounds N] [--skip-cold]
 //
 // Decode speed of a Llama-shaped checkpoint run on the CPU, resident versus with every decoder
 // layer on disk (read in place from the safetensors files), with ferry's streamer and without it
@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -43,6 +44,15 @@ double now() {
 
 int64_t status_kib(const std::string& key) {
   std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1));
+  return -1;
+}
+
+// A field of /proc/self/smaps_rollup in KiB (FilePmdMapped: file pages mapped as 2 MiB huge pages).
+int64_t smaps_kib(const std::string& key) {
+  std::ifstream in("/proc/self/smaps_rollup");
   std::string line;
   while (std::getline(in, line))
     if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1));
@@ -109,6 +119,26 @@ StepTimes run(const std::string& dir, const LoadModelOptions& options, int64_t p
   return t;
 }
 
+// Mean decode step of one generate() call on an already loaded model, in milliseconds.
+double decode_ms(LoadedModel& loaded, int64_t prompt, int64_t steps) {
+  at::Tensor ids = at::arange(1, prompt + 1, at::kLong).unsqueeze(0);
+  GenerationConfig g;
+  g.max_new_tokens = steps + 1;
+  GenerationOutput out = generate(*loaded.model, ids, g);
+  return out.decode_seconds * 1e3 / static_cast<double>(std::max<int64_t>(1, out.decode_steps));
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+}
+
+std::string join(const std::vector<double>& v) {
+  std::string s;
+  for (double x : v) s += (s.empty() ? "" : " ") + std::to_string(int(x + 0.5));
+  return s;
+}
+
 // Decoder layers in an Accelerate offload folder (.dat files, mapped per load and unmapped after
 // use), so that the page cache can be emptied between two forwards of a model that has already
 // run: a cold-cache decode step with the streamer's learned order, the case that matters.
@@ -143,17 +173,18 @@ StepTimes run_cold_from_folder(const std::string& dir, const DeviceMap& map, con
 int main(int argc, char** argv) {
   try {
     std::string dir;
-    int64_t steps = 8, prompt = 4;
+    int64_t steps = 8, prompt = 4, rounds = 5;
     bool cold = true;
     for (int i = 1; i < argc; ++i) {
       std::string a = argv[i];
       if (a == "--steps" && i + 1 < argc) steps = std::stoll(argv[++i]);
       else if (a == "--prompt" && i + 1 < argc) prompt = std::stoll(argv[++i]);
+      else if (a == "--rounds" && i + 1 < argc) rounds = std::stoll(argv[++i]);
       else if (a == "--skip-cold") cold = false;
       else dir = a;
     }
     FERRY_CHECK(!dir.empty() && fs::exists(dir + "/config.json"),
-                "usage: bench_offload MODEL_DIR [--steps N] [--prompt N] [--skip-cold] (make MODEL_DIR with make_big_llama)");
+                "usage: bench_offload MODEL_DIR [--steps N] [--prompt N] [--rounds N] [--skip-cold] (make MODEL_DIR with make_big_llama)");
     auto files = shard_files(dir);
     uint64_t checkpoint_bytes = 0;
     for (const auto& f : files) checkpoint_bytes += fs::file_size(f);
@@ -195,21 +226,38 @@ int main(int argc, char** argv) {
       folder_sync = run_cold_from_folder(dir, map, folder, 0, prompt);
       fs::remove_all(folder);
     }
-    read_bandwidth(files);  // warm the page cache again
-    StepTimes warm_stream = run(dir, disk, prompt, steps, false);
+    // Start from an empty page cache, so that the files come back in through ferry's mappings
+    // (huge-page folios, as after a reboot) rather than as the small folios a file's writer or
+    // read() leaves behind; the first round, which reads them, is not counted.
+    evict(files);
+    // Warm cache: the three variants live in one process and take turns, round after round, so
+    // that the machine's drift (other tenants, frequency) falls on all of them alike; the figure
+    // of each is the median of its rounds.
+    LoadedModel stream_model = load_model(dir, disk);
+    LoadedModel sync_model = load_model(dir, disk_sync);
     int64_t offload_hwm = status_kib("VmHWM"), offload_anon = status_kib("RssAnon");
-    StepTimes warm_sync = run(dir, disk_sync, prompt, steps, false);
-    reset_peak_rss();
-    StepTimes resident = run(dir, LoadModelOptions{}, prompt, steps, false);
+    LoadedModel resident_model = load_model(dir, LoadModelOptions{});
     int64_t resident_hwm = status_kib("VmHWM");
+    std::vector<double> resident_ms, stream_ms, sync_ms;
+    for (LoadedModel* m : {&resident_model, &stream_model, &sync_model}) decode_ms(*m, prompt, 1);
+    for (int round = 0; round < rounds; ++round) {
+      resident_ms.push_back(decode_ms(resident_model, prompt, steps));
+      stream_ms.push_back(decode_ms(stream_model, prompt, steps));
+      sync_ms.push_back(decode_ms(sync_model, prompt, steps));
+    }
+    const int64_t huge_kib = smaps_kib("FilePmdMapped");
+    StepTimes resident{0, median(resident_ms), 0}, warm_stream{0, median(stream_ms), stream_model.offloaded_bytes_per_forward},
+        warm_sync{0, median(sync_ms), 0};
+    std::printf("warm rounds (ms/step): resident %s; streamer %s; synchronous %s\n", join(resident_ms).c_str(),
+                join(stream_ms).c_str(), join(sync_ms).c_str());
 
     double offloaded = static_cast<double>(warm_stream.offloaded_bytes);
     std::printf("\n| run | decode ms/step | vs resident | first forward ms |\n|---|---|---|---|\n");
-    std::printf("| resident | %.1f | 1.00x | %.1f |\n", resident.decode_ms, resident.first_ms);
-    std::printf("| disk, streamer, warm cache | %.1f | %.2fx | %.1f |\n", warm_stream.decode_ms,
-                warm_stream.decode_ms / resident.decode_ms, warm_stream.first_ms);
-    std::printf("| disk, synchronous (Accelerate-like), warm cache | %.1f | %.2fx | %.1f |\n", warm_sync.decode_ms,
-                warm_sync.decode_ms / resident.decode_ms, warm_sync.first_ms);
+    std::printf("| resident | %.1f | 1.00x | - |\n", resident.decode_ms);
+    std::printf("| disk, streamer, warm cache | %.1f | %.2fx | - |\n", warm_stream.decode_ms,
+                warm_stream.decode_ms / resident.decode_ms);
+    std::printf("| disk, synchronous (Accelerate-like), warm cache | %.1f | %.2fx | - |\n", warm_sync.decode_ms,
+                warm_sync.decode_ms / resident.decode_ms);
     if (cold) {
       std::printf("| disk, streamer, cold cache (first forward) | - | - | %.1f (%.2f GB/s, %.0f%% of sequential read) |\n",
                   cold_stream.first_ms, offloaded / cold_stream.first_ms / 1e6,
@@ -224,7 +272,8 @@ int main(int argc, char** argv) {
                   folder_sync.first_ms, offloaded / folder_sync.first_ms / 1e6,
                   100.0 * offloaded / (folder_sync.first_ms / 1e3) / cold_bw);
     }
-    std::printf("\noffloaded per forward: %s; peak RSS offloaded %s (anonymous %s, the rest is page cache the\n"
+    std::printf("\nfile pages mapped as 2 MiB huge pages: %s\n", format_bytes(double(huge_kib) * 1024).c_str());
+    std::printf("offloaded per forward: %s; peak RSS offloaded %s (anonymous %s, the rest is page cache the\n"
                 "kernel may reclaim), resident %s\n",
                 format_bytes(offloaded).c_str(), format_bytes(double(offload_hwm) * 1024).c_str(),
                 format_bytes(double(offload_anon) * 1024).c_str(), format_bytes(double(resident_hwm) * 1024).c_str());

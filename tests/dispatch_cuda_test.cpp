@@ -7,6 +7,7 @@
 #include "ferry/core/error.h"
 #include "ferry/dispatch/big_modeling.h"
 #include "ferry/hooks/cpu_offload_hook.h"
+#include "ferry/hooks/weight_streamer.h"
 #include "dispatch_models.h"
 
 #include <ATen/ATen.h>
@@ -97,6 +98,52 @@ TEST(DispatchCudaTest, CpuOffloadWithHookSharesOneGpu) {
   EXPECT_TRUE(at::allclose(out.cpu(), expected, 1e-5, 1e-5));
   hook2->offload();
   EXPECT_TRUE(model2.weight->device().is_cpu());
+}
+
+TEST(DispatchCudaTest, StreamerCopiesAheadOnACopyStreamWithTheSameBits) {
+  // Weights in pinned CPU RAM (cpu_offload) and in a mapped offload folder staged through 1 MiB
+  // chunks (weights of 4 and 8 MiB, so chunks are reused within one tensor): the streamer's
+  // output is bit-identical to synchronous loading, and its loads were served ahead.
+  REQUIRE_GPU();
+  at::manual_seed(2);
+  TiedModel model(/*vocab=*/64, /*dim=*/1024, /*layers=*/4);
+  at::Tensor ids = at::randint(0, 64, {2, 7});
+  for (bool disk : {false, true}) {
+    std::vector<at::Tensor> outputs;
+    for (int64_t prefetch : {int64_t{0}, int64_t{64} << 20}) {
+      TempDir dir;
+      OffloadOptions options;
+      options.execution_device = kCuda;
+      options.streamer.prefetch_bytes = prefetch;
+      options.streamer.staging_chunk_bytes = 1 << 20;
+      options.streamer.staging_chunks = 2;
+      auto state = disk ? disk_offload(model, dir.path(), options) : cpu_offload(model, options);
+      if (!disk && prefetch > 0)
+        EXPECT_TRUE(state->weights_map->load("blocks.0.up.weight").is_pinned()) << "CPU-offloaded weights are pinned";
+      at::Tensor out;
+      for (int pass = 0; pass < 3; ++pass) out = model(ids).cpu();
+      if (state->streamer) {
+        StreamerStats stats = state->streamer->stats();
+        EXPECT_GT(stats.prefetched_loads, 0) << "disk " << disk;
+      }
+      outputs.push_back(out);
+      remove_hook_from_submodules(model);
+    }
+    EXPECT_TRUE(at::equal(outputs[0], outputs[1])) << "disk " << disk;
+  }
+}
+
+TEST(DispatchCudaTest, StreamerOnCudaSurvivesAnExceptionMidForward) {
+  REQUIRE_GPU();
+  TiedModel model(/*vocab=*/32, /*dim=*/256, /*layers=*/3);
+  OffloadOptions options;
+  options.execution_device = kCuda;
+  auto state = cpu_offload(model, options);
+  at::Tensor ids = at::randint(0, 32, {1, 4});
+  at::Tensor expected = model(ids).cpu();
+  EXPECT_THROW(model(at::randint(0, 32, {1, 4}).to(at::kFloat)), std::exception);  // embedding needs ints
+  for (auto& [name, t] : model.blocks->at(0)->named_parameters()) EXPECT_TRUE(t.is_meta()) << name << ": dropped after the exception";
+  EXPECT_TRUE(at::equal(model(ids).cpu(), expected));
 }
 
 #endif  // FERRY_WITH_CUDA

@@ -75,6 +75,25 @@ io::WeightsMapPtr with_tied_aliases(Module& model, io::WeightsMapPtr weights) {
   return std::make_shared<AliasedWeightsMap>(std::move(weights), std::move(aliases));
 }
 
+// The CPU copies of offloaded weights, to be brought to `execution`. For an accelerator with
+// `pin`, page-locked (the streamer then copies them at the link's full speed), and each written
+// back into the model as it is made, so the model never holds two copies of a weight; a tied
+// weight stays one tensor.
+io::NamedTensors host_copies(Module& model, io::NamedTensors tensors, c10::Device execution, bool pin) {
+  pin = pin && !execution.is_cpu() && !execution.is_meta();
+  std::unordered_map<c10::TensorImpl*, at::Tensor> copies;
+  io::NamedTensors out;
+  for (auto& [name, tensor] : tensors) {
+    if (tensor.is_meta()) continue;
+    at::Tensor& copy = copies[tensor.unsafeGetTensorImpl()];
+    if (!copy.defined()) copy = pin ? tensor.to(c10::kCPU).pin_memory() : tensor.to(c10::kCPU);
+    if (pin) set_module_tensor_to_device(model, name, c10::kCPU, copy);
+    tensor = at::Tensor();  // the original goes as soon as nothing else holds it
+    out.emplace_back(name, copy);
+  }
+  return out;
+}
+
 std::shared_ptr<WeightStreamer> make_streamer(const StreamerOptions& options) {
   if (options.prefetch_bytes <= 0) return nullptr;
   return std::make_shared<WeightStreamer>(options);
@@ -197,9 +216,9 @@ std::shared_ptr<DispatchState> cpu_offload(Module& model, const OffloadOptions& 
   undo_previous_dispatch(model);
   io::WeightsMapPtr weights = options.state_dict;
   if (!weights) {
-    io::NamedTensors on_cpu;
-    for (auto& [name, tensor] : model.state_dict()) on_cpu.emplace_back(name, tensor.to(c10::kCPU));
-    weights = io::make_state_dict_weights_map(std::move(on_cpu));
+    c10::Device execution = options.execution_device.value_or(first_parameter_device(model).value_or(c10::kCPU));
+    weights = io::make_state_dict_weights_map(
+        host_copies(model, model.state_dict(), execution, options.streamer.pin_cpu_weights));
   }
   return offload_everything(model, std::move(weights), options);
 }
@@ -250,10 +269,9 @@ std::shared_ptr<DispatchState> dispatch_model(Module& model, const DeviceMap& de
   if (options.state_dict) {
     sources.push_back(options.state_dict);
   } else if (!main.is_cpu() && !cpu_modules.empty()) {
-    io::NamedTensors cpu_part;
-    for (auto& [name, tensor] : extract_submodules_state_dict(model.state_dict(), cpu_modules))
-      if (!tensor.is_meta()) cpu_part.emplace_back(name, tensor.to(c10::kCPU));
-    sources.push_back(io::make_state_dict_weights_map(std::move(cpu_part)));
+    sources.push_back(io::make_state_dict_weights_map(
+        host_copies(model, extract_submodules_state_dict(model.state_dict(), cpu_modules), main,
+                    options.streamer.pin_cpu_weights)));
   }
   if (!disk_modules.empty()) {
     if (options.disk_weights) {

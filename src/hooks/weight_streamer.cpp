@@ -1,6 +1,7 @@
 #include "ferry/hooks/weight_streamer.h"
 
 #include "ferry/hooks/align_devices_hook.h"
+#include "host_to_device_copier.h"
 
 #include <ATen/ATen.h>
 
@@ -76,6 +77,26 @@ void WeightStreamer::submit(std::function<void()> job) {
   queue_cv_.notify_one();
 }
 
+HostToDeviceCopier& WeightStreamer::copier() {
+  std::call_once(copier_once_, [this] {
+    copier_ = std::make_unique<HostToDeviceCopier>(options_.staging_chunk_bytes, options_.staging_chunks);
+  });
+  return *copier_;
+}
+
+WeightStreamer::Loaded WeightStreamer::load_now(const io::WeightsMapPtr& weights, const std::string& name,
+                                                c10::ScalarType dtype, c10::Device device) {
+  if (device.is_cpu()) {
+    at::Tensor value = weights->load(name, device, dtype);
+    touch_pages(value);  // free for memory-resident tensors, the point for mapped files
+    return {std::move(value), nullptr};
+  }
+  at::Tensor host = weights->load(name, c10::kCPU);  // as stored: a mapped file's bytes, or RAM
+  touch_pages(host);
+  HostToDeviceCopier::Copy copy = copier().copy(host, device, dtype);
+  return {std::move(copy.tensor), std::move(copy.done)};
+}
+
 void WeightStreamer::start_prefetch(AlignDevicesHook* hook, c10::Device device) {
   Pending pending;
   pending.device = device;
@@ -86,11 +107,10 @@ void WeightStreamer::start_prefetch(AlignDevicesHook* hook, c10::Device device) 
       pending.tensors.emplace_back();
       continue;
     }
-    auto task = std::make_shared<std::packaged_task<at::Tensor()>>(
-        [weights, name = t.name, dtype = t.meta.scalar_type(), device] {
-          at::Tensor loaded = weights->load(name, device, dtype);
-          touch_pages(loaded);  // free for memory-resident tensors, the point for mapped files
-          return loaded;
+    // The job holds what it needs by value: the hook may be detached while it runs.
+    auto task = std::make_shared<std::packaged_task<Loaded()>>(
+        [this, weights, name = t.name, dtype = t.meta.scalar_type(), device] {
+          return load_now(weights, name, dtype, device);
         });
     pending.tensors.push_back(task->get_future().share());
     submit([task] { (*task)(); });
@@ -141,29 +161,32 @@ void WeightStreamer::on_forward(AlignDevicesHook* hook) {
 }
 
 at::Tensor WeightStreamer::fetch(AlignDevicesHook* hook, size_t index, c10::Device device) {
-  std::shared_future<at::Tensor> ready;
+  std::shared_future<Loaded> ready;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = pending_.find(hook);
     if (it != pending_.end() && it->second.device == device && index < it->second.tensors.size())
       ready = it->second.tensors[index];
   }
-  const auto& t = hook->offloaded_tensors().at(index);
+  Loaded loaded;
+  int64_t waited_ns = 0;
   if (ready.valid()) {
     auto start = std::chrono::steady_clock::now();
-    at::Tensor value = ready.get();
-    auto waited = std::chrono::steady_clock::now() - start;
-    std::lock_guard<std::mutex> lock(mutex_);
-    ++stats_.prefetched_loads;
-    stats_.bytes_loaded += value.numel() * value.element_size();
-    stats_.wait_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(waited).count();
-    return value;
+    loaded = ready.get();
+    waited_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
+  } else {
+    const auto& t = hook->offloaded_tensors().at(index);
+    loaded = load_now(hook->options().weights_map, t.name, t.meta.scalar_type(), device);
   }
-  at::Tensor value = hook->options().weights_map->load(t.name, device, t.meta.scalar_type());
-  std::lock_guard<std::mutex> lock(mutex_);
-  ++stats_.demand_loads;
-  stats_.bytes_loaded += value.numel() * value.element_size();
-  return value;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++(ready.valid() ? stats_.prefetched_loads : stats_.demand_loads);
+    stats_.wait_ns += waited_ns;
+    stats_.bytes_loaded += loaded.tensor.numel() * loaded.tensor.element_size();
+  }
+  // An accelerator copy: the compute stream waits for it on the device, not this thread.
+  if (loaded.copied) HostToDeviceCopier::wait_on_current_stream({loaded.tensor, loaded.copied});
+  return loaded.tensor;
 }
 
 void WeightStreamer::release(AlignDevicesHook* hook) {

@@ -10,12 +10,19 @@
 ///     // hooks call on_forward(), fetch() and release() around each offloaded module.
 ///     streamer->stats();   // loads served from prefetch, on demand, bytes moved, relearns
 ///
+/// On the CPU, a disk-offloaded weight is used straight from its mapped file: prefetching brings
+/// its pages in (and checks first, cheaply, whether they already are). For an accelerator, the
+/// I/O threads copy weights on a copy stream of their own, from page-locked memory (CPU-offloaded
+/// weights are pinned at dispatch; mapped files go through pinned staging chunks), and each copy
+/// ends with an event that the compute stream waits on, on the device, just before the module runs.
+///
 /// Correctness first: a prefetched tensor is exactly what the hook would have loaded itself
 /// (same WeightsMap call), a fetch never returns another module's weights, and when the order
 /// changes (another code path) the streamer falls back to loading on demand and relearns.
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
+#include <c10/core/Event.h>
 
 #include <condition_variable>
 #include <cstdint>
@@ -24,6 +31,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -31,6 +39,10 @@
 namespace ferry {
 
 class AlignDevicesHook;
+class HostToDeviceCopier;
+namespace io {
+class WeightsMap;
+}
 
 /// Tuning of a WeightStreamer.
 struct StreamerOptions {
@@ -39,6 +51,14 @@ struct StreamerOptions {
   int64_t prefetch_bytes = int64_t{1} << 30;
   /// I/O threads that load ahead.
   int io_threads = 2;
+  /// Accelerators: bytes of each pinned staging chunk that a pageable source (a mapped file, RAM
+  /// that is not page-locked) is copied through, and how many chunks there are.
+  int64_t staging_chunk_bytes = int64_t{16} << 20;
+  int staging_chunks = 4;
+  /// Accelerators: page-lock the CPU copies of CPU-offloaded weights at dispatch, so that they
+  /// reach the device at the link's full speed (read by dispatch_model, cpu_offload and
+  /// load_checkpoint_and_dispatch).
+  bool pin_cpu_weights = true;
 };
 
 /// Counters since construction (or the last reset_stats()).
@@ -79,13 +99,22 @@ class WeightStreamer {
   size_t learned_length() const;
 
  private:
+  /// A loaded tensor; for an accelerator, with the event that ends its copy.
+  struct Loaded {
+    at::Tensor tensor;
+    std::shared_ptr<c10::Event> copied;
+  };
   struct Pending {
-    std::vector<std::shared_future<at::Tensor>> tensors;
+    std::vector<std::shared_future<Loaded>> tensors;
     c10::Device device = c10::kCPU;
     int64_t bytes = 0;
   };
   void schedule_after(size_t position);
   void start_prefetch(AlignDevicesHook* hook, c10::Device device);
+  /// Loads one weight for `device` (any thread): see the file comment.
+  Loaded load_now(const std::shared_ptr<const io::WeightsMap>& weights, const std::string& name,
+                  c10::ScalarType dtype, c10::Device device);
+  HostToDeviceCopier& copier();
   void submit(std::function<void()> job);
   void worker();
 
@@ -98,6 +127,9 @@ class WeightStreamer {
   std::unordered_map<AlignDevicesHook*, Pending> pending_;
   int64_t pending_bytes_ = 0;
   StreamerStats stats_;
+
+  std::once_flag copier_once_;
+  std::unique_ptr<HostToDeviceCopier> copier_;
 
   std::mutex queue_mutex_;
   std::condition_variable queue_cv_;
