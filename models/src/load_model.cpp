@@ -62,6 +62,7 @@ LoadedModel load_model(const std::string& dir, const LoadModelOptions& o) {
   options.offload_folder = o.offload_folder;
   options.explain = o.explain;
   if (o.prefetch_bytes) options.streamer.prefetch_bytes = *o.prefetch_bytes;
+  options.streamer.pin_cpu_weights = o.pin_cpu_weights;
   if (!o.max_memory.empty()) options.max_memory = parse_max_memory(o.max_memory);
   if (o.device_map.empty()) {
     options.device_map = DeviceMap{{"", Placement::cpu()}};

@@ -14,23 +14,31 @@
 namespace ferry {
 namespace {
 
-// Brings the pages of a file-backed CPU tensor into memory from an I/O thread, so that the
-// compute thread does not stall on page faults one 4 KiB page at a time: the kernel is asked to
-// read the whole range ahead (MADV_WILLNEED, one large request instead of faults), then every
-// page is touched so that it is mapped before compute reads it. Pages already in memory are
-// skipped cheaply (mincore), which is the warm-cache case after the first pass.
-void touch_pages(const at::Tensor& tensor) {
-  if (!tensor.defined() || !tensor.device().is_cpu() || tensor.numel() == 0) return;
+// Whether every page under a CPU tensor is in memory (mincore; for a mapped file, whether the page
+// cache holds it). A few microseconds per hundred megabytes.
+bool pages_resident(const at::Tensor& tensor) {
+  if (!tensor.defined() || !tensor.device().is_cpu() || tensor.numel() == 0) return true;
   static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   const size_t size = tensor.numel() * tensor.element_size();
   auto begin = reinterpret_cast<uintptr_t>(tensor.data_ptr());
   uintptr_t aligned = begin & ~(uintptr_t(page) - 1);
   size_t length = size + (begin - aligned);
   std::vector<unsigned char> resident((length + page - 1) / page);
-  bool all_resident = mincore(reinterpret_cast<void*>(aligned), length, resident.data()) == 0 &&
-                      std::all_of(resident.begin(), resident.end(), [](unsigned char r) { return r & 1; });
-  if (all_resident) return;
-  madvise(reinterpret_cast<void*>(aligned), length, MADV_WILLNEED);  // best effort
+  return mincore(reinterpret_cast<void*>(aligned), length, resident.data()) == 0 &&
+         std::all_of(resident.begin(), resident.end(), [](unsigned char r) { return r & 1; });
+}
+
+// Brings the pages of a file-backed CPU tensor into memory from an I/O thread, so that the
+// compute thread does not stall on page faults: the kernel is asked to read the whole range ahead
+// (MADV_WILLNEED, one large request instead of faults), then every page is touched so that it is
+// mapped before compute reads it. Pages already in memory are skipped (the warm-cache case).
+void touch_pages(const at::Tensor& tensor) {
+  if (pages_resident(tensor)) return;
+  static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t size = tensor.numel() * tensor.element_size();
+  auto begin = reinterpret_cast<uintptr_t>(tensor.data_ptr());
+  uintptr_t aligned = begin & ~(uintptr_t(page) - 1);
+  madvise(reinterpret_cast<void*>(aligned), size + (begin - aligned), MADV_WILLNEED);  // best effort
   const auto* bytes = static_cast<const volatile unsigned char*>(tensor.data_ptr());
   unsigned char sink = 0;
   for (size_t offset = 0; offset < size; offset += page) sink ^= bytes[offset];
@@ -67,6 +75,13 @@ void WeightStreamer::worker() {
     }
     job();
   }
+}
+
+std::shared_future<WeightStreamer::Loaded> WeightStreamer::enqueue(std::function<Loaded()> load) {
+  auto task = std::make_shared<std::packaged_task<Loaded()>>(std::move(load));
+  std::shared_future<Loaded> future = task->get_future().share();
+  submit([task] { (*task)(); });
+  return future;
 }
 
 void WeightStreamer::submit(std::function<void()> job) {
@@ -107,13 +122,27 @@ void WeightStreamer::start_prefetch(AlignDevicesHook* hook, c10::Device device) 
       pending.tensors.emplace_back();
       continue;
     }
+    const c10::ScalarType dtype = t.meta.scalar_type();
+    if (device.is_cpu() && weights->info(t.name).dtype == dtype) {
+      // A zero-copy view (or the RAM tensor itself) costs microseconds on this thread; an I/O
+      // thread is woken only when its pages must be read in, so a warm pass wakes none (on a
+      // small machine, every wake-up can preempt a compute thread).
+      at::Tensor view = weights->load(t.name, device, dtype);
+      if (pages_resident(view)) {
+        std::promise<Loaded> ready;
+        ready.set_value(Loaded{std::move(view), nullptr});
+        pending.tensors.push_back(ready.get_future().share());
+      } else {
+        pending.tensors.push_back(enqueue([view] {
+          touch_pages(view);
+          return Loaded{view, nullptr};
+        }));
+      }
+      continue;
+    }
     // The job holds what it needs by value: the hook may be detached while it runs.
-    auto task = std::make_shared<std::packaged_task<Loaded()>>(
-        [this, weights, name = t.name, dtype = t.meta.scalar_type(), device] {
-          return load_now(weights, name, dtype, device);
-        });
-    pending.tensors.push_back(task->get_future().share());
-    submit([task] { (*task)(); });
+    pending.tensors.push_back(
+        enqueue([this, weights, name = t.name, dtype, device] { return load_now(weights, name, dtype, device); }));
   }
   pending_bytes_ += pending.bytes;
   pending_.emplace(hook, std::move(pending));

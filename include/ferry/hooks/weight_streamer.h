@@ -115,6 +115,8 @@ class WeightStreamer {
   Loaded load_now(const std::shared_ptr<const io::WeightsMap>& weights, const std::string& name,
                   c10::ScalarType dtype, c10::Device device);
   HostToDeviceCopier& copier();
+  /// Runs `load` on an I/O thread.
+  std::shared_future<Loaded> enqueue(std::function<Loaded()> load);
   void submit(std::function<void()> job);
   void worker();
 

@@ -44,6 +44,9 @@ struct LoadModelOptions {
   c10::optional<c10::ScalarType> dtype;
   /// Prefetch budget of the weight streamer (bytes; 0 loads on demand).
   c10::optional<int64_t> prefetch_bytes;
+  /// Page-lock CPU-offloaded weights when the model executes on an accelerator (default true;
+  /// false gives Accelerate's pageable copies, for comparison).
+  bool pin_cpu_weights = true;
   /// Called while weights load with (bytes done, bytes in all).
   std::function<void(uint64_t, uint64_t)> on_progress;
   /// Called with each planner decision when planning.
