@@ -2,9 +2,11 @@
 #include "ferry/core/byte_size.h"
 #include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
+#include "ferry/core/host_memory.h"
 #include "ferry/core/log.h"
 #include "ferry/core/placement.h"
 
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include "test_util.h"
@@ -242,3 +244,15 @@ TEST(CoreTest, LogCaptureCollectsFromAnyThreadAndRestores) {
 }
 
 }  // namespace
+
+TEST(HostMemoryTest, HostTensorsHoldTheirValuesAtAnySize) {
+  // Sizes below, at and across the 2 MiB huge-page size; the advice never changes values.
+  for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{1} << 19, (int64_t{3} << 20) + 5}) {
+    at::Tensor source = at::arange(n, at::kDouble);
+    at::Tensor copy = ferry::copy_to_host(source, at::kFloat);
+    EXPECT_EQ(copy.scalar_type(), at::kFloat);
+    EXPECT_TRUE(copy.device().is_cpu());
+    EXPECT_TRUE(at::equal(copy, source.to(at::kFloat))) << n;
+    EXPECT_EQ(ferry::empty_host_tensor({n}, at::kByte).numel(), n);
+  }
+}

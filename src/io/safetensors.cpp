@@ -2,6 +2,7 @@
 
 #include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
+#include "ferry/core/host_memory.h"
 #include "ferry/core/torch_compat.h"
 #include "io/atomic_file.h"
 
@@ -318,6 +319,7 @@ at::Tensor SafetensorsFile::load(const std::string& name, c10::Device device,
   const TensorEntry& e = entry(name);
   map_->advise_willneed(header_->data_offset + e.begin, e.nbytes());
   at::Tensor v = view(name);
+  if (device.is_cpu()) return copy_to_host(v, dtype.value_or(e.dtype));  // huge pages where possible
   return v.to(device, dtype.value_or(e.dtype), /*non_blocking=*/false, /*copy=*/true);
 }
 

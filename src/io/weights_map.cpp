@@ -2,6 +2,7 @@
 
 #include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
+#include "ferry/core/host_memory.h"
 
 #include <filesystem>
 #include <map>
@@ -23,6 +24,7 @@ uint64_t nbytes_of(c10::ScalarType dtype, const std::vector<int64_t>& shape) {
 at::Tensor from_view(const at::Tensor& view, c10::Device device, c10::optional<c10::ScalarType> dtype) {
   const c10::ScalarType target = dtype.value_or(view.scalar_type());
   if (device.is_cpu() && target == view.scalar_type()) return view;
+  if (device.is_cpu()) return copy_to_host(view, target);
   return view.to(device, target, /*non_blocking=*/false, /*copy=*/true);
 }
 
