@@ -228,6 +228,8 @@ int main(int argc, char** argv) {
     warm_bw = read_bandwidth(files);
     std::printf("sequential read: evicted cache %.2f GB/s, O_DIRECT %.2f GB/s, page cache %.2f GB/s\n", cold_bw / 1e9,
                 direct_bw / 1e9, warm_bw / 1e9);
+    // The disk's figure for the cold rows: the better of the two uncached reads (the stricter test).
+    const double disk_bw = std::max(cold_bw, direct_bw);
 
     LoadModelOptions disk;
     disk.device_map = map_path;
@@ -237,16 +239,30 @@ int main(int argc, char** argv) {
     disk_sync.prefetch_bytes = 0;
     StepTimes cold_stream, cold_sync;
     if (cold) {
-      cold_stream = run(dir, disk, prompt, 1, true);
-      cold_sync = run(dir, disk_sync, prompt, 1, true);
+      // Two rounds in opposite orders (a cache below the page cache, as a virtual disk has,
+      // favours whichever runs second); each figure is the mean of its two runs.
+      StepTimes a1 = run(dir, disk, prompt, 1, true), b1 = run(dir, disk_sync, prompt, 1, true);
+      StepTimes b2 = run(dir, disk_sync, prompt, 1, true), a2 = run(dir, disk, prompt, 1, true);
+      std::printf("cold first forwards (ms): streamer %.0f %.0f; synchronous %.0f %.0f\n", a1.first_ms, a2.first_ms,
+                  b1.first_ms, b2.first_ms);
+      cold_stream = a1, cold_sync = b1;
+      cold_stream.first_ms = (a1.first_ms + a2.first_ms) / 2;
+      cold_sync.first_ms = (b1.first_ms + b2.first_ms) / 2;
     }
     StepTimes folder_stream, folder_sync;
     std::string folder = (fs::temp_directory_path() / "ferry-bench-offload-folder").string();
     DeviceMap map = DeviceMap::read_json_file(map_path);
     if (cold) {
       fs::remove_all(folder);
-      folder_stream = run_cold_from_folder(dir, map, folder, int64_t{1} << 30, prompt);
-      folder_sync = run_cold_from_folder(dir, map, folder, 0, prompt);
+      StepTimes a1 = run_cold_from_folder(dir, map, folder, int64_t{1} << 30, prompt);
+      StepTimes b1 = run_cold_from_folder(dir, map, folder, 0, prompt);
+      StepTimes b2 = run_cold_from_folder(dir, map, folder, 0, prompt);
+      StepTimes a2 = run_cold_from_folder(dir, map, folder, int64_t{1} << 30, prompt);
+      std::printf("cold learned forwards from an offload folder (ms): streamer %.0f %.0f; synchronous %.0f %.0f\n",
+                  a1.first_ms, a2.first_ms, b1.first_ms, b2.first_ms);
+      folder_stream = a1, folder_sync = b1;
+      folder_stream.first_ms = (a1.first_ms + a2.first_ms) / 2;
+      folder_sync.first_ms = (b1.first_ms + b2.first_ms) / 2;
       fs::remove_all(folder);
     }
     // Start from an empty page cache, so that the files come back in through ferry's mappings
@@ -284,16 +300,16 @@ int main(int argc, char** argv) {
     if (cold) {
       std::printf("| disk, streamer, cold cache (first forward) | - | - | %.1f (%.2f GB/s, %.0f%% of sequential read) |\n",
                   cold_stream.first_ms, offloaded / cold_stream.first_ms / 1e6,
-                  100.0 * offloaded / (cold_stream.first_ms / 1e3) / cold_bw);
+                  100.0 * offloaded / (cold_stream.first_ms / 1e3) / disk_bw);
       std::printf("| disk, synchronous, cold cache (first forward) | - | - | %.1f (%.2f GB/s, %.0f%% of sequential read) |\n",
                   cold_sync.first_ms, offloaded / cold_sync.first_ms / 1e6,
-                  100.0 * offloaded / (cold_sync.first_ms / 1e3) / cold_bw);
+                  100.0 * offloaded / (cold_sync.first_ms / 1e3) / disk_bw);
       std::printf("| offload folder, streamer, cold cache (a learned forward) | - | - | %.1f (%.2f GB/s, %.0f%% of sequential read) |\n",
                   folder_stream.first_ms, offloaded / folder_stream.first_ms / 1e6,
-                  100.0 * offloaded / (folder_stream.first_ms / 1e3) / cold_bw);
+                  100.0 * offloaded / (folder_stream.first_ms / 1e3) / disk_bw);
       std::printf("| offload folder, synchronous, cold cache | - | - | %.1f (%.2f GB/s, %.0f%% of sequential read) |\n",
                   folder_sync.first_ms, offloaded / folder_sync.first_ms / 1e6,
-                  100.0 * offloaded / (folder_sync.first_ms / 1e3) / cold_bw);
+                  100.0 * offloaded / (folder_sync.first_ms / 1e3) / disk_bw);
     }
     std::printf("\nfile pages mapped as 2 MiB huge pages: %s\n", format_bytes(double(huge_kib) * 1024).c_str());
     std::printf("offloaded per forward: %s; peak RSS offloaded %s (anonymous %s, the rest is page cache the\n"

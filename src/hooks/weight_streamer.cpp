@@ -29,16 +29,14 @@ bool pages_resident(const at::Tensor& tensor) {
 }
 
 // Brings the pages of a file-backed CPU tensor into memory from an I/O thread, so that the
-// compute thread does not stall on page faults: the kernel is asked to read the whole range ahead
-// (MADV_WILLNEED, one large request instead of faults), then every page is touched so that it is
-// mapped before compute reads it. Pages already in memory are skipped (the warm-cache case).
+// compute thread does not wait for the disk: every page is touched, and each fault reads a whole
+// 2 MiB huge page of the file (the mapping asks for huge pages, io/mapped_file.h); two I/O threads
+// on two tensors keep two reads in flight. Pages already in memory are skipped (the warm case).
+// (An MADV_WILLNEED first, as this did before, made cold forwards slower here, not faster.)
 void touch_pages(const at::Tensor& tensor) {
   if (pages_resident(tensor)) return;
   static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   const size_t size = tensor.numel() * tensor.element_size();
-  auto begin = reinterpret_cast<uintptr_t>(tensor.data_ptr());
-  uintptr_t aligned = begin & ~(uintptr_t(page) - 1);
-  madvise(reinterpret_cast<void*>(aligned), size + (begin - aligned), MADV_WILLNEED);  // best effort
   const auto* bytes = static_cast<const volatile unsigned char*>(tensor.data_ptr());
   unsigned char sink = 0;
   for (size_t offset = 0; offset < size; offset += page) sink ^= bytes[offset];
@@ -100,14 +98,15 @@ HostToDeviceCopier& WeightStreamer::copier() {
 }
 
 WeightStreamer::Loaded WeightStreamer::load_now(const io::WeightsMapPtr& weights, const std::string& name,
-                                                c10::ScalarType dtype, c10::Device device) {
+                                                c10::ScalarType dtype, c10::Device device, bool on_io_thread) {
   if (device.is_cpu()) {
+    // Loaded ahead, a mapped weight's pages are brought in here; loaded on demand, compute's own
+    // faults do it (OpenBLAS's threads fault in parallel, which beats one thread touching).
     at::Tensor value = weights->load(name, device, dtype);
-    touch_pages(value);  // free for memory-resident tensors, the point for mapped files
+    if (on_io_thread) touch_pages(value);
     return {std::move(value), nullptr};
   }
   at::Tensor host = weights->load(name, c10::kCPU);  // as stored: a mapped file's bytes, or RAM
-  touch_pages(host);
   HostToDeviceCopier::Copy copy = copier().copy(host, device, dtype);
   return {std::move(copy.tensor), std::move(copy.done)};
 }
@@ -142,7 +141,7 @@ void WeightStreamer::start_prefetch(AlignDevicesHook* hook, c10::Device device) 
     }
     // The job holds what it needs by value: the hook may be detached while it runs.
     pending.tensors.push_back(
-        enqueue([this, weights, name = t.name, dtype, device] { return load_now(weights, name, dtype, device); }));
+        enqueue([this, weights, name = t.name, dtype, device] { return load_now(weights, name, dtype, device, true); }));
   }
   pending_bytes_ += pending.bytes;
   pending_.emplace(hook, std::move(pending));
@@ -205,7 +204,7 @@ at::Tensor WeightStreamer::fetch(AlignDevicesHook* hook, size_t index, c10::Devi
     waited_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
   } else {
     const auto& t = hook->offloaded_tensors().at(index);
-    loaded = load_now(hook->options().weights_map, t.name, t.meta.scalar_type(), device);
+    loaded = load_now(hook->options().weights_map, t.name, t.meta.scalar_type(), device, /*on_io_thread=*/false);
   }
   {
     std::lock_guard<std::mutex> lock(mutex_);

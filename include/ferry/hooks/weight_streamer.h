@@ -111,9 +111,9 @@ class WeightStreamer {
   };
   void schedule_after(size_t position);
   void start_prefetch(AlignDevicesHook* hook, c10::Device device);
-  /// Loads one weight for `device` (any thread): see the file comment.
+  /// Loads one weight for `device`: see the file comment.
   Loaded load_now(const std::shared_ptr<const io::WeightsMap>& weights, const std::string& name,
-                  c10::ScalarType dtype, c10::Device device);
+                  c10::ScalarType dtype, c10::Device device, bool on_io_thread);
   HostToDeviceCopier& copier();
   /// Runs `load` on an I/O thread.
   std::shared_future<Loaded> enqueue(std::function<Loaded()> load);
