@@ -44,23 +44,18 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-int64_t status_kib(const std::string& key) {
-  std::ifstream in("/proc/self/status");
+// A "Key:   N kB" field of a /proc file (status, smaps_rollup), in KiB; -1 when absent.
+int64_t proc_kib(const char* file, const std::string& key) {
+  std::ifstream in(file);
   std::string line;
   while (std::getline(in, line))
     if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1));
   return -1;
 }
 
-// A field of /proc/self/smaps_rollup in KiB (FilePmdMapped: file pages mapped as 2 MiB huge pages).
-int64_t smaps_kib(const std::string& key) {
-  std::ifstream in("/proc/self/smaps_rollup");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1));
-  return -1;
-}
-
+int64_t status_kib(const std::string& key) { return proc_kib("/proc/self/status", key); }
+// FilePmdMapped: file pages mapped as 2 MiB huge pages.
+int64_t smaps_kib(const std::string& key) { return proc_kib("/proc/self/smaps_rollup", key); }
 
 std::vector<std::string> shard_files(const std::string& dir) {
   std::vector<std::string> files;
