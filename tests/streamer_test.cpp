@@ -68,6 +68,28 @@ TEST(StreamerTest, PrefetchedRunsAreIdenticalAndServedAhead) {
   EXPECT_EQ(stats.relearns, 0);
 }
 
+TEST(StreamerTest, AWarmCpuPassWakesNoIoThread) {
+  // Weights in RAM or in a mapped file already in the page cache: prefetching them is a view and a
+  // mincore call on the compute thread, so after the first passes no job goes to the I/O threads,
+  // and the loads are still served ahead.
+  at::manual_seed(3);
+  Stack model(4);
+  at::Tensor x = at::randn({2, 3, 32});
+  at::Tensor expected = call(model, x);
+  for (bool disk : {false, true}) {
+    TempDir dir;
+    OffloadOptions options;
+    auto state = disk ? disk_offload(model, dir.path(), options) : cpu_offload(model, options);
+    for (int pass = 0; pass < 2; ++pass) call(model, x);  // learn the order; pages come in
+    state->streamer->reset_stats();
+    EXPECT_TRUE(at::equal(call(model, x), expected)) << "disk " << disk;
+    StreamerStats stats = state->streamer->stats();
+    EXPECT_EQ(stats.io_jobs, 0) << "disk " << disk;
+    EXPECT_GE(stats.prefetched_loads, 4 * 6 - 6) << "disk " << disk;
+    remove_hook_from_submodules(model);
+  }
+}
+
 TEST(StreamerTest, AWindowSmallerThanOneModuleLoadsOnDemand) {
   at::manual_seed(1);
   Stack model(4);

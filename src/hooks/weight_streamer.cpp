@@ -76,6 +76,7 @@ void WeightStreamer::worker() {
 }
 
 std::shared_future<WeightStreamer::Loaded> WeightStreamer::enqueue(std::function<Loaded()> load) {
+  ++stats_.io_jobs;  // called with mutex_ held, from start_prefetch
   auto task = std::make_shared<std::packaged_task<Loaded()>>(std::move(load));
   std::shared_future<Loaded> future = task->get_future().share();
   submit([task] { (*task)(); });

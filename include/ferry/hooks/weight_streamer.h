@@ -68,6 +68,7 @@ struct StreamerStats {
   int64_t bytes_loaded = 0;      ///< stored bytes of every tensor loaded
   int64_t relearns = 0;          ///< times the recorded order did not match and was relearned
   int64_t wait_ns = 0;           ///< time fetch() waited for a prefetch still in flight
+  int64_t io_jobs = 0;           ///< loads handed to I/O threads (a warm CPU pass needs none)
 };
 
 /// Prefetches offloaded weights in execution order; see file comment.
