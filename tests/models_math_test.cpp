@@ -4,10 +4,12 @@
 // Mistral's sliding window, GPT-2 (Conv1D, learned positions, tied head) stored in float16.
 
 #include "ferry/io/checkpoint.h"
+#include "ferry/io/safetensors.h"
 #include "ferry/models/causal_lm.h"
 #include "ferry/models/generate.h"
 #include "ferry/models/gpt2.h"
 #include "ferry/models/llama.h"
+#include "ferry/models/load_model.h"
 #include "ferry/models/pretrained.h"
 #include "models_test_util.h"
 
@@ -15,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <map>
 
 using namespace ferry::models;
@@ -261,6 +264,41 @@ TEST(ModelsMath, Gpt2StoredInFloat16MatchesTheReference) {
   // Positions past n_positions are refused, not silently wrapped.
   std::string msg = error_of([&] { loaded->logits(at::zeros({1, 33}, at::kLong)); });
   EXPECT_NE(msg.find("learned positions for 32 tokens"), std::string::npos) << msg;
+}
+
+TEST(ModelsMath, Gpt2SavedFromTheBaseModelLoadsWithTheTransformerPrefix) {
+  // The Hub's `gpt2` stores "wte.weight", "h.0.attn.c_attn.weight", ... (saved from GPT2Model);
+  // transformers adds the base-model prefix when loading GPT2LMHeadModel, and so does ferry:
+  // resident, and with the blocks read in place from the unprefixed file (disk offload).
+  ModelConfig c = parse_config(R"({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": 50,
+    "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 16})");
+  auto model = create_model(c);
+  randomize(*model, 4);
+  TempDir full("gpt2-full"), base("gpt2-base");
+  save_pretrained(*model, full.str());
+  ferry::io::NamedTensors stripped;
+  ferry::io::SafetensorsFile saved = ferry::io::SafetensorsFile::open(full.str() + "/model.safetensors");
+  for (const auto& entry : saved.tensors())
+    stripped.emplace_back(entry.name.substr(std::string("transformer.").size()), saved.view(entry.name));
+  ferry::io::save_safetensors(base.str() + "/model.safetensors", stripped, {{"format", "pt"}});
+  std::filesystem::copy_file(full.str() + "/config.json", base.str() + "/config.json");
+  EXPECT_TRUE(ferry::io::Checkpoint::open(base.str()).contains("h.1.mlp.c_fc.weight"));
+
+  at::Tensor ids = at::tensor({3, 7, 0, 12, 44}, at::kLong).view({1, -1});
+  c10::NoGradGuard g;
+  at::Tensor expected = load_pretrained(full.str())->logits(ids);
+  EXPECT_TRUE(at::equal(load_pretrained(base.str())->logits(ids), expected));
+  TempDir maps("gpt2-maps");
+  const std::string map = maps.str() + "/map.json";
+  ferry::DeviceMap{{"transformer.wte", ferry::Placement::cpu()}, {"transformer.wpe", ferry::Placement::cpu()},
+                   {"transformer.h", ferry::Placement::disk()}, {"transformer.ln_f", ferry::Placement::cpu()},
+                   {"lm_head", ferry::Placement::cpu()}}
+      .write_json_file(map);
+  LoadModelOptions offloaded;
+  offloaded.device_map = map;
+  LoadedModel loaded = load_model(base.str(), offloaded);
+  EXPECT_GT(loaded.offloaded_bytes_per_forward, 0);
+  EXPECT_TRUE(at::equal(loaded.model->logits(ids), expected));
 }
 
 TEST(ModelsMath, CachedDecodingEqualsFullForward) {

@@ -53,10 +53,9 @@ LoadedModel load_model(const std::string& dir, const LoadModelOptions& o) {
   LoadedModel out;
   out.model = create_empty_model(dir, o.dtype);
   CausalLM& model = *out.model;
-  check_checkpoint_matches(model, dir);
-  io::Checkpoint checkpoint = io::Checkpoint::open(dir);
-
   LoadAndDispatchOptions options;
+  options.name_prefix = check_checkpoint_matches(model, dir);
+  const io::Checkpoint checkpoint = io::Checkpoint::open(dir).with_name_prefix(options.name_prefix);
   options.no_split.classes = model.no_split_module_classes();
   options.skip_keys = {"past_key_values"};
   options.offload_folder = o.offload_folder;

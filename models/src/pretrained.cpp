@@ -114,8 +114,17 @@ std::shared_ptr<CausalLM> create_empty_model(const std::string& dir, c10::option
   return create_model(config, dtype);
 }
 
-void check_checkpoint_matches(CausalLM& model, const std::string& dir) {
+std::string check_checkpoint_matches(CausalLM& model, const std::string& dir) {
   io::Checkpoint ckpt = open_checkpoint(dir);
+  // transformers' base_model_prefix: a checkpoint saved from the base model (GPT2Model, LlamaModel)
+  // names its tensors without the LM's first component ("wte.weight" for "transformer.wte.weight").
+  std::string prefix;
+  const std::string embedding = model.input_embeddings_name() + ".weight";
+  const size_t dot = embedding.find('.');
+  if (!ckpt.contains(embedding) && ckpt.contains(embedding.substr(dot + 1))) {
+    prefix = embedding.substr(0, dot + 1);
+    ckpt = ckpt.with_name_prefix(prefix);
+  }
   std::set<std::string> tied = tied_names(model);
   std::vector<std::string> problems;
   for (const auto& [name, tensor] : model.state_dict()) {
@@ -132,12 +141,13 @@ void check_checkpoint_matches(CausalLM& model, const std::string& dir) {
     FERRY_FAIL("checkpoint '", dir, "' does not match its config.json (", model.config().architecture, "): ",
                problems.front(), problems.size() > 1 ? " (and " + std::to_string(problems.size() - 1) + " more)" : "",
                "; check that config.json belongs to these weights");
+  return prefix;
 }
 
 std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, const PretrainedOptions& options) {
   std::shared_ptr<CausalLM> model = create_empty_model(dir, options.dtype);
-  check_checkpoint_matches(*model, dir);
   LoadCheckpointOptions load;
+  load.name_prefix = check_checkpoint_matches(*model, dir);
   load.device_map = DeviceMap{{"", Placement(options.device)}};
   if (options.on_progress) options.on_progress(0, 1);
   load_checkpoint_in_model(*model, dir, load);

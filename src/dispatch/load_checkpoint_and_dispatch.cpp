@@ -28,6 +28,7 @@ DispatchResult load_checkpoint_and_dispatch(Module& model, const std::string& ch
   load.offload_buffers = options.offload_buffers;
   load.keep_in_fp32_modules = options.keep_in_fp32_modules;
   load.strict = options.strict;
+  load.name_prefix = options.name_prefix;
   load.disk_in_place = !options.copy_disk_weights_to_offload_folder;
   result.load = load_checkpoint_in_model(model, checkpoint, load);
   if (!device_map) return result;

@@ -94,6 +94,16 @@ ResolvedCheckpoint resolve_checkpoint_files(const std::string& path) {
   return out;
 }
 
+Checkpoint Checkpoint::with_name_prefix(const std::string& prefix) const {
+  Checkpoint out = *this;
+  out.by_name_.clear();
+  for (size_t i = 0; i < out.tensors_.size(); ++i) {
+    out.tensors_[i].name = prefix + out.tensors_[i].name;
+    out.by_name_.emplace(out.tensors_[i].name, i);
+  }
+  return out;
+}
+
 Checkpoint Checkpoint::open(const std::string& path) {
   Checkpoint ckpt;
   ResolvedCheckpoint resolved = resolve_checkpoint_files(path);
@@ -120,6 +130,7 @@ Checkpoint Checkpoint::open(const std::string& path) {
                   ckpt.tensors_[found->second].file, " and in ", file);
       CheckpointTensor t;
       t.name = e.name;
+      t.stored_name = e.name;
       t.file = file;
       t.dtype = e.dtype;
       t.shape = e.shape;

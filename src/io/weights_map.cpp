@@ -164,7 +164,7 @@ class CheckpointWeightsMap final : public WeightsMap {
   }
   at::Tensor load(const std::string& name, c10::Device device, c10::optional<c10::ScalarType> dtype) const override {
     const CheckpointTensor& t = get(name);
-    return from_view(files_.get(t.file).view(name), device, dtype);
+    return from_view(files_.get(t.file).view(t.stored_name), device, dtype);
   }
 
  private:

@@ -67,6 +67,9 @@ struct LoadCheckpointOptions {
   /// Disk-placed tensors are read from the checkpoint in place (no copy) instead of written to
   /// `offload_folder`.
   bool disk_in_place = true;
+  /// Put before every checkpoint name (Checkpoint::with_name_prefix), e.g. "transformer." for a
+  /// GPT-2 checkpoint saved from the base model.
+  std::string name_prefix;
 };
 
 /// What load_checkpoint_in_model did.

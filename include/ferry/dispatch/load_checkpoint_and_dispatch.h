@@ -51,6 +51,8 @@ struct LoadAndDispatchOptions {
   std::vector<std::string> preload_module_classes;
   bool force_hooks = false;
   bool strict = false;
+  /// Put before every checkpoint name (LoadCheckpointOptions::name_prefix).
+  std::string name_prefix;
   /// Prefetching of offloaded weights (on by default).
   StreamerOptions streamer;
   /// Receives the planner's explanation of each decision.

@@ -29,7 +29,10 @@ namespace ferry::io {
 
 /// One tensor of a checkpoint, from its shard's header.
 struct CheckpointTensor {
+  /// The name the model uses: the stored name, after Checkpoint::with_name_prefix if any.
   std::string name;
+  /// The name in the shard's header (what SafetensorsFile::view takes).
+  std::string stored_name;
   /// Absolute or index-relative-resolved path of the shard holding it.
   std::string file;
   c10::ScalarType dtype = c10::ScalarType::Float;
@@ -50,6 +53,11 @@ class Checkpoint {
   /// named twice (by the index, or present in two shards), or a tensor the index names but its
   /// shard lacks.
   static Checkpoint open(const std::string& path);
+
+  /// The same checkpoint with `prefix` put before every tensor name: a GPT-2 checkpoint saved from
+  /// the base model ("h.0.attn.c_attn.weight") read as the LM's ("transformer.h.0...."), as
+  /// transformers does with `base_model_prefix`. `stored_name` keeps the names in the files.
+  Checkpoint with_name_prefix(const std::string& prefix) const;
 
   /// What was opened: the file or the index file.
   const std::string& source() const { return source_; }

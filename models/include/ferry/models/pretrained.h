@@ -55,7 +55,9 @@ std::shared_ptr<CausalLM> create_empty_model(const std::string& dir, c10::option
 
 /// Checks that `dir` holds a checkpoint whose tensors match `model` (names, shapes), before anything
 /// is loaded: every model tensor is present (tied copies excepted) with the shape the config implies.
-/// Throws ferry::Error naming the first mismatch and how many there are.
-void check_checkpoint_matches(CausalLM& model, const std::string& dir);
+/// Throws ferry::Error naming the first mismatch and how many there are. Returns the prefix the
+/// checkpoint's names need ("" or, for a checkpoint saved from the base model as the Hub's `gpt2`
+/// is, "transformer." or "model."): pass it on as LoadCheckpointOptions::name_prefix.
+std::string check_checkpoint_matches(CausalLM& model, const std::string& dir);
 
 }  // namespace ferry::models
