@@ -296,18 +296,14 @@ int main(int argc, char** argv) {
     std::printf("| disk, synchronous (Accelerate-like), warm cache | %.1f | %.2fx | - |\n", warm_sync.decode_ms,
                 warm_sync.decode_ms / resident.decode_ms);
     if (cold) {
-      std::printf("| disk, streamer, cold cache (first forward) | - | - | %.1f (%.2f GB/s, %.0f%% of sequential read) |\n",
-                  cold_stream.first_ms, offloaded / cold_stream.first_ms / 1e6,
-                  100.0 * offloaded / (cold_stream.first_ms / 1e3) / disk_bw);
-      std::printf("| disk, synchronous, cold cache (first forward) | - | - | %.1f (%.2f GB/s, %.0f%% of sequential read) |\n",
-                  cold_sync.first_ms, offloaded / cold_sync.first_ms / 1e6,
-                  100.0 * offloaded / (cold_sync.first_ms / 1e3) / disk_bw);
-      std::printf("| offload folder, streamer, cold cache (a learned forward) | - | - | %.1f (%.2f GB/s, %.0f%% of sequential read) |\n",
-                  folder_stream.first_ms, offloaded / folder_stream.first_ms / 1e6,
-                  100.0 * offloaded / (folder_stream.first_ms / 1e3) / disk_bw);
-      std::printf("| offload folder, synchronous, cold cache | - | - | %.1f (%.2f GB/s, %.0f%% of sequential read) |\n",
-                  folder_sync.first_ms, offloaded / folder_sync.first_ms / 1e6,
-                  100.0 * offloaded / (folder_sync.first_ms / 1e3) / disk_bw);
+      auto cold_row = [&](const char* run, const StepTimes& t) {
+        std::printf("| %s | - | - | %.1f (%.2f GB/s, %.0f%% of sequential read) |\n", run, t.first_ms,
+                    offloaded / t.first_ms / 1e6, 100.0 * offloaded / (t.first_ms / 1e3) / disk_bw);
+      };
+      cold_row("disk, streamer, cold cache (first forward)", cold_stream);
+      cold_row("disk, synchronous, cold cache (first forward)", cold_sync);
+      cold_row("offload folder, streamer, cold cache (a learned forward)", folder_stream);
+      cold_row("offload folder, synchronous, cold cache", folder_sync);
     }
     std::printf("\nfile pages mapped as 2 MiB huge pages: %s\n", format_bytes(double(huge_kib) * 1024).c_str());
     std::printf("offloaded per forward: %s; anonymous memory per model: disk-offloaded %s (of which weights kept\n"

@@ -10,7 +10,7 @@ namespace ferry {
 
 at::Tensor empty_host_tensor(c10::IntArrayRef shape, c10::ScalarType dtype) {
   at::Tensor out = at::empty(shape, at::TensorOptions().dtype(dtype));
-  constexpr uintptr_t kHugePage = uintptr_t{2} << 20;
+  constexpr uintptr_t kHugePage = kHugePageBytes;
   auto begin = reinterpret_cast<uintptr_t>(out.data_ptr());
   uintptr_t end = begin + static_cast<uintptr_t>(out.numel()) * out.element_size();
   uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1), last = end & ~(kHugePage - 1);

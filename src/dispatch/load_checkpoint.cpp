@@ -65,9 +65,7 @@ LoadCheckpointResult load_checkpoint_in_model(Module& model, const std::string& 
   const DeviceMap* device_map = options.device_map ? &*options.device_map : nullptr;
 
   // 1. Everything that can be checked before loading: files, placements, shapes.
-  const io::Checkpoint ckpt = options.name_prefix.empty()
-                                  ? io::Checkpoint::open(checkpoint)
-                                  : io::Checkpoint::open(checkpoint).with_name_prefix(options.name_prefix);
+  const io::Checkpoint ckpt = io::Checkpoint::open(checkpoint).with_name_prefix(options.name_prefix);
 
   std::unordered_map<std::string, ModelTensor> model_tensors;
   std::vector<std::string> model_keys;
@@ -158,15 +156,14 @@ LoadCheckpointResult load_checkpoint_in_model(Module& model, const std::string& 
   for (const std::string& file : ckpt.files()) {
     io::SafetensorsFile shard = ckpt.open_file(file);
     shard.mapping()->advise_sequential(0, shard.mapping()->size());  // read once, front to back
-    for (const io::TensorEntry& entry : shard.tensors()) {
-      const std::string name = options.name_prefix + entry.name;
+    for (const std::string& name : ckpt.tensors_in(file)) {  // in file order
       auto placed = placement_of.find(name);
       if (placed == placement_of.end()) continue;  // unexpected or SCB
       const io::CheckpointTensor& t = ckpt.at(name);
       const ModelTensor& mt = model_tensors.at(t.name);
       const Placement& p = placed->second;
       const c10::ScalarType dtype = target_dtype(t, mt.tensor);
-      const size_t begin = static_cast<size_t>(shard.header().data_offset + entry.begin);
+      const size_t begin = static_cast<size_t>(t.offset);
 
       if (p.is_disk() && (options.offload_buffers || !mt.is_buffer)) {
         set_module_tensor_to_device(model, t.name, c10::kMeta, c10::nullopt, dtype);
@@ -174,14 +171,14 @@ LoadCheckpointResult load_checkpoint_in_model(Module& model, const std::string& 
         if (!options.disk_in_place) {
           // As Accelerate: the .dat keeps the checkpoint dtype; the module's meta tensor has `dtype`.
           io::offload_weight(shard.view(t.stored_name), t.name, options.offload_folder, &result.offload_index);
-          shard.mapping()->advise_dontneed(begin, entry.nbytes());
+          shard.mapping()->advise_dontneed(begin, t.nbytes);
         }
         continue;
       }
       if (p.is_device() && p.is_cpu() && options.offload_state_dict) {
         set_module_tensor_to_device(model, t.name, c10::kMeta, c10::nullopt, dtype);
         io::offload_weight(shard.view(t.stored_name), t.name, staging.path, &staging_index);
-        shard.mapping()->advise_dontneed(begin, entry.nbytes());
+        shard.mapping()->advise_dontneed(begin, t.nbytes);
         continue;
       }
       // A device (disk buffers without offload_buffers land on the CPU). The model gets its own copy,
@@ -189,7 +186,7 @@ LoadCheckpointResult load_checkpoint_in_model(Module& model, const std::string& 
       const c10::Device device = p.is_disk() ? c10::Device(c10::kCPU) : p.device();
       at::Tensor value = device.is_cpu() ? shard.load(t.stored_name, c10::kCPU, dtype) : shard.view(t.stored_name);
       set_module_tensor_to_device(model, t.name, device, value, dtype);
-      shard.mapping()->advise_dontneed(begin, entry.nbytes());
+      shard.mapping()->advise_dontneed(begin, t.nbytes);
       result.loaded_bytes += t.nbytes;
     }
   }

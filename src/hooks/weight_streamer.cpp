@@ -23,7 +23,8 @@ bool pages_resident(const at::Tensor& tensor) {
   auto begin = reinterpret_cast<uintptr_t>(tensor.data_ptr());
   uintptr_t aligned = begin & ~(uintptr_t(page) - 1);
   size_t length = size + (begin - aligned);
-  std::vector<unsigned char> resident((length + page - 1) / page);
+  thread_local std::vector<unsigned char> resident;  // called per tensor per forward: reuse it
+  resident.resize((length + page - 1) / page);
   return mincore(reinterpret_cast<void*>(aligned), length, resident.data()) == 0 &&
          std::all_of(resident.begin(), resident.end(), [](unsigned char r) { return r & 1; });
 }

@@ -96,6 +96,7 @@ ResolvedCheckpoint resolve_checkpoint_files(const std::string& path) {
 
 Checkpoint Checkpoint::with_name_prefix(const std::string& prefix) const {
   Checkpoint out = *this;
+  if (prefix.empty()) return out;
   out.by_name_.clear();
   for (size_t i = 0; i < out.tensors_.size(); ++i) {
     out.tensors_[i].name = prefix + out.tensors_[i].name;

@@ -1,6 +1,7 @@
 #include "ferry/io/mapped_file.h"
 
 #include "ferry/core/error.h"
+#include "ferry/core/host_memory.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -31,30 +32,27 @@ void advise(const MappedFile& map, size_t offset, size_t length, int advice) {
   (void)::madvise(reinterpret_cast<void*>(aligned), length + (begin - aligned), advice);
 }
 
-// Transparent huge pages: the span one page-table entry maps at the PMD level.
-constexpr size_t kHugePage = size_t{2} << 20;
-
-// Maps `size` bytes of `fd` read-only at an address aligned to kHugePage. With the file offset 0
+// Maps `size` bytes of `fd` read-only at an address aligned to kHugePageBytes. With the file offset 0
 // on a huge-page boundary, the kernel can map whole 2 MiB page-cache folios with one entry each
 // (FilePmdMapped in smaps) and, with MADV_HUGEPAGE, reads the file into such folios when it
 // faults them in. Compute that streams weights out of the mapping then runs as fast as from
 // huge-page anonymous memory; with 4 KiB entries, a matrix-vector product over mapped weights was
 // 10-30% slower here (TLB misses). Smaller files get a plain mapping.
 void* map_aligned(int fd, size_t size) {
-  if (size < kHugePage) return ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  if (size < kHugePageBytes) return ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
   // Reserve size + one huge page of address space, place the file at its first aligned address,
   // and give back the slack on both sides.
-  void* reserved = ::mmap(nullptr, size + kHugePage, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* reserved = ::mmap(nullptr, size + kHugePageBytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (reserved == MAP_FAILED) return MAP_FAILED;
   auto base = reinterpret_cast<uintptr_t>(reserved);
-  uintptr_t aligned = (base + kHugePage - 1) & ~(uintptr_t(kHugePage) - 1);
+  uintptr_t aligned = (base + kHugePageBytes - 1) & ~(uintptr_t(kHugePageBytes) - 1);
   void* p = ::mmap(reinterpret_cast<void*>(aligned), size, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0);
   if (p == MAP_FAILED) {
-    ::munmap(reserved, size + kHugePage);
+    ::munmap(reserved, size + kHugePageBytes);
     return MAP_FAILED;
   }
   if (aligned > base) ::munmap(reserved, aligned - base);
-  uintptr_t end = aligned + size, reserved_end = base + size + kHugePage;
+  uintptr_t end = aligned + size, reserved_end = base + size + kHugePageBytes;
   // The file's last page is rounded up to a whole page by mmap; free what lies beyond it.
   static const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
   end = (end + page - 1) & ~(uintptr_t(page) - 1);

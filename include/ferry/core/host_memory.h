@@ -13,7 +13,12 @@
 #include <c10/core/ScalarType.h>
 #include <c10/util/ArrayRef.h>
 
+#include <cstddef>
+
 namespace ferry {
+
+/// The size of a transparent huge page on x86-64 (one PMD entry maps it).
+constexpr size_t kHugePageBytes = size_t{2} << 20;
 
 /// An uninitialised CPU tensor; when it spans at least one 2 MiB huge page, its memory is advised
 /// to be backed by huge pages (best effort: never fails for that reason).
