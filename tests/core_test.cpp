@@ -256,3 +256,11 @@ TEST(HostMemoryTest, HostTensorsHoldTheirValuesAtAnySize) {
     EXPECT_EQ(ferry::empty_host_tensor({n}, at::kByte).numel(), n);
   }
 }
+
+TEST(HostMemoryTest, LargeHostTensorsAskForHugePages) {
+  if (!ferry_test::kernel_has_huge_pages()) GTEST_SKIP() << "no transparent huge pages in this kernel";
+  at::Tensor big = ferry::empty_host_tensor({int64_t{8} << 20}, at::kByte);  // 8 MiB: whole huge pages inside
+  auto begin = reinterpret_cast<uintptr_t>(big.data_ptr());
+  auto first_huge = reinterpret_cast<const void*>((begin + ferry::kHugePageBytes - 1) & ~(ferry::kHugePageBytes - 1));
+  EXPECT_TRUE(ferry_test::has(ferry_test::vma_flags(first_huge), " hg")) << ferry_test::vma_flags(first_huge);
+}

@@ -4,6 +4,7 @@
 #include "ferry/core/torch_compat.h"
 #include "ferry/io/safetensors.h"
 #include "io_test_util.h"
+#include "test_util.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -113,6 +114,9 @@ TEST(SafetensorsTest, LargeFilesAreMappedOnHugePageBoundariesAndReadBack) {
   for (int round = 0; round < 3; ++round) {  // map and unmap: nothing overlaps or leaks
     SafetensorsFile file = SafetensorsFile::open(path);
     EXPECT_EQ(reinterpret_cast<uintptr_t>(file.mapping()->data()) % (uintptr_t{2} << 20), 0u);
+    if (ferry_test::kernel_has_huge_pages())
+      EXPECT_TRUE(ferry_test::has(ferry_test::vma_flags(file.mapping()->data()), " hg"))
+          << "the mapping asks for huge pages: " << ferry_test::vma_flags(file.mapping()->data());
     EXPECT_TRUE(at::equal(file.view("big"), big));
     EXPECT_TRUE(at::equal(file.view("small"), small));
     SafetensorsFile tiny = SafetensorsFile::open(dir.file("small.safetensors"));

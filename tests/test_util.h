@@ -7,6 +7,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -26,6 +29,27 @@ std::string error_of(Fn&& fn) {
   ADD_FAILURE() << "expected ferry::Error, nothing was thrown";
   return "";
 }
+
+/// The VmFlags of the memory mapping that holds `address` (/proc/self/smaps), e.g. "rd mr mw me hg";
+/// "hg" means MADV_HUGEPAGE was applied. Empty when no mapping holds it.
+inline std::string vma_flags(const void* address) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto target = reinterpret_cast<uintptr_t>(address);
+  std::string line;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    unsigned long begin = 0, end = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &begin, &end) == 2 && line.find('-') < line.find(' ')) {
+      inside = begin <= target && target < end;
+    } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+      return line.substr(8);
+    }
+  }
+  return "";
+}
+
+/// Whether this kernel has transparent huge pages at all (MADV_HUGEPAGE is refused without them).
+inline bool kernel_has_huge_pages() { return std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled").good(); }
 
 inline bool has(const std::string& text, const std::string& needle) {
   return text.find(needle) != std::string::npos;
