@@ -92,21 +92,18 @@ std::string inspect(const std::string& path, bool checksum, std::vector<Row>& ro
     return "offload_folder";
   }
   const io::Checkpoint ckpt = io::Checkpoint::open(path);
-  for (const std::string& file : ckpt.files()) {
-    // Opening maps and re-validates the shard; checksums read the bytes.
-    std::unique_ptr<io::SafetensorsFile> shard;
-    if (checksum) shard = std::make_unique<io::SafetensorsFile>(ckpt.open_file(file));
-    for (const auto& name : ckpt.tensors_in(file)) {
-      const io::CheckpointTensor& t = ckpt.at(name);
+  rows.reserve(ckpt.tensors().size());
+  for (size_t i = 0; i < ckpt.files().size(); ++i) {
+    for (const io::CheckpointTensor& t : ckpt.tensors_in(i)) {
       Row r;
-      r.name = name;
-      r.file = file;
+      r.name = t.name;
+      r.file = t.file;
       r.dtype = dtype_name(t.dtype);
       r.shape = t.shape;
       r.bytes = t.nbytes;
       r.numel = t.numel();
-      if (shard) {
-        auto [ptr, n] = shard->bytes(name);
+      if (checksum) {
+        auto [ptr, n] = ckpt.shard(i).bytes(t.stored_name);
         r.sha256 = io::sha256_hex(ptr, n);
       }
       rows.push_back(std::move(r));

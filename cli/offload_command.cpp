@@ -36,7 +36,7 @@ void add_offload_command(CLI::App& app) {
     io::OffloadIndex index;
     uint64_t bytes = 0;
     for (const std::string& file : ckpt.files()) {
-      io::SafetensorsFile shard = ckpt.open_file(file);
+      const io::SafetensorsFile& shard = ckpt.open_file(file);
       for (const io::TensorEntry& e : shard.tensors()) {
         at::Tensor t = shard.view(e.name);
         if (cast && is_floating_dtype(e.dtype) && *cast != e.dtype) t = t.to(*cast);

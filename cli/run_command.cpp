@@ -6,6 +6,7 @@
 #include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
 #include "ferry/io/checkpoint.h"
+#include "ferry/io/io_counters.h"
 #include "ferry/io/safetensors.h"
 #include "ferry/models/generate.h"
 #include "ferry/models/load_model.h"
@@ -134,12 +135,14 @@ void run(const RunOptions& o) {
   using namespace ferry::models;
   at::Tensor ids = parse_ids(o.ids);
   // Everything the user can get wrong is checked before any weight is read.
-  ModelConfig config = load_config(o.model_dir);
-  {
-    auto empty = create_empty_model(o.model_dir);
-    check_input_ids(*empty, ids);
-    check_checkpoint_matches(*empty, o.model_dir);
-  }
+  // config.json is read once, the meta model built once and the checkpoint opened once (shards
+  // mapped, headers parsed), then all three are handed down.
+  const ModelConfig config = load_config(o.model_dir);
+  const c10::optional<c10::ScalarType> weight_dtype =
+      o.dtype.empty() ? c10::nullopt : c10::optional<c10::ScalarType>(parse_dtype(o.dtype));
+  std::shared_ptr<CausalLM> empty = create_empty_model(config, weight_dtype);
+  check_input_ids(*empty, ids);
+  const io::Checkpoint checkpoint = check_checkpoint_matches(*empty, open_model_checkpoint(o.model_dir));
   GenerationConfig g;
   g.max_new_tokens = o.max_new_tokens;
   g.do_sample = !o.greedy && (o.temperature != 1.0 || o.top_k != 0 || o.top_p != 1.0);
@@ -161,15 +164,14 @@ void run(const RunOptions& o) {
   lo.device_map = o.device_map;
   lo.max_memory = o.max_memory;
   lo.offload_folder = o.offload_folder;
-  if (!o.dtype.empty()) lo.dtype = parse_dtype(o.dtype);
+  lo.dtype = weight_dtype;
   if (o.prefetch_bytes >= 0) lo.prefetch_bytes = o.prefetch_bytes;
   FERRY_CHECK(!(!o.max_memory.empty() && o.device_map.empty()), "--max-memory needs --device-map (e.g. auto)");
-  io::Checkpoint checkpoint = io::Checkpoint::open(o.model_dir);
   ProgressLine progress(isatty(STDERR_FILENO) && !o.json,
                         format_bytes(static_cast<double>(checkpoint.total_bytes())) + " in " +
                             std::to_string(checkpoint.files().size()) + " shard(s) from " + o.model_dir);
   lo.on_progress = [&](uint64_t done, uint64_t total) { progress.update(done, total); };
-  LoadedModel loaded = load_model(o.model_dir, lo);
+  LoadedModel loaded = load_model(std::move(empty), checkpoint, lo);
 
   int64_t streamed_before = loaded.dispatch && loaded.dispatch->streamer ? loaded.dispatch->streamer->stats().bytes_loaded : 0;
   GenerationOutput out;
@@ -220,6 +222,8 @@ void run(const RunOptions& o) {
                     {"peak_rss_bytes", peak_rss_bytes()},
                     {"rss_anon_bytes", rss_anon_bytes()},
                     {"offloaded_bytes_per_token", moved_per_token}};
+    j["io"] = {{"files_mapped", io::io_counters().files_mapped.load()},
+               {"safetensors_headers_parsed", io::io_counters().safetensors_headers_parsed.load()}};
     if (!o.logits_out.empty()) j["logits_out"] = o.logits_out;
     std::cout << j.dump() << std::endl;
     return;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what ferry needs on Debian 12 (apt-get only), skipping what is already there.
 set -euo pipefail
-packages=(libtorch-dev libopenblas0-pthread libgtest-dev nlohmann-json3-dev libcli11-dev cmake g++ ninja-build)
+packages=(libtorch-dev libopenblas0-pthread libgtest-dev nlohmann-json3-dev libsimdjson-dev libcli11-dev cmake g++ ninja-build)
 [ "${FERRY_WITH_FUZZER:-0}" = 1 ] && packages+=(clang)
 missing=()
 for p in "${packages[@]}"; do

@@ -60,14 +60,22 @@ TEST(CheckpointTest, OffsetsPointAtTheTensorBytes) {
   Checkpoint ckpt = Checkpoint::open(data_dir() + "/tiny_llama/model.safetensors.index.json");
   const CheckpointTensor& t = ckpt.at("model.norm.weight");
   const std::string bytes = read_bytes(t.file);
-  SafetensorsFile file = ckpt.open_file(t.file);
+  const SafetensorsFile& file = ckpt.open_file(t.file);
   auto [ptr, n] = file.bytes(t.name);
   ASSERT_EQ(n, t.nbytes);
   EXPECT_EQ(std::memcmp(bytes.data() + t.offset, ptr, n), 0);
   EXPECT_EQ(t.numel() * 4, static_cast<int64_t>(t.nbytes));
-  // tensors_in lists a shard's tensors in offset order.
-  auto names = ckpt.tensors_in(t.file);
-  EXPECT_NE(std::find(names.begin(), names.end(), t.name), names.end());
+  // tensors_in lists a shard's tensors in offset order, and the shard is the one already open.
+  EXPECT_EQ(&ckpt.shard(t.shard), &file);
+  uint64_t previous_end = 0;
+  bool found = false;
+  for (const CheckpointTensor& s : ckpt.tensors_in(t.shard)) {
+    EXPECT_EQ(s.file, t.file);
+    EXPECT_GE(s.offset, previous_end);
+    previous_end = s.offset + s.nbytes;
+    found = found || s.name == t.name;
+  }
+  EXPECT_TRUE(found);
 }
 
 TEST(CheckpointTest, SingleFileAndModelSafetensorsInAFolder) {
@@ -121,7 +129,7 @@ TEST(CheckpointHostileTest, IndexNamingATensorTwice) {
   ASSERT_NE(at, std::string::npos);
   text.insert(at, "\"lm_head.weight\": \"model-00001-of-00014.safetensors\",\n    ");
   write_bytes(dir.file("model.safetensors.index.json"), text);
-  EXPECT_FERRY_ERROR(Checkpoint::open(dir.str()), "model.safetensors.index.json", "'lm_head.weight' is named twice");
+  EXPECT_FERRY_ERROR(Checkpoint::open(dir.str()), "model.safetensors.index.json", "names 'lm_head.weight' twice");
 }
 
 TEST(CheckpointHostileTest, IndexPointingAtTheWrongShard) {
@@ -163,5 +171,5 @@ TEST(CheckpointHostileTest, AmbiguousOrEmptyFolders) {
   write_bytes(dir.file("bad.json"), "{\"weight_map\": {\"a\": 3}}");
   EXPECT_FERRY_ERROR(Checkpoint::open(dir.file("bad.json")), "tensor 'a' must map to a shard file name, got 3");
   write_bytes(dir.file("bad.json"), "{\"weight_map\": {\"a\": ");
-  EXPECT_FERRY_ERROR(Checkpoint::open(dir.file("bad.json")), "bad.json: not valid JSON");
+  EXPECT_FERRY_ERROR(Checkpoint::open(dir.file("bad.json")), "bad.json is not valid JSON");
 }

@@ -218,7 +218,9 @@ TEST(CoreTest, ErrorMacrosNameTheFunction) {
     FERRY_ASSERT(1 + 1 == 3, "arithmetic");
     FAIL() << "FERRY_ASSERT did not throw";
   } catch (const ferry::InternalError& e) {
-    EXPECT_TRUE(has(e.what(), "internal error (please report a bug): 1 + 1 == 3. arithmetic")) << e.what();
+    EXPECT_TRUE(has(e.what(), "[TestBody] internal error at ")) << e.what();
+    EXPECT_TRUE(has(e.what(), "core_test.cpp:")) << e.what();  // where the invariant broke
+    EXPECT_TRUE(has(e.what(), "(please report a bug): 1 + 1 == 3. arithmetic")) << e.what();
   }
 }
 

@@ -101,7 +101,13 @@ TEST(ModelsConfig, RefusesWhatItCannotRun) {
                 .find("has no 'hidden_size'"),
             std::string::npos);
   EXPECT_NE(error_of([] { parse_config("{not json"); }).find("is not valid JSON"), std::string::npos);
-  EXPECT_NE(error_of([] { parse_config(llama_json(R"(, "num_key_value_heads": 3)")); }).find("not a multiple"),
+  std::string three_kv_heads = llama_json();
+  const std::string two = "\"num_key_value_heads\": 2";
+  three_kv_heads.replace(three_kv_heads.find(two), two.size(), "\"num_key_value_heads\": 3");
+  EXPECT_NE(error_of([&] { parse_config(three_kv_heads); }).find("not a multiple"), std::string::npos);
+  // A key given twice is ambiguous (Python keeps the last one silently): refused, naming the key.
+  EXPECT_NE(error_of([] { parse_config(llama_json(R"(, "num_key_value_heads": 3)")); })
+                .find("names 'num_key_value_heads' twice"),
             std::string::npos);
   EXPECT_NE(error_of([] { load_config("/nonexistent/model"); }).find("does not exist"), std::string::npos);
   EXPECT_NE(error_of([] { load_config(FERRY_TEST_DATA_DIR); }).find("has no config.json"), std::string::npos);

@@ -31,10 +31,7 @@ using Weights = std::map<std::string, at::Tensor>;
 Weights read_weights(const std::string& dir) {
   Weights w;
   auto ckpt = ferry::io::Checkpoint::open(dir);
-  for (const auto& file : ckpt.files()) {
-    auto shard = ckpt.open_file(file);
-    for (const auto& name : ckpt.tensors_in(file)) w[name] = shard.load(name).to(at::kDouble);
-  }
+  for (const auto& t : ckpt.tensors()) w[t.name] = ckpt.shard(t.shard).load(t.stored_name).to(at::kDouble);
   return w;
 }
 

@@ -85,6 +85,8 @@ TEST(PlanDeviceMap, FileRoundTripAndMissingFile) {
     DeviceMap::read_json_file(path);
     FAIL() << "expected an error";
   } catch (const ferry::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("cannot open device map file '" + path + "'"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("[DeviceMap::read_json_file] device map file: " + path + ": does not exist"),
+              std::string::npos)
+        << e.what();
   }
 }

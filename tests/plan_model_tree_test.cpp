@@ -75,7 +75,7 @@ TEST(PlanModelTree, JsonErrorsSayWhere) {
             std::string::npos);
   EXPECT_NE(error_of([] { ModelTree::from_json(R"({"class": "M", "params": [{"shape": [2]}]})"); }).find("malformed model tree"),
             std::string::npos);
-  EXPECT_NE(error_of([] { ModelTree::from_json_file("/nonexistent.json"); }).find("cannot open model tree file '/nonexistent.json'"),
+  EXPECT_NE(error_of([] { ModelTree::from_json_file("/nonexistent.json"); }).find("[ModelTree::from_json_file] /nonexistent.json: does not exist"),
             std::string::npos);
 }
 

@@ -2,10 +2,13 @@
 
 #include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
+#include "ferry/io/json.h"
+#include "ferry/io/regular_file.h"
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <optional>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -13,81 +16,89 @@
 namespace ferry::models {
 namespace {
 
-using nlohmann::json;
+using json = nlohmann::json;  // for writing config.json
 namespace fs = std::filesystem;
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  FERRY_CHECK(in.good(), "cannot read '", path.string(), "'");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
+std::string read_text(const fs::path& path) { return io::read_regular_file(path.string(), "load_config"); }
+
+using io::JsonValue;
+
+// A member that is absent or null reads as absent, as transformers' defaults do.
+std::optional<JsonValue> member(const JsonValue& j, const char* key) {
+  auto v = j.find(key);
+  if (!v || v->is_null()) return std::nullopt;
+  return v;
 }
 
-bool present(const json& j, const char* key) { return j.contains(key) && !j.at(key).is_null(); }
+bool present(const JsonValue& j, const char* key) { return member(j, key).has_value(); }
 
-int64_t get_int(const json& j, const char* key, const std::string& source) {
-  if (!present(j, key)) FERRY_FAIL(source, " has no '", key, "': it is required for this architecture");
-  const json& v = j.at(key);
-  if (!v.is_number_integer()) FERRY_FAIL(source, ": '", key, "' must be an integer, got ", v.dump());
-  return v.get<int64_t>();
+int64_t get_int(const JsonValue& j, const char* key, const std::string& source) {
+  auto v = member(j, key);
+  if (!v) FERRY_FAIL(source, " has no '", key, "': it is required for this architecture");
+  auto i = v->as_int64();
+  if (!i) FERRY_FAIL(source, ": '", key, "' must be an integer, got ", v->dump());
+  return *i;
 }
 
-int64_t get_int_or(const json& j, const char* key, int64_t fallback, const std::string& source) {
+int64_t get_int_or(const JsonValue& j, const char* key, int64_t fallback, const std::string& source) {
   return present(j, key) ? get_int(j, key, source) : fallback;
 }
 
-double get_double_or(const json& j, const char* key, double fallback, const std::string& source) {
-  if (!present(j, key)) return fallback;
-  const json& v = j.at(key);
-  if (!v.is_number()) FERRY_FAIL(source, ": '", key, "' must be a number, got ", v.dump());
-  return v.get<double>();
+double get_double_or(const JsonValue& j, const char* key, double fallback, const std::string& source) {
+  auto v = member(j, key);
+  if (!v) return fallback;
+  auto d = v->as_double();
+  if (!d) FERRY_FAIL(source, ": '", key, "' must be a number, got ", v->dump());
+  return *d;
 }
 
-bool get_bool_or(const json& j, const char* key, bool fallback, const std::string& source) {
-  if (!present(j, key)) return fallback;
-  const json& v = j.at(key);
-  if (!v.is_boolean()) FERRY_FAIL(source, ": '", key, "' must be true or false, got ", v.dump());
-  return v.get<bool>();
+bool get_bool_or(const JsonValue& j, const char* key, bool fallback, const std::string& source) {
+  auto v = member(j, key);
+  if (!v) return fallback;
+  auto b = v->as_bool();
+  if (!b) FERRY_FAIL(source, ": '", key, "' must be true or false, got ", v->dump());
+  return *b;
 }
 
-std::string get_string_or(const json& j, const char* key, const std::string& fallback, const std::string& source) {
-  if (!present(j, key)) return fallback;
-  const json& v = j.at(key);
-  if (!v.is_string()) FERRY_FAIL(source, ": '", key, "' must be a string, got ", v.dump());
-  return v.get<std::string>();
+std::string get_string_or(const JsonValue& j, const char* key, const std::string& fallback, const std::string& source) {
+  auto v = member(j, key);
+  if (!v) return fallback;
+  auto s = v->as_string();
+  if (!s) FERRY_FAIL(source, ": '", key, "' must be a string, got ", v->dump());
+  return std::string(*s);
 }
 
-std::vector<int64_t> get_ids(const json& j, const char* key, const std::string& source) {
+std::vector<int64_t> get_ids(const JsonValue& j, const char* key, const std::string& source) {
   std::vector<int64_t> ids;
-  if (!present(j, key)) return ids;
-  const json& v = j.at(key);
-  if (v.is_number_integer()) {
-    ids.push_back(v.get<int64_t>());
-  } else if (v.is_array()) {
-    for (const json& e : v) {
-      if (!e.is_number_integer()) FERRY_FAIL(source, ": '", key, "' must hold integers, got ", v.dump());
-      ids.push_back(e.get<int64_t>());
+  auto v = member(j, key);
+  if (!v) return ids;
+  if (auto one = v->as_int64()) {
+    ids.push_back(*one);
+  } else if (v->is_array()) {
+    for (JsonValue e : v->elements()) {
+      auto id = e.as_int64();
+      if (!id) FERRY_FAIL(source, ": '", key, "' must hold integers, got ", v->dump());
+      ids.push_back(*id);
     }
   } else {
-    FERRY_FAIL(source, ": '", key, "' must be an integer or a list of integers, got ", v.dump());
+    FERRY_FAIL(source, ": '", key, "' must be an integer or a list of integers, got ", v->dump());
   }
   return ids;
 }
 
 // The rope settings: transformers 5's rope_parameters, else legacy rope_theta + rope_scaling.
-RopeConfig parse_rope(const json& j, double default_theta, const std::string& source) {
+RopeConfig parse_rope(const JsonValue& j, double default_theta, const std::string& source) {
   RopeConfig rope;
-  const json* params = nullptr;
+  std::optional<JsonValue> params;
   if (present(j, "rope_parameters")) {
-    params = &j.at("rope_parameters");
+    params = member(j, "rope_parameters");
     if (!params->is_object())
       FERRY_FAIL(source, ": 'rope_parameters' must be an object, got ", params->dump());
     rope.theta = get_double_or(*params, "rope_theta", get_double_or(j, "rope_theta", default_theta, source), source);
   } else {
     rope.theta = get_double_or(j, "rope_theta", default_theta, source);
     if (present(j, "rope_scaling")) {
-      params = &j.at("rope_scaling");
+      params = member(j, "rope_scaling");
       if (!params->is_object()) FERRY_FAIL(source, ": 'rope_scaling' must be an object, got ", params->dump());
     }
   }
@@ -121,7 +132,7 @@ void check_positive(int64_t value, const char* name, const std::string& source) 
   FERRY_CHECK(value > 0, source, ": '", name, "' must be positive, got ", value);
 }
 
-void parse_llama_family(const json& j, ModelConfig& c, const std::string& source) {
+void parse_llama_family(const JsonValue& j, ModelConfig& c, const std::string& source) {
   c.vocab_size = get_int(j, "vocab_size", source);
   c.hidden_size = get_int(j, "hidden_size", source);
   c.intermediate_size = get_int(j, "intermediate_size", source);
@@ -155,12 +166,12 @@ void parse_llama_family(const json& j, ModelConfig& c, const std::string& source
 
   std::vector<std::string> layer_types;
   if (present(j, "layer_types")) {
-    const json& lt = j.at("layer_types");
+    const JsonValue lt = *member(j, "layer_types");
     FERRY_CHECK(lt.is_array() && static_cast<int64_t>(lt.size()) == c.num_hidden_layers, source,
                 ": 'layer_types' must list one type per layer (", c.num_hidden_layers, "), got ", lt.dump());
-    for (const json& t : lt) {
+    for (JsonValue t : lt.elements()) {
       FERRY_CHECK(t.is_string(), source, ": 'layer_types' entries must be strings, got ", t.dump());
-      std::string s = t.get<std::string>();
+      std::string s(*t.as_string());
       FERRY_CHECK(s == "full_attention" || s == "sliding_attention", source, ": layer type '", s,
                   "' is not supported (ferry implements full_attention and sliding_attention)");
       layer_types.push_back(s);
@@ -188,7 +199,7 @@ void parse_llama_family(const json& j, ModelConfig& c, const std::string& source
   if (c.sliding_window) check_positive(*c.sliding_window, "sliding_window", source);
 }
 
-void parse_gpt2(const json& j, ModelConfig& c, const std::string& source) {
+void parse_gpt2(const JsonValue& j, ModelConfig& c, const std::string& source) {
   c.vocab_size = get_int(j, "vocab_size", source);
   c.hidden_size = get_int(j, "n_embd", source);
   c.num_hidden_layers = get_int(j, "n_layer", source);
@@ -226,22 +237,23 @@ const std::vector<std::string>& supported_architectures() {
 }
 
 ModelConfig parse_config(const std::string& json_text, const std::string& source) {
-  json j;
+  io::JsonDocument doc;
   try {
-    j = json::parse(json_text);
-  } catch (const json::exception& e) {
-    FERRY_FAIL(source, " is not valid JSON: ", e.what());
+    doc = io::parse_json(json_text, source);
+  } catch (const Error& e) {
+    throw e.in("parse_config");
   }
+  const JsonValue& j = doc.root();
   FERRY_CHECK(j.is_object(), source, " must hold a JSON object");
   ModelConfig c;
   c.model_type = get_string_or(j, "model_type", "", source);
   if (present(j, "architectures")) {
-    const json& a = j.at("architectures");
-    FERRY_CHECK(a.is_array() && !a.empty() && a[0].is_string(), source,
+    const JsonValue a = *member(j, "architectures");
+    FERRY_CHECK(a.is_array() && a.size() > 0 && (*a.elements().begin()).is_string(), source,
                 ": 'architectures' must be a non-empty list of names, got ", a.dump());
     FERRY_CHECK(a.size() == 1, source, ": 'architectures' lists ", a.size(), " classes (", a.dump(),
                 "); ferry runs single-architecture checkpoints");
-    c.architecture = a[0].get<std::string>();
+    c.architecture = std::string(*(*a.elements().begin()).as_string());
   } else {
     // Some configs only carry model_type.
     static const std::vector<std::pair<std::string, std::string>> by_type = {
@@ -284,19 +296,21 @@ ModelConfig load_config(const std::string& dir) {
   fs::path folder(dir);
   FERRY_CHECK(fs::is_directory(folder), "model folder '", dir, "' does not exist or is not a directory");
   fs::path config_path = folder / "config.json";
-  FERRY_CHECK(fs::is_regular_file(config_path), "model folder '", dir,
+  std::error_code ec;
+  FERRY_CHECK(fs::exists(fs::symlink_status(config_path, ec)), "model folder '", dir,
               "' has no config.json: ferry needs the Hugging Face config next to the weights");
   ModelConfig c = parse_config(read_text(config_path), config_path.string());
   fs::path gen_path = folder / "generation_config.json";
-  if (fs::is_regular_file(gen_path)) {
-    json g;
+  if (fs::exists(fs::symlink_status(gen_path, ec))) {
+    io::JsonDocument doc;
     try {
-      g = json::parse(read_text(gen_path));
-    } catch (const json::exception& e) {
-      FERRY_FAIL(gen_path.string(), " is not valid JSON: ", e.what());
+      doc = io::read_json_file(gen_path.string());
+    } catch (const Error& e) {
+      throw e.in("load_config");
     }
+    const JsonValue& g = doc.root();
     if (g.is_object()) {
-      if (g.contains("eos_token_id")) c.eos_token_ids = get_ids(g, "eos_token_id", gen_path.string());
+      if (present(g, "eos_token_id")) c.eos_token_ids = get_ids(g, "eos_token_id", gen_path.string());
       auto bos = get_ids(g, "bos_token_id", gen_path.string());
       if (!bos.empty()) c.bos_token_id = bos[0];
       auto pad = get_ids(g, "pad_token_id", gen_path.string());

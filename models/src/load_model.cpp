@@ -19,14 +19,6 @@
 #include <set>
 
 namespace ferry::models {
-namespace {
-
-bool is_strategy(const std::string& s) {
-  return s == "auto" || s == "balanced" || s == "balanced_low_0" || s == "sequential";
-}
-
-}  // namespace
-
 void check_device_map_names(CausalLM& model, const DeviceMap& map) {
   std::set<std::string> modules;
   for (const auto& [name, m] : model.named_modules()) modules.insert(name);
@@ -49,13 +41,19 @@ void check_device_map_names(CausalLM& model, const DeviceMap& map) {
 }
 
 LoadedModel load_model(const std::string& dir, const LoadModelOptions& o) {
+  auto model = create_empty_model(dir, o.dtype);
+  const io::Checkpoint checkpoint = check_checkpoint_matches(*model, open_model_checkpoint(dir));
+  return load_model(std::move(model), checkpoint, o);
+}
+
+LoadedModel load_model(std::shared_ptr<CausalLM> empty_model, const io::Checkpoint& checkpoint,
+                       const LoadModelOptions& o) {
   auto start = std::chrono::steady_clock::now();
   LoadedModel out;
-  out.model = create_empty_model(dir, o.dtype);
+  out.model = std::move(empty_model);
+  FERRY_ASSERT(out.model != nullptr, "load_model needs a model built with create_empty_model");
   CausalLM& model = *out.model;
   LoadAndDispatchOptions options;
-  options.name_prefix = check_checkpoint_matches(model, dir);
-  const io::Checkpoint checkpoint = io::Checkpoint::open(dir).with_name_prefix(options.name_prefix);
   options.no_split.classes = model.no_split_module_classes();
   options.skip_keys = {"past_key_values"};
   options.offload_folder = o.offload_folder;
@@ -65,19 +63,23 @@ LoadedModel load_model(const std::string& dir, const LoadModelOptions& o) {
   if (!o.max_memory.empty()) options.max_memory = parse_max_memory(o.max_memory);
   if (o.device_map.empty()) {
     options.device_map = DeviceMap{{"", Placement::cpu()}};
-  } else if (is_strategy(o.device_map)) {
+  } else if (find_strategy(o.device_map)) {
     options.strategy = o.device_map;
   } else {
-    FERRY_CHECK(std::filesystem::is_regular_file(o.device_map), "--device-map '", o.device_map,
-                "' is neither a strategy (auto, balanced, balanced_low_0, sequential) nor an existing JSON file");
-    options.device_map = DeviceMap::read_json_file(o.device_map);
+    try {
+      options.device_map = DeviceMap::read_json_file(o.device_map);
+    } catch (const Error& e) {
+      throw e.in("load_model", "device_map '" + o.device_map +
+                                   "' is not a strategy (auto, balanced, balanced_low_0, sequential), so it must be a "
+                                   "device-map JSON file: ");
+    }
   }
   if (options.device_map) {
     check_device_map_names(model, *options.device_map);
   }
 
   if (o.on_progress) o.on_progress(0, 1);
-  DispatchResult r = load_checkpoint_and_dispatch(model, dir, options);
+  DispatchResult r = load_checkpoint_and_dispatch(model, checkpoint, options);
   if (o.on_progress) o.on_progress(1, 1);
   out.device_map = r.device_map;
   out.dispatch = r.state;

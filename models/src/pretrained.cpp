@@ -41,7 +41,9 @@ std::set<std::string> tied_names(CausalLM& model) {
   return names;
 }
 
-io::Checkpoint open_checkpoint(const std::string& dir) {
+}  // namespace
+
+io::Checkpoint open_model_checkpoint(const std::string& dir) {
   namespace fs = std::filesystem;
   bool any = false;
   if (fs::is_directory(dir))
@@ -54,6 +56,8 @@ io::Checkpoint open_checkpoint(const std::string& dir) {
               "' holds no weights: expected model.safetensors or model.safetensors.index.json with its shards");
   return io::Checkpoint::open(dir);
 }
+
+namespace {
 
 void write_text_atomically(const std::filesystem::path& path, const std::string& text) {
   std::filesystem::path tmp = path;
@@ -109,22 +113,23 @@ void save_pretrained(CausalLM& model, const std::string& dir, uint64_t max_shard
 }
 
 std::shared_ptr<CausalLM> create_empty_model(const std::string& dir, c10::optional<c10::ScalarType> dtype) {
-  ModelConfig config = load_config(dir);
+  return create_empty_model(load_config(dir), dtype);
+}
+
+std::shared_ptr<CausalLM> create_empty_model(const ModelConfig& config, c10::optional<c10::ScalarType> dtype) {
   auto guard = init_empty_weights();
   return create_model(config, dtype);
 }
 
 std::string check_checkpoint_matches(CausalLM& model, const std::string& dir) {
-  io::Checkpoint ckpt = open_checkpoint(dir);
+  return check_checkpoint_matches(model, open_model_checkpoint(dir)).name_prefix();
+}
+
+io::Checkpoint check_checkpoint_matches(CausalLM& model, const io::Checkpoint& checkpoint) {
   // transformers' base_model_prefix: a checkpoint saved from the base model (GPT2Model, LlamaModel)
   // names its tensors without the LM's first component ("wte.weight" for "transformer.wte.weight").
-  std::string prefix;
-  const std::string embedding = model.input_embeddings_name() + ".weight";
-  const size_t dot = embedding.find('.');
-  if (!ckpt.contains(embedding) && ckpt.contains(embedding.substr(dot + 1))) {
-    prefix = embedding.substr(0, dot + 1);
-    ckpt = ckpt.with_name_prefix(prefix);
-  }
+  io::Checkpoint ckpt = checkpoint.matched_to(model.input_embeddings_name() + ".weight");
+  const std::string dir = checkpoint.source();
   std::set<std::string> tied = tied_names(model);
   std::vector<std::string> problems;
   for (const auto& [name, tensor] : model.state_dict()) {
@@ -141,16 +146,16 @@ std::string check_checkpoint_matches(CausalLM& model, const std::string& dir) {
     FERRY_FAIL("checkpoint '", dir, "' does not match its config.json (", model.config().architecture, "): ",
                problems.front(), problems.size() > 1 ? " (and " + std::to_string(problems.size() - 1) + " more)" : "",
                "; check that config.json belongs to these weights");
-  return prefix;
+  return ckpt;
 }
 
 std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, const PretrainedOptions& options) {
   std::shared_ptr<CausalLM> model = create_empty_model(dir, options.dtype);
+  const io::Checkpoint checkpoint = check_checkpoint_matches(*model, open_model_checkpoint(dir));
   LoadCheckpointOptions load;
-  load.name_prefix = check_checkpoint_matches(*model, dir);
   load.device_map = DeviceMap{{"", Placement(options.device)}};
   if (options.on_progress) options.on_progress(0, 1);
-  load_checkpoint_in_model(*model, dir, load);
+  load_checkpoint_in_model(*model, checkpoint, load);
   if (options.on_progress) options.on_progress(1, 1);
   // Non-persistent buffers (rotary inv_freq) were built on the CPU; bring them along.
   for (auto& [name, t] : model->named_buffers())

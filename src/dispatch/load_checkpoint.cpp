@@ -60,12 +60,19 @@ void load_offloaded_weights(Module& model, const io::OffloadIndex& index, const 
 
 LoadCheckpointResult load_checkpoint_in_model(Module& model, const std::string& checkpoint,
                                               const LoadCheckpointOptions& options) {
+  return load_checkpoint_in_model(model, io::Checkpoint::open(checkpoint), options);
+}
+
+LoadCheckpointResult load_checkpoint_in_model(Module& model, const io::Checkpoint& opened,
+                                              const LoadCheckpointOptions& options) {
   LoadCheckpointResult result;
   const auto tied = find_tied_parameters(model);
   const DeviceMap* device_map = options.device_map ? &*options.device_map : nullptr;
 
-  // 1. Everything that can be checked before loading: files, placements, shapes.
-  const io::Checkpoint ckpt = io::Checkpoint::open(checkpoint).with_name_prefix(options.name_prefix);
+  // 1. Everything that can be checked before loading: placements, shapes (the files were checked
+  // when the checkpoint was opened).
+  const io::Checkpoint ckpt = opened.with_name_prefix(options.name_prefix);
+  const std::string& checkpoint = ckpt.source();
 
   std::unordered_map<std::string, ModelTensor> model_tensors;
   std::vector<std::string> model_keys;
@@ -153,13 +160,12 @@ LoadCheckpointResult load_checkpoint_in_model(Module& model, const std::string& 
   };
 
   // 2. Stream shard by shard.
-  for (const std::string& file : ckpt.files()) {
-    io::SafetensorsFile shard = ckpt.open_file(file);
+  for (size_t shard_index = 0; shard_index < ckpt.files().size(); ++shard_index) {
+    const io::SafetensorsFile& shard = ckpt.shard(shard_index);
     shard.mapping()->advise_sequential(0, shard.mapping()->size());  // read once, front to back
-    for (const std::string& name : ckpt.tensors_in(file)) {  // in file order
-      auto placed = placement_of.find(name);
+    for (const io::CheckpointTensor& t : ckpt.tensors_in(shard_index)) {  // in file order
+      auto placed = placement_of.find(t.name);
       if (placed == placement_of.end()) continue;  // unexpected or SCB
-      const io::CheckpointTensor& t = ckpt.at(name);
       const ModelTensor& mt = model_tensors.at(t.name);
       const Placement& p = placed->second;
       const c10::ScalarType dtype = target_dtype(t, mt.tensor);

@@ -7,6 +7,12 @@ namespace ferry {
 
 DispatchResult load_checkpoint_and_dispatch(Module& model, const std::string& checkpoint,
                                             const LoadAndDispatchOptions& options) {
+  if (!options.device_map && !options.strategy.empty()) parse_strategy(options.strategy);  // before any file
+  return load_checkpoint_and_dispatch(model, io::Checkpoint::open(checkpoint), options);
+}
+
+DispatchResult load_checkpoint_and_dispatch(Module& model, const io::Checkpoint& checkpoint,
+                                            const LoadAndDispatchOptions& options) {
   DispatchResult result;
   std::optional<DeviceMap> device_map = options.device_map;
   if (!device_map && !options.strategy.empty()) {

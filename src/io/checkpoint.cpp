@@ -1,14 +1,13 @@
 #include "ferry/io/checkpoint.h"
 
 #include "ferry/core/error.h"
-#include "io/json_util.h"
-
-#include <nlohmann/json.hpp>
+#include "ferry/io/json.h"
+#include "ferry/io/regular_file.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <filesystem>
-#include <map>
-#include <set>
+#include <unordered_map>
 
 namespace ferry::io {
 namespace fs = std::filesystem;
@@ -38,22 +37,102 @@ int64_t CheckpointTensor::numel() const {
   return n;
 }
 
-ResolvedCheckpoint resolve_checkpoint_files(const std::string& path) {
+namespace {
+
+// A shard name from an index, checked: it must name a file inside the index's folder.
+std::string shard_path(const fs::path& folder, const std::string& index, const std::string& tensor,
+                       const std::string& shard) {
+  FERRY_CHECK(!shard.empty(), index, ": tensor '", tensor, "' maps to an empty shard name");
+  const fs::path rel(shard);
+  bool escapes = rel.is_absolute();
+  for (const auto& part : rel) escapes = escapes || part == "..";
+  FERRY_CHECK(!escapes, index, ": tensor '", tensor, "' maps to shard '", shard,
+              "', which is outside the index's folder; shards must be plain names next to the index");
+  FERRY_CHECK(!ends_with(shard, ".bin"), bin_refusal((folder / shard).string()));
+  return (folder / rel).string();
+}
+
+struct ParsedIndex {
+  std::string index_file;
+  std::vector<std::string> files;                       // sorted, unique
+  std::vector<std::pair<std::string, size_t>> claimed;  // tensor -> its shard in `files`
+  std::string metadata = "{}";
+};
+
+// The one reader of index files: parses once, checks every entry.
+ParsedIndex parse_index(const std::string& index) {
+  ParsedIndex out;
+  out.index_file = index;
+  JsonDocument doc;
+  try {
+    doc = read_json_file(index);
+  } catch (const Error& e) {
+    throw e.in("Checkpoint::open");
+  }
+  const JsonValue& root = doc.root();
+  FERRY_CHECK(root.is_object(), index, ": an index must be a JSON object {\"metadata\": ..., \"weight_map\": {...}}");
+  JsonValue map = root;
+  if (auto wm = root.find("weight_map")) {
+    map = *wm;
+    if (auto md = root.find("metadata")) out.metadata = md->dump(std::string::npos);
+  } else {
+    FERRY_CHECK(!root.find("metadata"), index,
+                ": the index has \"metadata\" but no \"weight_map\"; a sharded checkpoint's index maps tensor "
+                "names to shard files under \"weight_map\"");
+  }
+  FERRY_CHECK(map.is_object(), index, ": \"weight_map\" must map tensor names to shard files, got ", map.type_name());
+  FERRY_CHECK(map.size() > 0, index, ": \"weight_map\" lists no tensors");
+  const fs::path folder = fs::path(index).parent_path();
+  std::unordered_map<std::string_view, size_t> shard_ids;  // shard name -> position in `names`
+  std::vector<std::string> full_paths;                      // checked, in order of first mention
+  out.claimed.reserve(map.size());
+  for (auto [tensor, value] : map.items()) {
+    const auto shard = value.as_string();
+    FERRY_CHECK(shard.has_value(), index, ": tensor '", tensor, "' must map to a shard file name, got ", value.dump());
+    auto known = shard_ids.find(*shard);
+    if (known == shard_ids.end()) {
+      const std::string full = shard_path(folder, index, std::string(tensor), std::string(*shard));
+      try {
+        check_regular_file(full, "Checkpoint::open");
+      } catch (const Error& e) {
+        FERRY_FAIL(index, " names shard '", *shard, "' for tensor '", tensor, "', but ", e.message(),
+                   e.message().find("does not exist") != std::string::npos ? ". Perhaps an incomplete download?" : "");
+      }
+      known = shard_ids.emplace(*shard, full_paths.size()).first;
+      full_paths.push_back(full);
+    }
+    out.claimed.emplace_back(std::string(tensor), known->second);
+  }
+  // Shards in sorted order (as Accelerate streams them); claims renumbered to match.
+  std::vector<size_t> order(full_paths.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return full_paths[a] < full_paths[b]; });
+  std::vector<size_t> position(order.size());
+  for (size_t i = 0; i < order.size(); ++i) {
+    position[order[i]] = i;
+    out.files.push_back(full_paths[order[i]]);
+  }
+  for (auto& claim : out.claimed) claim.second = position[claim.second];
+  return out;
+}
+
+ParsedIndex resolve(const std::string& path) {
   std::error_code ec;
   const fs::path p(path);
-  FERRY_CHECK(fs::exists(p, ec), "checkpoint ", path, " does not exist");
-  ResolvedCheckpoint out;
+  const auto status = fs::status(p, ec);
+  if (ec && ec.value() == ELOOP) FERRY_FAIL("checkpoint ", path, ": symbolic links that loop");
+  FERRY_CHECK(fs::exists(status), "checkpoint ", path, " does not exist");
   std::string index;
-  if (fs::is_directory(p, ec)) {
+  if (fs::is_directory(status)) {
     if (fs::is_regular_file(p / "model.safetensors", ec)) {
+      ParsedIndex out;
       out.files.push_back((p / "model.safetensors").string());
       return out;
     }
     FERRY_CHECK(!fs::is_regular_file(p / "pytorch_model.bin", ec), bin_refusal((p / "pytorch_model.bin").string()));
     std::vector<std::string> indexes;
     for (const auto& entry : fs::directory_iterator(p, ec))
-      if (entry.is_regular_file() && ends_with(entry.path().filename().string(), ".index.json"))
-        indexes.push_back(entry.path().string());
+      if (ends_with(entry.path().filename().string(), ".index.json")) indexes.push_back(entry.path().string());
     std::sort(indexes.begin(), indexes.end());
     if (indexes.empty())
       FERRY_FAIL(path, " is a folder without model.safetensors and without a *.index.json file; pass the "
@@ -68,36 +147,26 @@ ResolvedCheckpoint resolve_checkpoint_files(const std::string& path) {
     index = path;
   } else {
     FERRY_CHECK(!ends_with(path, ".bin") && !ends_with(path, ".pt") && !ends_with(path, ".pth"), bin_refusal(path));
+    ParsedIndex out;
     out.files.push_back(path);
     return out;
   }
+  return parse_index(index);
+}
 
-  out.index_file = index;
-  nlohmann::ordered_json root = detail::read_json_file(index, "resolve_checkpoint_files");
-  FERRY_CHECK(root.is_object(), index, ": an index must be a JSON object");
-  const nlohmann::ordered_json* map = &root;
-  if (root.contains("weight_map")) map = &root["weight_map"];
-  FERRY_CHECK(map->is_object(), index, ": \"weight_map\" must map tensor names to shard files");
-  const fs::path folder = fs::path(index).parent_path();
-  std::set<std::string> files;
-  for (auto it = map->begin(); it != map->end(); ++it) {
-    FERRY_CHECK(it.value().is_string(), index, ": tensor '", it.key(), "' must map to a shard file name, got ",
-                it.value().dump());
-    const std::string shard = it.value().get<std::string>();
-    FERRY_CHECK(!ends_with(shard, ".bin"), bin_refusal((folder / shard).string()));
-    const std::string full = (folder / shard).string();
-    FERRY_CHECK(fs::is_regular_file(full, ec), index, " names shard '", shard, "' for tensor '", it.key(),
-                "', but ", full, " does not exist. Perhaps an incomplete download?");
-    files.insert(full);
-  }
-  out.files.assign(files.begin(), files.end());
-  return out;
+}  // namespace
+
+ResolvedCheckpoint resolve_checkpoint_files(const std::string& path) {
+  ParsedIndex parsed = resolve(path);
+  return ResolvedCheckpoint{parsed.index_file, std::move(parsed.files)};
 }
 
 Checkpoint Checkpoint::with_name_prefix(const std::string& prefix) const {
   Checkpoint out = *this;
   if (prefix.empty()) return out;
+  out.name_prefix_ = prefix + name_prefix_;
   out.by_name_.clear();
+  out.by_name_.reserve(out.tensors_.size());
   for (size_t i = 0; i < out.tensors_.size(); ++i) {
     out.tensors_[i].name = prefix + out.tensors_[i].name;
     out.by_name_.emplace(out.tensors_[i].name, i);
@@ -105,48 +174,60 @@ Checkpoint Checkpoint::with_name_prefix(const std::string& prefix) const {
   return out;
 }
 
+Checkpoint Checkpoint::matched_to(const std::string& expected_name) const {
+  const size_t dot = expected_name.find('.');
+  if (dot == std::string::npos || contains(expected_name) || !contains(expected_name.substr(dot + 1))) return *this;
+  return with_name_prefix(expected_name.substr(0, dot + 1));
+}
+
 Checkpoint Checkpoint::open(const std::string& path) {
   Checkpoint ckpt;
-  ResolvedCheckpoint resolved = resolve_checkpoint_files(path);
+  ParsedIndex resolved = resolve(path);
   ckpt.index_file_ = resolved.index_file;
+  ckpt.index_metadata_ = resolved.metadata;
   ckpt.source_ = resolved.index_file.empty() ? resolved.files.front() : resolved.index_file;
   ckpt.files_ = resolved.files;
 
-  // The index's claims, checked against the shards' headers below.
-  std::map<std::string, std::string> claimed;  // tensor -> full shard path
-  if (!resolved.index_file.empty()) {
-    nlohmann::ordered_json root = detail::read_json_file(resolved.index_file, "Checkpoint::open");
-    if (root.contains("metadata")) ckpt.index_metadata_ = root["metadata"].dump();
-    const nlohmann::ordered_json& map = root.contains("weight_map") ? root["weight_map"] : root;
-    const fs::path folder = fs::path(resolved.index_file).parent_path();
-    for (auto it = map.begin(); it != map.end(); ++it)
-      claimed[it.key()] = (folder / it.value().get<std::string>()).string();
-  }
-
+  auto shards = std::make_shared<std::vector<SafetensorsFile>>();
+  shards->reserve(ckpt.files_.size());
+  size_t total = 0;
   for (const std::string& file : ckpt.files_) {
-    SafetensorsHeader header = read_safetensors_header(file);
-    for (const TensorEntry& e : header.tensors) {
-      auto found = ckpt.by_name_.find(e.name);
-      FERRY_CHECK(found == ckpt.by_name_.end(), ckpt.source_, ": tensor '", e.name, "' is stored twice, in ",
+    shards->push_back(SafetensorsFile::open(file));
+    total += shards->back().tensors().size();
+  }
+  ckpt.tensors_.reserve(total);
+  ckpt.by_name_.reserve(total);
+  for (size_t i = 0; i < shards->size(); ++i) {
+    const SafetensorsFile& shard = (*shards)[i];
+    const std::string& file = ckpt.files_[i];
+    ckpt.shard_begin_.push_back(ckpt.tensors_.size());
+    for (const TensorEntry& e : shard.tensors()) {
+      auto [found, inserted] = ckpt.by_name_.emplace(e.name, ckpt.tensors_.size());
+      FERRY_CHECK(inserted, ckpt.source_, ": tensor '", e.name, "' is stored twice, in ",
                   ckpt.tensors_[found->second].file, " and in ", file);
       CheckpointTensor t;
       t.name = e.name;
       t.stored_name = e.name;
       t.file = file;
+      t.shard = i;
       t.dtype = e.dtype;
       t.shape = e.shape;
-      t.offset = header.data_offset + e.begin;
+      t.offset = shard.header().data_offset + e.begin;
       t.nbytes = e.nbytes();
-      ckpt.by_name_.emplace(t.name, ckpt.tensors_.size());
       ckpt.tensors_.push_back(std::move(t));
     }
   }
-  for (const auto& [name, file] : claimed) {
+  ckpt.shard_begin_.push_back(ckpt.tensors_.size());
+  ckpt.shards_ = std::move(shards);
+
+  // The index's claims, checked against the shards' headers.
+  for (const auto& [name, shard] : resolved.claimed) {
     const CheckpointTensor* t = ckpt.find(name);
+    const std::string& file = ckpt.files_[shard];
     FERRY_CHECK(t != nullptr, resolved.index_file, " names tensor '", name, "' in ", file,
                 ", but that shard holds no such tensor. Perhaps the index and shards come from different saves?");
-    FERRY_CHECK(t->file == file, resolved.index_file, " names tensor '", name, "' in ", file, ", but it is stored in ",
-                t->file);
+    FERRY_CHECK(t->shard == shard, resolved.index_file, " names tensor '", name, "' in ", file,
+                ", but it is stored in ", t->file);
   }
   return ckpt;
 }
@@ -163,11 +244,9 @@ const CheckpointTensor& Checkpoint::at(const std::string& name) const {
   return *t;
 }
 
-std::vector<std::string> Checkpoint::tensors_in(const std::string& file) const {
-  std::vector<std::string> names;
-  for (const auto& t : tensors_)
-    if (t.file == file) names.push_back(t.name);
-  return names;
+Checkpoint::TensorRange Checkpoint::tensors_in(size_t shard) const {
+  FERRY_ASSERT(shard + 1 < shard_begin_.size(), "shard ", shard, " of ", files_.size());
+  return TensorRange{tensors_.data() + shard_begin_[shard], tensors_.data() + shard_begin_[shard + 1]};
 }
 
 uint64_t Checkpoint::total_bytes() const {
@@ -176,6 +255,10 @@ uint64_t Checkpoint::total_bytes() const {
   return total;
 }
 
-SafetensorsFile Checkpoint::open_file(const std::string& file) const { return SafetensorsFile::open(file); }
+const SafetensorsFile& Checkpoint::open_file(const std::string& file) const {
+  for (size_t i = 0; i < files_.size(); ++i)
+    if (files_[i] == file) return (*shards_)[i];
+  FERRY_FAIL(source_, ": '", file, "' is not one of its ", files_.size(), " shard files");
+}
 
 }  // namespace ferry::io

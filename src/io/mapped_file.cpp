@@ -1,6 +1,8 @@
 #include "ferry/io/mapped_file.h"
 
 #include "ferry/core/error.h"
+#include "ferry/io/io_counters.h"
+#include "ferry/io/regular_file.h"
 #include "ferry/core/host_memory.h"
 
 #include <fcntl.h>
@@ -64,11 +66,12 @@ void* map_aligned(int fd, size_t size) {
 }  // namespace
 
 std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path) {
-  FdGuard fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  check_regular_file(path, "MappedFile::open");  // a FIFO would block the open below
+  FdGuard fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK)};
   FERRY_CHECK(fd.fd >= 0, path, ": cannot open: ", std::strerror(errno));
   struct stat st {};
   FERRY_CHECK(::fstat(fd.fd, &st) == 0, path, ": cannot stat: ", std::strerror(errno));
-  FERRY_CHECK(S_ISREG(st.st_mode), path, ": not a regular file");
+  FERRY_CHECK(S_ISREG(st.st_mode), path, ": is ", describe_file_type(st.st_mode), ", not a file");
   const auto size = static_cast<size_t>(st.st_size);
   const uint8_t* data = nullptr;
   if (size > 0) {
@@ -76,6 +79,7 @@ std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path) {
     FERRY_CHECK(p != MAP_FAILED, path, ": cannot memory-map ", size, " bytes: ", std::strerror(errno));
     data = static_cast<const uint8_t*>(p);
   }
+  ++io_counters().files_mapped;
   // The mapping outlives the descriptor: closing fd here is fine.
   return std::make_shared<const MappedFile>(Key{}, path, data, size);
 }

@@ -3,7 +3,8 @@
 #include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
 #include "io/atomic_file.h"
-#include "io/json_util.h"
+#include "ferry/io/json.h"
+#include "ferry/io/regular_file.h"
 
 #include <ATen/Functions.h>
 #include <nlohmann/json.hpp>
@@ -52,24 +53,24 @@ std::vector<int64_t> stored_shape(const OffloadEntry& entry) {
 c10::ScalarType checked_dat_dtype(const std::string& file, const OffloadEntry& entry, uint64_t file_size,
                                   const char* function) {
   if (entry.is_safetensors())
-    throw Error(::ferry::detail::concat("[", function, "] ", file, ": the index entry points to a safetensors file (",
+    throw Error(function, ::ferry::detail::concat(file, ": the index entry points to a safetensors file (",
                                entry.safetensors_file, "), not a .dat file"));
   c10::ScalarType dtype;
   try {
     dtype = parse_offload_dtype_tag(entry.dtype);
   } catch (const Error& e) {
-    throw Error(::ferry::detail::concat("[", function, "] ", file, ": ", std::string(e.what()).substr(std::string(e.what()).find("] ") + 2)));
+    throw e.in(function, file + ": ");
   }
   uint64_t numel = 1;
   for (int64_t d : stored_shape(entry)) {
     if (d < 0 || __builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel))
-      throw Error(::ferry::detail::concat("[", function, "] ", file, ": invalid shape in the index"));
+      throw Error(function, file + ": invalid shape in the index");
   }
   uint64_t expected = 0;
   if (__builtin_mul_overflow(numel, c10::elementSize(dtype), &expected) || expected != file_size) {
     std::ostringstream shape;
     shape << c10::IntArrayRef(entry.shape);
-    throw Error(::ferry::detail::concat("[", function, "] ", file, ": the index says ", entry.dtype, " ", shape.str(), " (",
+    throw Error(function, ::ferry::detail::concat(file, ": the index says ", entry.dtype, " ", shape.str(), " (",
                                numel, " x ", c10::elementSize(dtype), " = ", expected, " bytes) but the file has ",
                                file_size, " bytes. Perhaps an interrupted offload?"));
   }
@@ -82,8 +83,8 @@ void check_bool_bytes(const std::string& file, c10::ScalarType dtype, const uint
   if (dtype != c10::ScalarType::Bool) return;
   for (size_t i = 0; i < size; ++i)
     if (data[i] > 1)
-      throw Error(::ferry::detail::concat("[", function, "] ", file, ": the index says bool but byte ", i, " holds ",
-                                          int(data[i]), " (a bool must be 0 or 1). Perhaps a corrupt file?"));
+      throw Error(function, ::ferry::detail::concat(file, ": the index says bool but byte ", i, " holds ", int(data[i]),
+                                                    " (a bool must be 0 or 1). Perhaps a corrupt file?"));
 }
 
 }  // namespace
@@ -137,46 +138,48 @@ std::string OffloadIndex::to_json() const {
 }
 
 OffloadIndex OffloadIndex::from_json(const std::string& text, const std::string& source) {
-  nlohmann::ordered_json root = detail::parse_json_strict(text, source, "read_offload_index");
+  JsonDocument doc;
+  try {
+    doc = parse_json(text, source);
+  } catch (const Error& e) {
+    throw e.in("read_offload_index");
+  }
+  const JsonValue& root = doc.root();
   FERRY_CHECK(root.is_object(), source, ": an offload index must be a JSON object of tensor entries");
   OffloadIndex index;
-  for (auto it = root.begin(); it != root.end(); ++it) {
-    const std::string& name = it.key();
-    const nlohmann::ordered_json& v = it.value();
-    FERRY_CHECK(v.is_object(), source, ": entry '", name, "' must be an object, got ", v.type_name());
+  for (auto [key, v] : root.items()) {
+    const std::string name(key);
+    const std::string where = source + ": entry '" + name + "'";
+    FERRY_CHECK(v.is_object(), where, " must be an object, got ", v.type_name());
     OffloadEntry entry;
-    if (v.contains("safetensors_file")) {
-      FERRY_CHECK(v["safetensors_file"].is_string(), source, ": entry '", name, "': safetensors_file must be a string");
-      entry.safetensors_file = v["safetensors_file"].get<std::string>();
-      FERRY_CHECK(!entry.safetensors_file.empty(), source, ": entry '", name, "': safetensors_file is empty");
-      if (v.contains("weight_name")) {
-        FERRY_CHECK(v["weight_name"].is_string(), source, ": entry '", name, "': weight_name must be a string");
-        entry.weight_name = v["weight_name"].get<std::string>();
-      }
-      if (v.contains("dtype") && !v["dtype"].is_null()) {
-        FERRY_CHECK(v["dtype"].is_string(), source, ": entry '", name, "': dtype must be a string");
-        entry.dtype = v["dtype"].get<std::string>();
+    const auto dtype = v.find("dtype");
+    if (auto file = v.find("safetensors_file")) {
+      entry.safetensors_file = std::string(file->string(where + ": safetensors_file"));
+      FERRY_CHECK(!entry.safetensors_file.empty(), where, ": safetensors_file is empty");
+      if (auto weight = v.find("weight_name")) entry.weight_name = std::string(weight->string(where + ": weight_name"));
+      if (dtype && !dtype->is_null()) {
+        entry.dtype = std::string(dtype->string(where + ": dtype"));
         try {
           (void)parse_dtype(entry.dtype);
         } catch (const Error& e) {
-          FERRY_FAIL(source, ": entry '", name, "': ", e.what());
+          FERRY_FAIL(where, ": ", e.message());
         }
       }
     } else {
-      FERRY_CHECK(v.contains("dtype") && v["dtype"].is_string(), source, ": entry '", name,
-                  "' needs a string \"dtype\" (or a \"safetensors_file\")");
-      entry.dtype = v["dtype"].get<std::string>();
+      FERRY_CHECK(dtype && dtype->is_string(), where, " needs a string \"dtype\" (or a \"safetensors_file\")");
+      entry.dtype = std::string(*dtype->as_string());
       try {
         (void)parse_offload_dtype_tag(entry.dtype);
       } catch (const Error& e) {
-        FERRY_FAIL(source, ": entry '", name, "': ", std::string(e.what()).substr(std::string(e.what()).find("] ") + 2));
+        FERRY_FAIL(where, ": ", e.message());
       }
-      FERRY_CHECK(v.contains("shape") && v["shape"].is_array(), source, ": entry '", name,
-                  "' needs a \"shape\" array");
-      for (const auto& d : v["shape"]) {
-        FERRY_CHECK(d.is_number_unsigned() && d.get<uint64_t>() <= (uint64_t(1) << 62), source, ": entry '", name,
-                    "': shape entries must be non-negative integers, got ", d.dump());
-        entry.shape.push_back(d.get<int64_t>());
+      const auto shape = v.find("shape");
+      FERRY_CHECK(shape && shape->is_array(), where, " needs a \"shape\" array");
+      for (JsonValue d : shape->elements()) {
+        const auto size = d.as_uint64();
+        FERRY_CHECK(size && *size <= (uint64_t(1) << 62), where, ": shape entries must be non-negative integers, got ",
+                    d.dump());
+        entry.shape.push_back(static_cast<int64_t>(*size));
       }
     }
     index.set(name, std::move(entry));
@@ -255,11 +258,13 @@ bool has_offload_index(const std::string& folder) {
 
 OffloadIndex read_offload_index(const std::string& folder) {
   const std::string path = (fs::path(folder) / "index.json").string();
-  std::ifstream in(path, std::ios::binary);
-  FERRY_CHECK(in.good(), path, ": cannot open the offload index (is ", folder, " an offload folder?)");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return OffloadIndex::from_json(text.str(), path);
+  std::string text;
+  try {
+    text = read_regular_file(path, "read_offload_index");
+  } catch (const Error& e) {
+    throw e.in("read_offload_index", "cannot read the offload index (is " + folder + " an offload folder?): ");
+  }
+  return OffloadIndex::from_json(text, path);
 }
 
 void save_offload_index(const OffloadIndex& index, const std::string& folder) {

@@ -3,11 +3,16 @@
 #include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
 #include "ferry/core/host_memory.h"
+#include "ferry/core/shape.h"
 #include "ferry/core/torch_compat.h"
+#include "ferry/io/io_counters.h"
+#include "ferry/io/json.h"
 #include "io/atomic_file.h"
 
 #include <ATen/Functions.h>
 #include <nlohmann/json.hpp>
+
+#include <optional>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -26,7 +31,6 @@
 namespace ferry::io {
 namespace {
 
-using nlohmann::json;
 
 struct CodeEntry {
   const char* code;
@@ -57,12 +61,6 @@ bool is_format_code_without_torch_dtype(const std::string& code) {
   static const std::set<std::string> codes = {"U16", "U32", "U64", "F8_E4M3", "F8_E5M2", "F8_E8M0",
                                               "F6_E2M3", "F6_E3M2", "F4", "C64"};
   return codes.count(code) > 0;
-}
-
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
 }
 
 uint64_t read_le_u64(const uint8_t* p) {
@@ -120,96 +118,91 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size, uin
   FERRY_ASSERT(8 + n <= size, "caller must pass the whole header: ", size, " < ", 8 + n);
   if (n < 2 || data[8] != '{') HEADER_FAIL("the JSON header does not start with '{'", hint);
 
-  // Parse with a callback that rejects duplicate names (a JSON object may legally repeat a key and
-  // nlohmann keeps the last one; for a checkpoint that would silently pick one of two tensors) and
+  // The strict reader rejects a name given twice (a JSON object may legally repeat a key, and a
+  // lenient reader keeps the last: for a checkpoint that would silently pick one of two tensors) and
   // absurd nesting (valid headers nest 3 deep).
-  std::vector<std::set<std::string>> open_objects;
-  std::string duplicate;
-  json root;
+  JsonDocument doc;
   try {
-    root = json::parse(
-        data + 8, data + 8 + n,
-        [&](int depth, json::parse_event_t event, json& parsed) {
-          if (depth > 16) HEADER_FAIL("the JSON header nests deeper than 16 levels", hint);
-          if (event == json::parse_event_t::object_start) open_objects.emplace_back();
-          else if (event == json::parse_event_t::object_end && !open_objects.empty()) open_objects.pop_back();
-          else if (event == json::parse_event_t::key && !open_objects.empty()) {
-            const std::string& key = parsed.get_ref<const std::string&>();
-            if (!open_objects.back().insert(key).second)
-              HEADER_FAIL("the JSON header names '", key, "' twice", open_objects.size() == 1 ? " (a tensor listed twice)" : "");
-          }
-          return true;
-        },
-        /*allow_exceptions=*/true);
-  } catch (const json::exception& e) {
-    HEADER_FAIL("the JSON header is not valid JSON (", e.what(), ")", hint);
+    doc = parse_json(std::string_view(reinterpret_cast<const char*>(data + 8), static_cast<size_t>(n)),
+                     "the JSON header", 16);
+  } catch (const Error& e) {
+    const bool repeated = e.message().find("twice") != std::string::npos;
+    HEADER_FAIL(e.message(), repeated ? " (a tensor listed twice)" : hint);
   }
+  ++io_counters().safetensors_headers_parsed;
+  const JsonValue& root = doc.root();
   if (!root.is_object()) HEADER_FAIL("the JSON header is not a JSON object");
 
   SafetensorsHeader header;
   header.header_bytes = n;
   header.data_offset = 8 + n;
+  header.tensors.reserve(root.size());
   const uint64_t data_size = file_size - 8 - n;
 
-  for (auto it = root.begin(); it != root.end(); ++it) {
-    const std::string& name = it.key();
-    const json& value = it.value();
-    if (name == "__metadata__") {
+  for (auto [key, value] : root.items()) {
+    if (key == "__metadata__") {
       if (!value.is_object()) HEADER_FAIL("__metadata__ must be a map of strings to strings, got ", value.type_name());
-      for (auto m = value.begin(); m != value.end(); ++m) {
-        if (!m.value().is_string())
-          HEADER_FAIL("__metadata__ must be a map of strings to strings, but '", m.key(), "' is a ",
-                      m.value().type_name());
-        header.metadata[m.key()] = m.value().get<std::string>();
+      for (auto [mkey, mvalue] : value.items()) {
+        auto text = mvalue.as_string();
+        if (!text)
+          HEADER_FAIL("__metadata__ must be a map of strings to strings, but '", mkey, "' is a ", mvalue.type_name());
+        header.metadata[std::string(mkey)] = std::string(*text);
       }
       continue;
     }
-    if (!value.is_object()) HEADER_FAIL("tensor '", name, "': expected an object, got ", value.type_name());
-    auto dtype_it = value.find("dtype");
-    auto shape_it = value.find("shape");
-    auto offsets_it = value.find("data_offsets");
-    if (dtype_it == value.end() || shape_it == value.end() || offsets_it == value.end())
-      HEADER_FAIL("tensor '", name, "': needs 'dtype', 'shape' and 'data_offsets'");
-    if (!dtype_it->is_string()) HEADER_FAIL("tensor '", name, "': 'dtype' must be a string");
-
     TensorEntry entry;
-    entry.name = name;
+    entry.name = std::string(key);
+    const std::string& name = entry.name;
+    if (!value.is_object()) HEADER_FAIL("tensor '", name, "': expected an object, got ", value.type_name());
+    std::optional<JsonValue> dtype_v, shape_v, offsets_v;
+    for (auto [field, v] : value.items()) {
+      if (field == "dtype") dtype_v = v;
+      else if (field == "shape") shape_v = v;
+      else if (field == "data_offsets") offsets_v = v;
+    }
+    if (!dtype_v || !shape_v || !offsets_v) HEADER_FAIL("tensor '", name, "': needs 'dtype', 'shape' and 'data_offsets'");
+    const auto code = dtype_v->as_string();
+    if (!code) HEADER_FAIL("tensor '", name, "': 'dtype' must be a string");
     try {
-      entry.dtype = parse_safetensors_dtype_code(dtype_it->get<std::string>());
+      entry.dtype = parse_safetensors_dtype_code(std::string(*code));
     } catch (const Error& e) {
-      // Re-raise with the file and tensor named.
-      std::string what = e.what();
-      what = what.substr(what.find("] ") + 2);
-      HEADER_FAIL("tensor '", name, "': ", what);
+      HEADER_FAIL("tensor '", name, "': ", e.message());  // with the file and tensor named
     }
 
-    if (!shape_it->is_array()) HEADER_FAIL("tensor '", name, "': 'shape' must be an array of sizes");
+    if (!shape_v->is_array()) HEADER_FAIL("tensor '", name, "': 'shape' must be an array of sizes");
     // Elements, computed so that it cannot overflow: every size must fit int64 and the product of the
     // non-zero sizes too (LibTorch computes strides from them even for an empty tensor).
     uint64_t nonzero_product = 1;
     bool empty = false;
-    for (const json& d : *shape_it) {
-      if (!d.is_number_unsigned())
-        HEADER_FAIL("tensor '", name, "': shape entries must be non-negative integers, got ", d.dump());
-      const uint64_t v = d.get<uint64_t>();
+    entry.shape.reserve(shape_v->size());
+    for (JsonValue d : shape_v->elements()) {
+      const auto size = d.as_uint64();
+      if (!size) HEADER_FAIL("tensor '", name, "': shape entries must be non-negative integers, got ", d.dump());
+      const uint64_t v = *size;
       if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
         HEADER_FAIL("tensor '", name, "': shape size ", v, " is too large");
       if (v == 0) empty = true;
       uint64_t product = 0;
       if (v != 0 && (__builtin_mul_overflow(nonzero_product, v, &product) ||
                      product > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())))
-        HEADER_FAIL("tensor '", name, "': shape ", shape_it->dump(), " has more elements than fit in 64 bits");
+        HEADER_FAIL("tensor '", name, "': shape ", shape_v->dump(), " has more elements than fit in 64 bits");
       if (v != 0) nonzero_product = product;
       entry.shape.push_back(static_cast<int64_t>(v));
     }
     const uint64_t numel = empty ? 0 : nonzero_product;
 
-    if (!offsets_it->is_array() || offsets_it->size() != 2 || !(*offsets_it)[0].is_number_unsigned() ||
-        !(*offsets_it)[1].is_number_unsigned())
+    std::optional<uint64_t> offsets[2];
+    size_t count = 0;
+    if (offsets_v->is_array())
+      for (JsonValue o : offsets_v->elements()) {
+        if (count < 2) offsets[count] = o.as_uint64();
+        ++count;
+      }
+    if (count != 2 || !offsets[0] || !offsets[1])
       HEADER_FAIL("tensor '", name, "': 'data_offsets' must be two non-negative integers [begin, end], got ",
-                  offsets_it->dump());
-    entry.begin = (*offsets_it)[0].get<uint64_t>();
-    entry.end = (*offsets_it)[1].get<uint64_t>();
+                  offsets_v->dump());
+    entry.begin = *offsets[0];
+    entry.end = *offsets[1];
     if (entry.end < entry.begin)
       HEADER_FAIL("tensor '", name, "': data_offsets [", entry.begin, ", ", entry.end, "] end before they begin");
     if (entry.end > data_size)
@@ -218,9 +211,9 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size, uin
     const uint64_t element_size = c10::elementSize(entry.dtype);
     uint64_t expected = 0;
     if (__builtin_mul_overflow(numel, element_size, &expected) || expected != entry.nbytes())
-      HEADER_FAIL("tensor '", name, "': shape ", shape_str(entry.shape), " of ", dtype_it->get<std::string>(),
-                  " needs ", numel, " x ", element_size, " bytes, but data_offsets [", entry.begin, ", ", entry.end,
-                  "] hold ", entry.nbytes(), " bytes");
+      HEADER_FAIL("tensor '", name, "': shape ", shape_str(entry.shape), " of ", *code, " needs ", numel, " x ",
+                  element_size, " bytes, but data_offsets [", entry.begin, ", ", entry.end, "] hold ", entry.nbytes(),
+                  " bytes");
     header.tensors.push_back(std::move(entry));
   }
 

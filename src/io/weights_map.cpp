@@ -164,7 +164,7 @@ class CheckpointWeightsMap final : public WeightsMap {
   }
   at::Tensor load(const std::string& name, c10::Device device, c10::optional<c10::ScalarType> dtype) const override {
     const CheckpointTensor& t = get(name);
-    return from_view(files_.get(t.file).view(t.stored_name), device, dtype);
+    return from_view(ckpt_.shard(t.shard).view(t.stored_name), device, dtype);
   }
 
  private:
@@ -173,10 +173,9 @@ class CheckpointWeightsMap final : public WeightsMap {
                 keys_.size(), " tensors)");
     return ckpt_.at(name);
   }
-  Checkpoint ckpt_;
+  Checkpoint ckpt_;  // its shards are already mapped: nothing is opened again
   std::vector<std::string> keys_;
   std::unordered_set<std::string> visible_;
-  FileCache files_;
 };
 
 // ---- prefixed view ----------------------------------------------------------------------------

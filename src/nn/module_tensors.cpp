@@ -14,14 +14,6 @@
 
 namespace ferry {
 
-std::string shape_str(at::IntArrayRef shape) {
-  std::ostringstream out;
-  out << '[';
-  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
-  out << ']';
-  return out.str();
-}
-
 std::pair<Module*, std::string> resolve_tensor_owner(Module& module, const std::string& name) {
   auto dot = name.rfind('.');
   Module* owner = &module;

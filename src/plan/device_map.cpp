@@ -1,6 +1,7 @@
 #include "ferry/plan/device_map.h"
 
 #include "ferry/core/error.h"
+#include "ferry/io/json.h"
 
 #include <nlohmann/json.hpp>
 
@@ -101,25 +102,25 @@ std::string DeviceMap::to_json(int indent) const {
 
 namespace {
 
-DeviceMap device_map_from_parsed(const nlohmann::ordered_json& doc, const std::string& where) {
+DeviceMap device_map_from_parsed(const io::JsonValue& doc, const std::string& where) {
   FERRY_CHECK(doc.is_object(), where, "a device map must be a JSON object such as {\"model.layers.0\": 0, "
               "\"lm_head\": \"cpu\"}, got ", doc.type_name());
   DeviceMap map;
-  for (auto it = doc.begin(); it != doc.end(); ++it) {
-    const auto& value = it.value();
-    if (value.is_number_integer()) {
-      auto ordinal = value.get<int64_t>();
-      FERRY_CHECK(ordinal >= 0 && ordinal < 10000, where, "device map entry '", it.key(),
-                  "': accelerator index ", ordinal, " is out of range");
-      map.set(it.key(), Placement::cuda(static_cast<int>(ordinal)));
-    } else if (value.is_string()) {
+  for (auto [k, value] : doc.items()) {
+    const std::string key(k);
+    if (value.is_integer()) {
+      const auto ordinal = value.as_int64();
+      FERRY_CHECK(ordinal && *ordinal >= 0 && *ordinal < 10000, where, "device map entry '", key,
+                  "': accelerator index ", value.dump(), " is out of range");
+      map.set(key, Placement::cuda(static_cast<int>(*ordinal)));
+    } else if (auto text = value.as_string()) {
       try {
-        map.set(it.key(), Placement::parse(value.get<std::string>()));
+        map.set(key, Placement::parse(std::string(*text)));
       } catch (const Error& e) {
-        FERRY_FAIL(where, "device map entry '", it.key(), "': ", e.what());
+        FERRY_FAIL(where, "device map entry '", key, "': ", e.message());
       }
     } else {
-      FERRY_FAIL(where, "device map entry '", it.key(), "' must be an accelerator index or a device string, got ",
+      FERRY_FAIL(where, "device map entry '", key, "' must be an accelerator index or a device string, got ",
                  value.dump());
     }
   }
@@ -129,25 +130,23 @@ DeviceMap device_map_from_parsed(const nlohmann::ordered_json& doc, const std::s
 }  // namespace
 
 DeviceMap DeviceMap::from_json(const std::string& text) {
-  nlohmann::ordered_json doc;
+  io::JsonDocument doc;
   try {
-    doc = nlohmann::ordered_json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    FERRY_FAIL("invalid device map JSON: ", e.what());
+    doc = io::parse_json(text, "the device map");
+  } catch (const Error& e) {
+    throw e.in("DeviceMap::from_json", "invalid device map JSON: ");
   }
-  return device_map_from_parsed(doc, "");
+  return device_map_from_parsed(doc.root(), "");
 }
 
 DeviceMap DeviceMap::read_json_file(const std::string& path) {
-  std::ifstream in(path);
-  FERRY_CHECK(in, "cannot open device map file '", path, "'");
-  nlohmann::ordered_json doc;
+  io::JsonDocument doc;
   try {
-    doc = nlohmann::ordered_json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    FERRY_FAIL("'", path, "' is not valid JSON: ", e.what());
+    doc = io::read_json_file(path);
+  } catch (const Error& e) {
+    throw e.in("DeviceMap::read_json_file", "device map file: ");
   }
-  return device_map_from_parsed(doc, "'" + path + "': ");
+  return device_map_from_parsed(doc.root(), "'" + path + "': ");
 }
 
 void DeviceMap::write_json_file(const std::string& path) const {

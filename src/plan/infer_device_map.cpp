@@ -8,6 +8,7 @@
 #include "plan_tree.h"
 
 #include <algorithm>
+#include <optional>
 #include <climits>
 #include <map>
 #include <sstream>
@@ -539,11 +540,20 @@ DeviceMap infer_auto_device_map(const ModelTree& tree, const PlanOptions& option
   return planner.run();
 }
 
+const std::vector<Strategy>& all_strategies() {
+  static const std::vector<Strategy> all = {Strategy::Auto, Strategy::Balanced, Strategy::BalancedLow0,
+                                            Strategy::Sequential};
+  return all;
+}
+
+std::optional<Strategy> find_strategy(const std::string& text) {
+  for (Strategy s : all_strategies())
+    if (text == to_string(s)) return s;
+  return std::nullopt;
+}
+
 Strategy parse_strategy(const std::string& text) {
-  if (text == "auto") return Strategy::Auto;
-  if (text == "balanced") return Strategy::Balanced;
-  if (text == "balanced_low_0") return Strategy::BalancedLow0;
-  if (text == "sequential") return Strategy::Sequential;
+  if (auto s = find_strategy(text)) return *s;
   FERRY_FAIL("If passing a string for `device_map`, please choose 'auto', 'balanced', 'balanced_low_0' or "
              "'sequential'; got '", text, "'");
 }

@@ -2,18 +2,24 @@
 
 #include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
-
-#include <nlohmann/json.hpp>
+#include "ferry/core/shape.h"
+#include "ferry/io/json.h"
 
 #include <algorithm>
 #include <cctype>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <sstream>
 #include <unordered_map>
 #include <unordered_set>
 
 namespace ferry {
+namespace {
+// A model tree nests two JSON levels per module ("children": [ {...} ]); real models nest a few
+// dozen modules deep. Deeper documents are refused with a clear message, before any walk.
+constexpr int kMaxTreeDepth = 2 * 256 + 4;
+}  // namespace
 
 int64_t TreeTensor::numel() const {
   int64_t n = 1;
@@ -45,7 +51,20 @@ void ModelTree::add_child(ModuleId parent, std::string name, ModuleId child) {
 }
 
 TensorId ModelTree::add_tensor(TreeTensor info) {
-  for (int64_t d : info.shape) FERRY_CHECK(d >= 0, "negative dimension ", d, " in a tensor shape");
+  // Note [Sizes never overflow]: every tensor's size in bits must fit int64, so that the planner's
+  // sums (checked again where they add up) never wrap to a small or negative size.
+  uint64_t numel = 1;
+  for (int64_t d : info.shape) {
+    FERRY_CHECK(d >= 0, "negative dimension ", d, " in a tensor shape");
+    FERRY_CHECK(!__builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel) &&
+                    numel <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
+                "a tensor of shape ", shape_str(info.shape), " has more elements than fit in 64 bits");
+  }
+  uint64_t bits = 0;
+  FERRY_CHECK(!__builtin_mul_overflow(numel, static_cast<uint64_t>(dtype_bits(info.dtype)), &bits) &&
+                  bits <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
+              "a tensor of shape ", shape_str(info.shape), " and dtype ", dtype_name(info.dtype),
+              " is too large: its size in bits does not fit in 64 bits");
   tensors_.push_back(std::move(info));
   return static_cast<TensorId>(tensors_.size() - 1);
 }
@@ -122,73 +141,114 @@ void ModelTree::validate() const {
 
 namespace {
 
+// Reads a tree node by node, by reference (a copy per level made deep trees quadratic), checking
+// every value's JSON type before it is used.
 struct JsonLoader {
   ModelTree& tree;
   std::unordered_map<std::string, ModuleId> modules_by_path;
   std::unordered_map<std::string, TensorId> tensors_by_name;
 
-  static std::string join(const std::string& prefix, const std::string& name) {
-    return prefix.empty() ? name : prefix + "." + name;
+  static std::string join(const std::string& prefix, std::string_view name) {
+    return prefix.empty() ? std::string(name) : prefix + "." + std::string(name);
+  }
+  static std::string where(const std::string& path) { return path.empty() ? "the root module" : "module '" + path + "'"; }
+
+  static io::JsonValue array_member(const io::JsonValue& node, const char* key, const std::string& context) {
+    static const io::JsonDocument empty = io::parse_json("[]", "");
+    auto v = node.find(key);
+    if (!v) return empty.root();
+    FERRY_CHECK(v->is_array(), context, ": \"", key, "\" must be an array, got ", v->type_name());
+    return *v;
   }
 
-  TensorId tensor_of(const nlohmann::json& slot, const std::string& full, const char* kind) {
-    if (slot.contains("tied_to")) {
-      std::string target = slot.at("tied_to").get<std::string>();
+  TensorId tensor_of(const io::JsonValue& slot, const std::string& full, const char* kind) {
+    const std::string context = std::string(kind) + " '" + full + "'";
+    if (auto tied = slot.find("tied_to")) {
+      const std::string target(tied->string(context + ": \"tied_to\""));
       auto it = tensors_by_name.find(target);
-      FERRY_CHECK(it != tensors_by_name.end(), kind, " '", full, "' is tied to '", target,
+      FERRY_CHECK(it != tensors_by_name.end(), context, " is tied to '", target,
                   "', which is not an earlier parameter or buffer");
       return it->second;
     }
-    if (!slot.contains("shape")) return kNoTensor;
+    auto shape = slot.find("shape");
+    if (!shape) return kNoTensor;
+    FERRY_CHECK(shape->is_array(), context, ": \"shape\" must be an array of sizes, got ", shape->dump());
     TreeTensor info;
-    info.shape = slot.at("shape").get<std::vector<int64_t>>();
-    FERRY_CHECK(slot.contains("dtype"), kind, " '", full, "' has a shape but no dtype");
-    info.dtype = parse_dtype(slot.at("dtype").get<std::string>());
-    return tree.add_tensor(std::move(info));
+    info.shape.reserve(shape->size());
+    for (io::JsonValue d : shape->elements()) {
+      // 3.5 is not a size, and 2^64 is too large rather than negative.
+      FERRY_CHECK(d.is_integer(), context, ": shape entries must be integers, got ", d.dump());
+      const auto size = d.as_uint64();
+      FERRY_CHECK(size.has_value(), context, ": shape entries must be non-negative, got ", d.dump());
+      FERRY_CHECK(*size <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), context, ": shape entry ",
+                  d.dump(), " is too large");
+      info.shape.push_back(static_cast<int64_t>(*size));
+    }
+    auto dtype = slot.find("dtype");
+    FERRY_CHECK(dtype.has_value(), context, " has a shape but no dtype");
+    try {
+      info.dtype = parse_dtype(std::string(dtype->string(context + ": \"dtype\"")));
+      return tree.add_tensor(std::move(info));
+    } catch (const Error& e) {
+      throw e.in(__func__, e.message().find(context) == std::string::npos ? context + ": " : "");
+    }
   }
 
-  void fill(ModuleId id, const nlohmann::json& node, const std::string& path) {
+  void fill(ModuleId id, const io::JsonValue& node, const std::string& path) {
+    FERRY_CHECK(node.is_object(), where(path), " must be a JSON object, got ", node.type_name());
     modules_by_path[path] = id;
-    for (const auto& p : node.value("params", nlohmann::json::array())) {
-      std::string name = p.at("name").get<std::string>();
+    for (io::JsonValue p : array_member(node, "params", where(path)).elements()) {
+      FERRY_CHECK(p.is_object(), where(path), ": a parameter must be an object, got ", p.dump());
+      const std::string name(p.at("name", "a parameter of " + where(path)).string("a parameter's name"));
       std::string full = join(path, name);
       TensorId t = tensor_of(p, full, "parameter");
       tree.add_param_slot(id, name, t);
       if (t != kNoTensor) tensors_by_name.emplace(full, t);
     }
-    for (const auto& b : node.value("buffers", nlohmann::json::array())) {
-      std::string name = b.at("name").get<std::string>();
+    for (io::JsonValue b : array_member(node, "buffers", where(path)).elements()) {
+      FERRY_CHECK(b.is_object(), where(path), ": a buffer must be an object, got ", b.dump());
+      const std::string name(b.at("name", "a buffer of " + where(path)).string("a buffer's name"));
       std::string full = join(path, name);
       TensorId t = tensor_of(b, full, "buffer");
-      tree.add_buffer_slot(id, name, t, b.value("persistent", true));
+      bool persistent = true;
+      if (auto v = b.find("persistent")) {
+        FERRY_CHECK(v->is_bool(), "buffer '", full, "': \"persistent\" must be true or false, got ", v->dump());
+        persistent = *v->as_bool();
+      }
+      tree.add_buffer_slot(id, name, t, persistent);
       if (t != kNoTensor) tensors_by_name.emplace(full, t);
     }
-    for (const auto& c : node.value("children", nlohmann::json::array())) {
-      std::string name = c.at("name").get<std::string>();
+    for (io::JsonValue c : array_member(node, "children", where(path)).elements()) {
+      FERRY_CHECK(c.is_object(), where(path), ": a child must be an object, got ", c.type_name());
+      const std::string name(c.at("name", "a child of " + where(path)).string("a child's name"));
       std::string full = join(path, name);
-      if (c.contains("same_module_as")) {
-        std::string target = c.at("same_module_as").get<std::string>();
+      if (auto same = c.find("same_module_as")) {
+        const std::string target(same->string("module '" + full + "': \"same_module_as\""));
         auto it = modules_by_path.find(target);
         FERRY_CHECK(it != modules_by_path.end(), "module '", full, "' is the same module as '", target,
                     "', which is not an earlier module");
         tree.add_child(id, name, it->second);
         continue;
       }
-      ModuleId child = tree.add_submodule(id, name, c.value("class", std::string()));
+      std::string cls;
+      if (auto v = c.find("class")) cls = std::string(v->string("module '" + full + "': \"class\""));
+      ModuleId child = tree.add_submodule(id, name, std::move(cls));
       fill(child, c, full);
     }
   }
 };
 
-ModelTree tree_from_parsed(const nlohmann::json& doc) {
+ModelTree tree_from_parsed(const io::JsonValue& doc) {
   FERRY_CHECK(doc.is_object(), "a model tree must be a JSON object with \"class\", \"params\", \"buffers\" and "
               "\"children\", got ", doc.type_name());
-  ModelTree tree(doc.value("class", std::string()));
+  std::string cls;
+  if (auto v = doc.find("class")) cls = std::string(v->string("the root module's \"class\""));
+  ModelTree tree(std::move(cls));
   JsonLoader loader{tree, {}, {}};
   try {
     loader.fill(tree.root(), doc, "");
-  } catch (const nlohmann::json::exception& e) {
-    FERRY_FAIL("malformed model tree: ", e.what());
+  } catch (const Error& e) {
+    throw e.in("ModelTree::from_json", "malformed model tree: ");
   }
   tree.validate();
   return tree;
@@ -196,31 +256,32 @@ ModelTree tree_from_parsed(const nlohmann::json& doc) {
 
 }  // namespace
 
+ModelTree ModelTree::from_json_value(const io::JsonValue& value) { return tree_from_parsed(value); }
+
 ModelTree ModelTree::from_json(const std::string& text) {
-  nlohmann::json doc;
+  io::JsonDocument doc;
   try {
-    doc = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    FERRY_FAIL("invalid model tree JSON: ", e.what());
+    doc = io::parse_json(text, "the model tree", kMaxTreeDepth);
+  } catch (const Error& e) {
+    throw e.in("ModelTree::from_json", "invalid model tree JSON: ");
   }
-  return tree_from_parsed(doc);
+  return tree_from_parsed(doc.root());
 }
 
 ModelTree ModelTree::from_json_file(const std::string& path) {
-  std::ifstream in(path);
-  FERRY_CHECK(in, "cannot open model tree file '", path, "'");
-  nlohmann::json doc;
+  io::JsonDocument doc;
   try {
-    doc = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    FERRY_FAIL("'", path, "' is not valid JSON: ", e.what());
+    doc = io::read_json_file(path, kMaxTreeDepth);
+  } catch (const Error& e) {
+    throw e.in("ModelTree::from_json_file");
   }
   // A conformance case or a {"model": ...} wrapper is accepted too.
-  if (doc.is_object() && doc.contains("model") && doc.at("model").is_object()) doc = doc.at("model");
+  const io::JsonValue& root = doc.root();
+  auto model = root.find("model");
   try {
-    return tree_from_parsed(doc);
+    return tree_from_parsed(model && model->is_object() ? *model : root);
   } catch (const Error& e) {
-    FERRY_FAIL("'", path, "': ", e.what());
+    throw e.in("ModelTree::from_json_file", "'" + path + "': ");
   }
 }
 

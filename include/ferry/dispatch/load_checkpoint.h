@@ -31,6 +31,7 @@
 /// loaded (to the CPU) instead of silently keeping the model's values (spec 9.11); shapes and
 /// placements are checked before loading instead of failing halfway; missing keys are reported.
 
+#include "ferry/io/checkpoint.h"
 #include "ferry/io/offload.h"
 #include "ferry/io/weights_map.h"
 #include "ferry/nn/module.h"
@@ -95,6 +96,11 @@ struct LoadCheckpointResult {
 /// "disk" in the map without an offload folder when `disk_in_place` is false, and with `strict` for
 /// unexpected or missing keys.
 LoadCheckpointResult load_checkpoint_in_model(Module& model, const std::string& checkpoint,
+                                              const LoadCheckpointOptions& options = {});
+
+/// The same with a checkpoint already opened (io::Checkpoint::open): nothing is opened or parsed
+/// again, so a command that planned from the checkpoint loads from the same mappings.
+LoadCheckpointResult load_checkpoint_in_model(Module& model, const io::Checkpoint& checkpoint,
                                               const LoadCheckpointOptions& options = {});
 
 /// Accelerate's load_offloaded_weights: loads every entry of `index` from `folder` into `model` on the

@@ -72,4 +72,9 @@ struct DispatchResult {
 DispatchResult load_checkpoint_and_dispatch(Module& model, const std::string& checkpoint,
                                             const LoadAndDispatchOptions& options = {});
 
+/// The same with a checkpoint already opened (io::Checkpoint::open): planning, loading and the
+/// disk weights read in place all use its mappings; nothing is opened or parsed again.
+DispatchResult load_checkpoint_and_dispatch(Module& model, const io::Checkpoint& checkpoint,
+                                            const LoadAndDispatchOptions& options = {});
+
 }  // namespace ferry

@@ -7,7 +7,11 @@
 ///     for (const CheckpointTensor& t : ckpt.tensors())            // no tensor bytes read
 ///       plan_tree.add(t.name, t.dtype, t.shape);
 ///     const CheckpointTensor* w = ckpt.find("lm_head.weight");   // w->file, w->nbytes, ...
-///     SafetensorsFile shard = ckpt.open_file(w->file);            // map one shard to read its tensors
+///     at::Tensor v = ckpt.shard(w->shard).view(w->stored_name);  // zero-copy, from the open mapping
+///
+/// Open once: opening maps every shard and parses its header exactly once; the object (and its
+/// copies, which share the mappings) is then handed down through planning, loading and dispatch,
+/// so a command never re-reads an index or a header. Mapping costs address space, not memory.
 ///
 /// Resolution follows Accelerate's load_checkpoint_in_model: a `*.json` file is an index; any other
 /// file is the checkpoint itself; a folder holding `model.safetensors` is that file; otherwise the
@@ -21,6 +25,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -35,6 +40,8 @@ struct CheckpointTensor {
   std::string stored_name;
   /// Absolute or index-relative-resolved path of the shard holding it.
   std::string file;
+  /// Position of that shard in Checkpoint::files() (and Checkpoint::shard()).
+  size_t shard = 0;
   c10::ScalarType dtype = c10::ScalarType::Float;
   std::vector<int64_t> shape;
   /// Absolute offset of the first byte in `file`, and the stored size.
@@ -44,20 +51,29 @@ struct CheckpointTensor {
   int64_t numel() const;
 };
 
-/// The listing of a checkpoint. Opening reads and validates every shard's header (a few KB each) and
-/// no tensor data; it is cheap enough for a planner to call on a 100 GB checkpoint.
+/// The listing of a checkpoint, with its shards mapped. Opening reads and validates every shard's
+/// header (a few KB each) and no tensor data; it is cheap enough for a planner to call on a 100 GB
+/// checkpoint of 100,000 tensors. Copies share the mappings.
 class Checkpoint {
  public:
-  /// Resolves `path` (file, folder or index) and validates every header. Throws ferry::Error for a
-  /// `.bin` checkpoint (with the conversion command), a missing shard, a damaged header, a tensor
-  /// named twice (by the index, or present in two shards), or a tensor the index names but its
-  /// shard lacks.
+  /// Resolves `path` (file, folder or index), maps every shard and validates every header. Throws
+  /// ferry::Error for a `.bin` checkpoint (with the conversion command), a missing shard or one
+  /// outside the index's folder, a damaged header, a tensor named twice (by the index, or present in
+  /// two shards), or a tensor the index names but its shard lacks.
   static Checkpoint open(const std::string& path);
 
   /// The same checkpoint with `prefix` put before every tensor name: a GPT-2 checkpoint saved from
   /// the base model ("h.0.attn.c_attn.weight") read as the LM's ("transformer.h.0...."), as
   /// transformers does with `base_model_prefix`. `stored_name` keeps the names in the files.
   Checkpoint with_name_prefix(const std::string& prefix) const;
+
+  /// transformers' base_model_prefix rule, decided here once: when the checkpoint lacks
+  /// `expected_name` ("transformer.wte.weight") but holds it without its first component
+  /// ("wte.weight"), the checkpoint was saved from the base model and is returned under the model's
+  /// names; otherwise the checkpoint itself.
+  Checkpoint matched_to(const std::string& expected_name) const;
+  /// The prefix put before every stored name ("" unless with_name_prefix or matched_to added one).
+  const std::string& name_prefix() const { return name_prefix_; }
 
   /// What was opened: the file or the index file.
   const std::string& source() const { return source_; }
@@ -75,19 +91,32 @@ class Checkpoint {
   /// The tensor named `name`; throws ferry::Error naming the checkpoint when absent.
   const CheckpointTensor& at(const std::string& name) const;
   bool contains(const std::string& name) const { return find(name) != nullptr; }
-  /// Names of the tensors stored in `file` (one of files()), in offset order.
-  std::vector<std::string> tensors_in(const std::string& file) const;
+  /// A slice of tensors(), for range-for.
+  struct TensorRange {
+    const CheckpointTensor* first;
+    const CheckpointTensor* last;
+    const CheckpointTensor* begin() const { return first; }
+    const CheckpointTensor* end() const { return last; }
+    size_t size() const { return static_cast<size_t>(last - first); }
+  };
+  /// The tensors stored in shard `i` of files(), in offset order.
+  TensorRange tensors_in(size_t shard) const;
   /// Total stored bytes.
   uint64_t total_bytes() const;
 
-  /// Maps and re-validates one shard (one of files()).
-  SafetensorsFile open_file(const std::string& file) const;
+  /// Shard `i` of files(), already mapped and validated.
+  const SafetensorsFile& shard(size_t i) const { return (*shards_)[i]; }
+  /// The shard whose path is `file` (one of files()); throws ferry::Error for another path.
+  const SafetensorsFile& open_file(const std::string& file) const;
 
  private:
   std::string source_;
   std::string index_file_;
   std::string index_metadata_ = "{}";
+  std::string name_prefix_;
   std::vector<std::string> files_;
+  std::shared_ptr<const std::vector<SafetensorsFile>> shards_;  // shared by copies
+  std::vector<size_t> shard_begin_;  // tensors_[shard_begin_[i], shard_begin_[i + 1]) are in shard i
   std::vector<CheckpointTensor> tensors_;
   std::unordered_map<std::string, size_t> by_name_;
 };

@@ -10,6 +10,7 @@
 ///     auto groups = ferry::find_tied_parameters(model);  // {{"embed.weight", "lm_head.weight"}}
 ///     ferry::retie_parameters(model, groups);            // one tensor object per group again
 
+#include "ferry/core/shape.h"
 #include "ferry/nn/module.h"
 
 #include <ATen/core/Tensor.h>
@@ -52,8 +53,5 @@ void retie_parameters(Module& module, const std::vector<std::vector<std::string>
 
 /// The module owning tensor `name` and the tensor's leaf name ("a.b.weight" -> (a.b, "weight")).
 std::pair<Module*, std::string> resolve_tensor_owner(Module& module, const std::string& name);
-
-/// "[4, 3]" for a shape: the spelling ferry's messages use.
-std::string shape_str(at::IntArrayRef shape);
 
 }  // namespace ferry

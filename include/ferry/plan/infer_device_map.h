@@ -71,6 +71,11 @@ DeviceMap infer_auto_device_map(const ModelTree& tree, const PlanOptions& option
 /// The device_map strings of load_checkpoint_and_dispatch.
 enum class Strategy { Auto, Balanced, BalancedLow0, Sequential };
 
+/// Every strategy, in the order they are documented.
+const std::vector<Strategy>& all_strategies();
+/// The strategy spelled `text`, or nullopt (for callers that accept other things too, such as a
+/// device-map file).
+std::optional<Strategy> find_strategy(const std::string& text);
 /// Parses "auto", "balanced", "balanced_low_0" or "sequential"; throws ferry::Error otherwise.
 Strategy parse_strategy(const std::string& text);
 /// The spelling parse_strategy() accepts.

@@ -24,6 +24,9 @@
 #include <vector>
 
 namespace ferry {
+namespace io {
+class JsonValue;
+}  // namespace io
 
 using ModuleId = int32_t;  ///< index of a module in a ModelTree
 using TensorId = int32_t;  ///< index of a tensor in a ModelTree
@@ -104,6 +107,8 @@ class ModelTree {
   static ModelTree from_json(const std::string& text);
   /// from_json() on the contents of a file; errors name the file.
   static ModelTree from_json_file(const std::string& path);
+  /// from_json() on a value of a document already parsed (a conformance case's "model").
+  static ModelTree from_json_value(const io::JsonValue& value);
 
  private:
   std::vector<TreeModule> modules_;

@@ -18,6 +18,7 @@
 /// A bad folder, config, checkpoint or map fails before any weight is read or any file written.
 
 #include "ferry/dispatch/big_modeling.h"
+#include "ferry/io/checkpoint.h"
 #include "ferry/models/causal_lm.h"
 #include "ferry/plan/device_map.h"
 
@@ -73,6 +74,12 @@ struct LoadedModel {
 /// a device map naming modules the model does not have (or leaving tensors without a placement),
 /// an unknown strategy, or a bad max_memory.
 LoadedModel load_model(const std::string& dir, const LoadModelOptions& options = {});
+
+/// The same for a model already built on the meta device (create_empty_model) and its checkpoint
+/// already opened and matched to it (check_checkpoint_matches): what `ferry run` does, so that
+/// config.json is read once, the meta model built once and each shard opened and parsed once.
+LoadedModel load_model(std::shared_ptr<CausalLM> empty_model, const io::Checkpoint& checkpoint,
+                       const LoadModelOptions& options = {});
 
 /// Checks that every key of `map` is "" or a module or tensor name of `model`, and that every
 /// tensor gets a placement. The message names the unknown key and suggests the model's top-level

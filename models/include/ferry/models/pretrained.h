@@ -11,6 +11,7 @@
 /// weight straight to its device and dtype. For models larger than memory
 /// use ferry::load_checkpoint_and_dispatch with create_model instead (see ferry run).
 
+#include "ferry/io/checkpoint.h"
 #include "ferry/models/causal_lm.h"
 
 #include <c10/core/Device.h>
@@ -52,12 +53,20 @@ void save_pretrained(CausalLM& model, const std::string& dir, uint64_t max_shard
 
 /// Builds the model described by `dir/config.json` on the meta device (no memory), with `dtype`.
 std::shared_ptr<CausalLM> create_empty_model(const std::string& dir, c10::optional<c10::ScalarType> dtype = c10::nullopt);
+/// Builds the model `config` describes on the meta device (no memory), with `dtype`.
+std::shared_ptr<CausalLM> create_empty_model(const ModelConfig& config, c10::optional<c10::ScalarType> dtype = c10::nullopt);
 
-/// Checks that `dir` holds a checkpoint whose tensors match `model` (names, shapes), before anything
-/// is loaded: every model tensor is present (tied copies excepted) with the shape the config implies.
-/// Throws ferry::Error naming the first mismatch and how many there are. Returns the prefix the
-/// checkpoint's names need ("" or, for a checkpoint saved from the base model as the Hub's `gpt2`
-/// is, "transformer." or "model."): pass it on as LoadCheckpointOptions::name_prefix.
+/// Opens the weights of the model folder `dir` once (io::Checkpoint::open: shards mapped, headers
+/// parsed). Throws ferry::Error for a folder holding no weights, naming what was expected.
+io::Checkpoint open_model_checkpoint(const std::string& dir);
+
+/// Checks that `checkpoint` matches `model` (names, shapes) before anything is loaded: every model
+/// tensor is present (tied copies excepted) with the shape the config implies. Returns the checkpoint
+/// under the model's names: itself, or, for a checkpoint saved from the base model as the Hub's
+/// `gpt2` ("wte.weight" for "transformer.wte.weight"), the checkpoint with that prefix
+/// (io::Checkpoint::matched_to). Throws ferry::Error naming the first mismatch and their count.
+io::Checkpoint check_checkpoint_matches(CausalLM& model, const io::Checkpoint& checkpoint);
+/// The same for the checkpoint of the folder `dir`; returns the name prefix ("" or "transformer.").
 std::string check_checkpoint_matches(CausalLM& model, const std::string& dir);
 
 }  // namespace ferry::models
