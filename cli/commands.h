@@ -2,15 +2,37 @@
 /// \file
 /// The `ferry` command's subcommands. Each lives in its own `<name>_command.cpp` and registers
 /// itself on the app; main.cpp only wires them together and turns errors into exit codes.
+///
+/// Note [Two programs, one command]: loading LibTorch's kernels costs about 0.4 s and 160 MB before
+/// main() runs, more than `ferry plan` needs to plan a 100,000-tensor checkpoint. So `ferry` itself
+/// (main.cpp) links only c10 and ferry's planning and file layers, and runs `plan` and `inspect`;
+/// the commands that run a model (`run`, `offload`, `demo`) live in `ferry-torch` (torch_main.cpp),
+/// which `ferry` replaces itself with (execv, same arguments, same exit status) when one is asked.
 
 #include <CLI/CLI.hpp>
 
 namespace ferry::cli {
+
+inline constexpr const char* kRunDescription = "Load a Hugging Face checkpoint folder and generate from token ids";
+inline constexpr const char* kOffloadDescription =
+    "Write a checkpoint's tensors as an Accelerate offload folder (index.json + one .dat per tensor)";
+inline constexpr const char* kDemoDescription =
+    "Write a tiny Llama checkpoint and run it resident and offloaded to disk";
 
 void add_plan_command(CLI::App& app);     ///< ferry plan: device maps (plan_command.cpp)
 void add_inspect_command(CLI::App& app);  ///< ferry inspect: checkpoint contents (inspect_command.cpp)
 void add_offload_command(CLI::App& app);  ///< ferry offload: checkpoint -> offload folder (offload_command.cpp)
 void add_run_command(CLI::App& app);      ///< ferry run: load, dispatch, generate (run_command.cpp)
 void add_demo_command(CLI::App& app);     ///< ferry demo: the built-in example (demo_command.cpp)
+
+/// Runs a parsed app and maps errors to exit codes: 0, 1 for a ferry::Error (one line on stderr),
+/// 2 for anything unexpected; CLI11's own codes for bad arguments.
+int run_app(CLI::App& app, int argc, char** argv);
+
+/// Flushes stdout and stderr and ends the process with `code`, without destroying what the command
+/// built: freeing the 100,000-tensor listing and tree that `plan` and `inspect` just printed costs
+/// a tenth of their run, for nothing (clang skips freeing at exit for the same reason). Only for
+/// commands that hold nothing else to finish: no files open for writing, no threads.
+[[noreturn]] void finish_now(int code = 0);
 
 }  // namespace ferry::cli

@@ -147,7 +147,7 @@ void demo(const DemoOptions& o) {
 
 void add_demo_command(CLI::App& app) {
   auto o = std::make_shared<DemoOptions>();
-  CLI::App* cmd = app.add_subcommand("demo", "Write a tiny Llama checkpoint and run it resident and offloaded to disk");
+  CLI::App* cmd = app.add_subcommand("demo", kDemoDescription);
   cmd->add_option("--dir", o->dir, "Write the checkpoint here (kept) instead of a temporary folder");
   cmd->add_flag("--keep", o->keep, "Keep the temporary checkpoint folder");
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "Tokens to generate (default 16)");

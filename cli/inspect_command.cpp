@@ -9,10 +9,12 @@
 #include "ferry/io/offload.h"
 #include "ferry/io/sha256.h"
 
-#include <ATen/core/Tensor.h>
-#include <nlohmann/json.hpp>
+#include "ferry/io/json.h"
 
+#include <cstdio>
+#include <deque>
 #include <filesystem>
+#include <optional>
 #include <iomanip>
 #include <iostream>
 #include <map>
@@ -23,12 +25,22 @@ namespace ferry::cli {
 namespace {
 namespace fs = std::filesystem;
 
+// One tensor. Names and files view strings owned by the opened checkpoint or by Listing::storage:
+// a listing of 100,000 tensors copies none of them.
 struct Row {
-  std::string name, file, dtype;
+  std::string_view name, file;
+  std::string dtype;
   std::vector<int64_t> shape;
   uint64_t bytes = 0;
   int64_t numel = 0;
   std::string sha256;
+};
+
+struct Listing {
+  std::string format;  // "safetensors" or "offload_folder"
+  std::optional<io::Checkpoint> checkpoint;
+  std::deque<std::string> storage;  // strings the rows view, for offload folders
+  std::vector<Row> rows;
 };
 
 std::string shape_text(const std::vector<int64_t>& shape) {
@@ -42,6 +54,11 @@ int64_t numel_of(const std::vector<int64_t>& shape) {
   for (auto d : shape) n *= d;
   return n;
 }
+
+struct Total {
+  uint64_t tensors = 0, bytes = 0;
+  int64_t numel = 0;
+};
 
 // An offload folder: a folder with index.json (or that file) that is not a checkpoint.
 bool is_offload_folder(const std::string& path, std::string& folder) {
@@ -58,40 +75,44 @@ bool is_offload_folder(const std::string& path, std::string& folder) {
   return true;
 }
 
-std::string inspect(const std::string& path, bool checksum, std::vector<Row>& rows) {
+Listing inspect(const std::string& path, bool checksum) {
+  Listing listing;
+  std::vector<Row>& rows = listing.rows;
   std::string folder;
   if (is_offload_folder(path, folder)) {
+    listing.format = "offload_folder";
     const io::OffloadIndex index = io::read_offload_index(folder);
     for (const auto& name : index.names()) {
       const io::OffloadEntry& e = index.at(name);
       Row r;
-      r.name = name;
+      r.name = listing.storage.emplace_back(name);
       if (e.is_safetensors()) {
         fs::path file(e.safetensors_file);
         if (file.is_relative()) file = fs::path(folder) / file;
         io::SafetensorsFile f = io::SafetensorsFile::open(file.string());
         const std::string key = e.weight_name.empty() ? name : e.weight_name;
         const io::TensorEntry& t = f.entry(key);
-        r.file = file.string();
+        r.file = listing.storage.emplace_back(file.string());
         r.dtype = e.dtype.empty() ? dtype_name(t.dtype) : e.dtype;
         r.shape = t.shape;
         auto [ptr, n] = f.bytes(key);
         r.bytes = n;
         if (checksum) r.sha256 = io::sha256_hex(ptr, n);
       } else {
-        r.file = io::offload_file_path(folder, name);
+        r.file = listing.storage.emplace_back(io::offload_file_path(folder, name));
         r.dtype = e.dtype;
         r.shape = e.shape;
-        at::Tensor view = io::map_offloaded_weight(r.file, e);  // validates the .dat size
-        r.bytes = static_cast<uint64_t>(view.numel()) * view.element_size();
-        if (checksum) r.sha256 = io::sha256_hex(view.data_ptr(), r.bytes);
+        const io::MappedOffloadedWeight dat = io::map_offloaded_bytes(std::string(r.file), e, "inspect");  // checks the size
+        r.bytes = dat.map->size();
+        if (checksum) r.sha256 = io::sha256_hex(dat.map->data(), r.bytes);
       }
       r.numel = numel_of(r.shape);
       rows.push_back(std::move(r));
     }
-    return "offload_folder";
+    return listing;
   }
-  const io::Checkpoint ckpt = io::Checkpoint::open(path);
+  listing.format = "safetensors";
+  const io::Checkpoint& ckpt = listing.checkpoint.emplace(io::Checkpoint::open(path));
   rows.reserve(ckpt.tensors().size());
   for (size_t i = 0; i < ckpt.files().size(); ++i) {
     for (const io::CheckpointTensor& t : ckpt.tensors_in(i)) {
@@ -109,7 +130,58 @@ std::string inspect(const std::string& path, bool checksum, std::vector<Row>& ro
       rows.push_back(std::move(r));
     }
   }
-  return "safetensors";
+  return listing;
+}
+
+// Streams the JSON listing (one tensor per line), in the order of the rows.
+void print_json(const std::string& path, const Listing& listing, bool checksum, const std::map<std::string_view, Total>& per_file,
+                const std::map<std::string, Total>& per_dtype, const Total& all) {
+  std::string out;
+  out.reserve(listing.rows.size() * 160 + 4096);
+  auto str = [&](std::string_view s) { io::append_json_string(out, s); };
+  out += "{\n  \"path\": ";
+  str(path);
+  out += ",\n  \"format\": ";
+  str(listing.format);
+  out += ",\n  \"tensors\": [";
+  for (size_t i = 0; i < listing.rows.size(); ++i) {
+    const Row& r = listing.rows[i];
+    out += i ? ",\n    {\"name\": " : "\n    {\"name\": ";
+    str(r.name);
+    out += ", \"dtype\": ";
+    str(r.dtype);
+    out += ", \"shape\": [";
+    for (size_t d = 0; d < r.shape.size(); ++d) (out += d ? ", " : "") += std::to_string(r.shape[d]);
+    out += "], \"bytes\": ";
+    out += std::to_string(r.bytes);
+    out += ", \"file\": ";
+    str(r.file);
+    if (checksum) {
+      out += ", \"sha256\": ";
+      str(r.sha256);
+    }
+    out += '}';
+  }
+  out += "\n  ],\n  \"files\": {";
+  bool first = true;
+  for (const auto& [k, t] : per_file) {
+    out += first ? "\n    " : ",\n    ";
+    first = false;
+    str(k);
+    out += ": {\"tensors\": " + std::to_string(t.tensors) + ", \"bytes\": " + std::to_string(t.bytes) + "}";
+  }
+  out += "\n  },\n  \"dtypes\": {";
+  first = true;
+  for (const auto& [k, t] : per_dtype) {
+    out += first ? "\n    " : ",\n    ";
+    first = false;
+    str(k);
+    out += ": {\"tensors\": " + std::to_string(t.tensors) + ", \"parameters\": " + std::to_string(t.numel) +
+           ", \"bytes\": " + std::to_string(t.bytes) + "}";
+  }
+  out += "\n  },\n  \"total\": {\"tensors\": " + std::to_string(all.tensors) + ", \"parameters\": " +
+         std::to_string(all.numel) + ", \"bytes\": " + std::to_string(all.bytes) + "}\n}\n";
+  std::fwrite(out.data(), 1, out.size(), stdout);
 }
 
 }  // namespace
@@ -124,13 +196,11 @@ void add_inspect_command(CLI::App& app) {
   cmd->add_flag("--json", *json, "machine-readable output");
   cmd->add_flag("--checksum", *checksum, "add the SHA-256 of each tensor's stored bytes");
   cmd->callback([path, json, checksum] {
-    std::vector<Row> rows;
-    const std::string format = inspect(*path, *checksum, rows);
-    struct Total {
-      uint64_t tensors = 0, bytes = 0;
-      int64_t numel = 0;
-    };
-    std::map<std::string, Total> per_file, per_dtype;
+    const Listing listing = inspect(*path, *checksum);
+    const std::vector<Row>& rows = listing.rows;
+    const std::string& format = listing.format;
+    std::map<std::string_view, Total> per_file;
+    std::map<std::string, Total> per_dtype;
     Total all;
     for (const Row& r : rows) {
       for (Total* t : {&per_file[r.file], &per_dtype[r.dtype], &all}) {
@@ -140,22 +210,8 @@ void add_inspect_command(CLI::App& app) {
       }
     }
     if (*json) {
-      nlohmann::ordered_json out;
-      out["path"] = *path;
-      out["format"] = format;
-      out["tensors"] = nlohmann::ordered_json::array();
-      for (const Row& r : rows) {
-        nlohmann::ordered_json t = {{"name", r.name}, {"dtype", r.dtype}, {"shape", r.shape},
-                                    {"bytes", r.bytes}, {"file", r.file}};
-        if (*checksum) t["sha256"] = r.sha256;
-        out["tensors"].push_back(t);
-      }
-      for (const auto& [k, t] : per_file) out["files"][k] = {{"tensors", t.tensors}, {"bytes", t.bytes}};
-      for (const auto& [k, t] : per_dtype)
-        out["dtypes"][k] = {{"tensors", t.tensors}, {"parameters", t.numel}, {"bytes", t.bytes}};
-      out["total"] = {{"tensors", all.tensors}, {"parameters", all.numel}, {"bytes", all.bytes}};
-      std::cout << out.dump(2) << '\n';
-      return;
+      print_json(*path, listing, *checksum, per_file, per_dtype, all);
+      finish_now();
     }
     size_t width = 4;
     for (const Row& r : rows) width = std::max(width, r.name.size());
@@ -174,6 +230,7 @@ void add_inspect_command(CLI::App& app) {
     for (const auto& [k, t] : per_dtype)
       std::cout << "  " << k << ": " << t.tensors << " tensors, " << t.numel << " parameters, " << t.bytes
                 << " bytes\n";
+    finish_now();
   });
 }
 

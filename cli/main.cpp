@@ -1,29 +1,59 @@
+// `ferry`: plans and inspects in-process; hands the commands that run LibTorch to `ferry-torch`.
+// See Note [Two programs, one command] in commands.h.
 #include "commands.h"
 
-#include "ferry/core/error.h"
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
 #include <iostream>
+#include <string>
+
+namespace {
+
+bool is_torch_command(const char* name) {
+  const std::string n = name;
+  return n == "run" || n == "offload" || n == "demo";
+}
+
+// ferry-torch next to this program (the build tree, a bin/ install), or in ../libexec/ferry/.
+std::string find_torch_program() {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) return "";
+  for (const fs::path& candidate : {self.parent_path() / "ferry-torch", self.parent_path() / ".." / "libexec" / "ferry" / "ferry-torch"})
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate.string();
+  return "";
+}
+
+int exec_torch_program(int argc, char** argv) {
+  const std::string program = find_torch_program();
+  if (program.empty()) {
+    std::cerr << "ferry: error: '" << argv[1] << "' runs in ferry-torch, which was not found next to this program or "
+              << "in ../libexec/ferry/; reinstall ferry (cmake --install) or run it from the build folder\n";
+    return 1;
+  }
+  (void)argc;
+  ::execv(program.c_str(), argv);
+  std::cerr << "ferry: error: cannot start " << program << ": " << std::strerror(errno) << '\n';
+  return 1;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && is_torch_command(argv[1])) return exec_torch_program(argc, argv);
   CLI::App app{"ferry: run LibTorch models larger than any single memory"};
+  app.name("ferry");
   app.require_subcommand(1);
   app.fallthrough();
-  // Each subcommand registers itself; see commands.h.
   ferry::cli::add_plan_command(app);
   ferry::cli::add_inspect_command(app);
-  ferry::cli::add_offload_command(app);
-  ferry::cli::add_run_command(app);
-  ferry::cli::add_demo_command(app);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  } catch (const ferry::Error& e) {
-    std::cerr << "ferry: error: " << e.what() << '\n';
-    return 1;
-  } catch (const std::exception& e) {
-    std::cerr << "ferry: unexpected error: " << e.what() << '\n';
-    return 2;
-  }
-  return 0;
+  // Listed here for `ferry --help`; main() hands them to ferry-torch before parsing.
+  app.add_subcommand("offload", ferry::cli::kOffloadDescription);
+  app.add_subcommand("run", ferry::cli::kRunDescription);
+  app.add_subcommand("demo", ferry::cli::kDemoDescription);
+  return ferry::cli::run_app(app, argc, argv);
 }

@@ -17,8 +17,7 @@
 namespace ferry::cli {
 
 void add_offload_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand(
-      "offload", "Write a checkpoint's tensors as an Accelerate offload folder (index.json + one .dat per tensor)");
+  auto* cmd = app.add_subcommand("offload", kOffloadDescription);
   auto checkpoint = std::make_shared<std::string>();
   auto out_dir = std::make_shared<std::string>();
   auto dtype = std::make_shared<std::string>();

@@ -65,7 +65,7 @@ void run_plan(const PlanArgs& args) {
   DeviceMap map = plan_device_map(loaded.tree, strategy, options);
   if (args.json) {
     std::cout << map.to_json(2) << '\n';
-    return;
+    finish_now();
   }
 
   const ModuleSizes sizes = compute_module_sizes(loaded.tree, options.sizes);
@@ -93,6 +93,7 @@ void run_plan(const PlanArgs& args) {
   if (used.count(Placement::disk()) && budget_of(options.max_memory, Placement::disk()) < 0)
     std::cout << pad("disk", 9) << "  " << lpad(format_bytes(static_cast<double>(used[Placement::disk()]) / 8.0), 10)
               << "  " << lpad("-", 10) << "  " << lpad("-", 10) << '\n';
+  finish_now();
 }
 
 }  // namespace

@@ -253,7 +253,7 @@ void run(const RunOptions& o) {
 
 void add_run_command(CLI::App& app) {
   auto o = std::make_shared<RunOptions>();
-  CLI::App* cmd = app.add_subcommand("run", "Load a Hugging Face checkpoint folder and generate from token ids");
+  CLI::App* cmd = app.add_subcommand("run", kRunDescription);
   cmd->add_option("model_dir", o->model_dir, "Folder with config.json and safetensors weights")->required();
   cmd->add_option("--ids", o->ids, "Prompt token ids: \"1 2 3\" or several equal-length prompts \"1 2 3;4 5 6\"")->required();
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "Tokens to generate per prompt (default 20)");

@@ -76,6 +76,13 @@ void check_fixture(const std::string& name, const std::string& extra) {
   }
   for (const char* key : {"load_s", "prefill_s", "decode_ms_per_token", "peak_rss_bytes", "offloaded_bytes_per_token"})
     EXPECT_TRUE(j["timings"].contains(key)) << key;
+  // Open once: config, planning, loading and the disk weights read in place share one mapping and
+  // one parsed header per shard.
+  size_t shards = 0;
+  for (const auto& e : fs::directory_iterator(fixture(name)))
+    if (e.path().filename().string().rfind("model-", 0) == 0) ++shards;
+  EXPECT_EQ(j["io"]["files_mapped"].get<size_t>(), shards) << name << " " << extra;
+  EXPECT_EQ(j["io"]["safetensors_headers_parsed"].get<size_t>(), shards) << name << " " << extra;
   at::Tensor got_logits = ferry::io::SafetensorsFile::open(logits_file).load("logits");
   EXPECT_EQ(got_logits.scalar_type(), at::kFloat);
   EXPECT_LT(max_abs_diff(got_logits, logits), 1e-4) << name << " " << extra;

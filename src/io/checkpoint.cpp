@@ -55,7 +55,8 @@ std::string shard_path(const fs::path& folder, const std::string& index, const s
 struct ParsedIndex {
   std::string index_file;
   std::vector<std::string> files;                       // sorted, unique
-  std::vector<std::pair<std::string, size_t>> claimed;  // tensor -> its shard in `files`
+  JsonDocument document;                                     // the index, kept for `claimed`
+  std::vector<std::pair<std::string_view, size_t>> claimed;  // tensor (views `document`) -> its shard in `files`
   std::string metadata = "{}";
 };
 
@@ -63,13 +64,12 @@ struct ParsedIndex {
 ParsedIndex parse_index(const std::string& index) {
   ParsedIndex out;
   out.index_file = index;
-  JsonDocument doc;
   try {
-    doc = read_json_file(index);
+    out.document = read_json_file(index);
   } catch (const Error& e) {
     throw e.in("Checkpoint::open");
   }
-  const JsonValue& root = doc.root();
+  const JsonValue& root = out.document.root();
   FERRY_CHECK(root.is_object(), index, ": an index must be a JSON object {\"metadata\": ..., \"weight_map\": {...}}");
   JsonValue map = root;
   if (auto wm = root.find("weight_map")) {
@@ -101,7 +101,7 @@ ParsedIndex parse_index(const std::string& index) {
       known = shard_ids.emplace(*shard, full_paths.size()).first;
       full_paths.push_back(full);
     }
-    out.claimed.emplace_back(std::string(tensor), known->second);
+    out.claimed.emplace_back(tensor, known->second);
   }
   // Shards in sorted order (as Accelerate streams them); claims renumbered to match.
   std::vector<size_t> order(full_paths.size());
@@ -165,12 +165,16 @@ Checkpoint Checkpoint::with_name_prefix(const std::string& prefix) const {
   Checkpoint out = *this;
   if (prefix.empty()) return out;
   out.name_prefix_ = prefix + name_prefix_;
-  out.by_name_.clear();
-  out.by_name_.reserve(out.tensors_.size());
-  for (size_t i = 0; i < out.tensors_.size(); ++i) {
-    out.tensors_[i].name = prefix + out.tensors_[i].name;
-    out.by_name_.emplace(out.tensors_[i].name, i);
+  auto listing = std::make_shared<Listing>();
+  listing->tensors = listing_->tensors;
+  listing->shard_begin = listing_->shard_begin;
+  listing->by_name.reserve(listing->tensors.size());
+  for (size_t i = 0; i < listing->tensors.size(); ++i) {
+    CheckpointTensor& t = listing->tensors[i];
+    t.name = prefix + t.name;
+    listing->by_name.emplace(t.name, i);
   }
+  out.listing_ = std::move(listing);
   return out;
 }
 
@@ -195,17 +199,16 @@ Checkpoint Checkpoint::open(const std::string& path) {
     shards->push_back(SafetensorsFile::open(file));
     total += shards->back().tensors().size();
   }
-  ckpt.tensors_.reserve(total);
-  ckpt.by_name_.reserve(total);
+  auto listing = std::make_shared<Listing>();
+  std::vector<CheckpointTensor>& tensors = listing->tensors;
+  tensors.reserve(total);  // never reallocates below: by_name views the names in place
+  listing->by_name.reserve(total);
   for (size_t i = 0; i < shards->size(); ++i) {
     const SafetensorsFile& shard = (*shards)[i];
     const std::string& file = ckpt.files_[i];
-    ckpt.shard_begin_.push_back(ckpt.tensors_.size());
+    listing->shard_begin.push_back(tensors.size());
     for (const TensorEntry& e : shard.tensors()) {
-      auto [found, inserted] = ckpt.by_name_.emplace(e.name, ckpt.tensors_.size());
-      FERRY_CHECK(inserted, ckpt.source_, ": tensor '", e.name, "' is stored twice, in ",
-                  ckpt.tensors_[found->second].file, " and in ", file);
-      CheckpointTensor t;
+      CheckpointTensor& t = tensors.emplace_back();
       t.name = e.name;
       t.stored_name = e.name;
       t.file = file;
@@ -214,44 +217,49 @@ Checkpoint Checkpoint::open(const std::string& path) {
       t.shape = e.shape;
       t.offset = shard.header().data_offset + e.begin;
       t.nbytes = e.nbytes();
-      ckpt.tensors_.push_back(std::move(t));
+      auto [found, inserted] = listing->by_name.emplace(t.name, tensors.size() - 1);
+      FERRY_CHECK(inserted, ckpt.source_, ": tensor '", e.name, "' is stored twice, in ",
+                  tensors[found->second].file, " and in ", file);
     }
   }
-  ckpt.shard_begin_.push_back(ckpt.tensors_.size());
+  listing->shard_begin.push_back(tensors.size());
   ckpt.shards_ = std::move(shards);
+  ckpt.listing_ = std::move(listing);
 
   // The index's claims, checked against the shards' headers.
   for (const auto& [name, shard] : resolved.claimed) {
-    const CheckpointTensor* t = ckpt.find(name);
+    auto it = ckpt.listing_->by_name.find(name);
     const std::string& file = ckpt.files_[shard];
-    FERRY_CHECK(t != nullptr, resolved.index_file, " names tensor '", name, "' in ", file,
+    FERRY_CHECK(it != ckpt.listing_->by_name.end(), resolved.index_file, " names tensor '", name, "' in ", file,
                 ", but that shard holds no such tensor. Perhaps the index and shards come from different saves?");
-    FERRY_CHECK(t->shard == shard, resolved.index_file, " names tensor '", name, "' in ", file,
-                ", but it is stored in ", t->file);
+    const CheckpointTensor& t = ckpt.listing_->tensors[it->second];
+    FERRY_CHECK(t.shard == shard, resolved.index_file, " names tensor '", name, "' in ", file,
+                ", but it is stored in ", t.file);
   }
   return ckpt;
 }
 
 const CheckpointTensor* Checkpoint::find(const std::string& name) const {
-  auto it = by_name_.find(name);
-  return it == by_name_.end() ? nullptr : &tensors_[it->second];
+  auto it = listing_->by_name.find(name);
+  return it == listing_->by_name.end() ? nullptr : &listing_->tensors[it->second];
 }
 
 const CheckpointTensor& Checkpoint::at(const std::string& name) const {
   const CheckpointTensor* t = find(name);
-  FERRY_CHECK(t != nullptr, source_, ": no tensor named '", name, "' in the checkpoint (", tensors_.size(),
+  FERRY_CHECK(t != nullptr, source_, ": no tensor named '", name, "' in the checkpoint (", listing_->tensors.size(),
               " tensors)");
   return *t;
 }
 
 Checkpoint::TensorRange Checkpoint::tensors_in(size_t shard) const {
-  FERRY_ASSERT(shard + 1 < shard_begin_.size(), "shard ", shard, " of ", files_.size());
-  return TensorRange{tensors_.data() + shard_begin_[shard], tensors_.data() + shard_begin_[shard + 1]};
+  const Listing& l = *listing_;
+  FERRY_ASSERT(shard + 1 < l.shard_begin.size(), "shard ", shard, " of ", files_.size());
+  return TensorRange{l.tensors.data() + l.shard_begin[shard], l.tensors.data() + l.shard_begin[shard + 1]};
 }
 
 uint64_t Checkpoint::total_bytes() const {
   uint64_t total = 0;
-  for (const auto& t : tensors_) total += t.nbytes;
+  for (const auto& t : listing_->tensors) total += t.nbytes;
   return total;
 }
 

@@ -23,7 +23,7 @@ JsonValue::Opaque to_opaque(const T& v) {
   static_assert(std::is_trivially_copyable_v<T> && sizeof(T) == sizeof(JsonValue::Opaque),
                 "simdjson's DOM views changed shape; update JsonValue::Opaque");
   JsonValue::Opaque o;
-  std::memcpy(&o, &v, sizeof o);
+  std::memcpy(static_cast<void*>(&o), &v, sizeof o);
   return o;
 }
 template <class T>
@@ -275,6 +275,31 @@ JsonDocument parse_json(std::string_view text, const std::string& source, int ma
   check_unique_keys(root, source);
   doc.root_ = JsonValue(to_opaque(root));
   return doc;
+}
+
+void append_json_string(std::string& out, std::string_view text) {
+  static const char* const hex = "0123456789abcdef";
+  out += '"';
+  for (const char c : text) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          out += "\\u00";
+          out += hex[(c >> 4) & 0xF];
+          out += hex[c & 0xF];
+        } else {
+          out += c;
+        }
+    }
+  }
+  out += '"';
 }
 
 JsonDocument read_json_file(const std::string& path, int max_depth) {

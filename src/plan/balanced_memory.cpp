@@ -3,12 +3,14 @@
 #include "plan_tree.h"
 
 #include <algorithm>
+#include <optional>
 
 namespace ferry {
 
-MaxMemory get_balanced_memory(const ModelTree& tree, const MaxMemory& max_memory, const NoSplitRules& no_split,
-                              const SizeOptions& sizes, bool low_zero) {
-  using plan_detail::NodeKind;
+namespace plan_detail {
+
+MaxMemory balanced_memory(const ModelTree& tree, const std::function<const PlanTree&()>& planning_tree,
+                          const MaxMemory& max_memory, const NoSplitRules& no_split, bool low_zero) {
   const bool user_gave = !max_memory.empty();
   MaxMemory budget = get_max_memory(max_memory);
   auto is_gpu = [](const DeviceBudget& b) {
@@ -30,7 +32,7 @@ MaxMemory get_balanced_memory(const ModelTree& tree, const MaxMemory& max_memory
     }
   }
 
-  plan_detail::PlanTree plan = plan_detail::build_plan_tree(tree, sizes, no_split);
+  const PlanTree& plan = planning_tree();
   const int64_t total_bits = plan.bits[0];
   const int64_t per_gpu_bytes = total_bits / (8 * static_cast<int64_t>(low_zero ? n - 1 : n));
 
@@ -107,6 +109,16 @@ MaxMemory get_balanced_memory(const ModelTree& tree, const MaxMemory& max_memory
     zero.bytes = std::min(std::max<int64_t>(0, total_bytes - others), zero.bytes);
   }
   return budget;
+}
+
+}  // namespace plan_detail
+
+MaxMemory get_balanced_memory(const ModelTree& tree, const MaxMemory& max_memory, const NoSplitRules& no_split,
+                              const SizeOptions& sizes, bool low_zero) {
+  std::optional<plan_detail::PlanTree> plan;
+  return plan_detail::balanced_memory(
+      tree, [&]() -> const plan_detail::PlanTree& { return plan ? *plan : plan.emplace(plan_detail::build_plan_tree(tree, sizes, no_split)); },
+      max_memory, no_split, low_zero);
 }
 
 }  // namespace ferry

@@ -15,10 +15,11 @@ LoadedModelTree load_checkpoint_tree(const std::string& path) {
     FERRY_FAIL("cannot plan from '", path, "': ", e.what());
   }
   const io::Checkpoint& checkpoint = *opened;
-  std::vector<NamedTreeTensor> tensors;
-  tensors.reserve(checkpoint.tensors().size());
-  for (const auto& t : checkpoint.tensors()) tensors.push_back(NamedTreeTensor{t.name, TreeTensor{t.shape, t.dtype}});
-  LoadedModelTree out{model_tree_from_named_tensors(std::move(tensors)), true, ""};
+  const auto& tensors = checkpoint.tensors();
+  LoadedModelTree out{model_tree_from_names(
+                          tensors.size(), [&](size_t i) { return std::string_view(tensors[i].name); },
+                          [&](size_t i) { return TreeTensor{tensors[i].shape, tensors[i].dtype}; }),
+                      true, ""};
   out.description = "checkpoint of " + std::to_string(checkpoint.files().size()) + " file" +
                     (checkpoint.files().size() == 1 ? "" : "s") + ", " + std::to_string(checkpoint.tensors().size()) +
                     " tensors";

@@ -3,7 +3,6 @@
 #include "ferry/core/error.h"
 #include "ferry/io/json.h"
 
-#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cstdio>
@@ -79,25 +78,26 @@ bool DeviceMap::same_entries(const DeviceMap& other) const {
 }
 
 std::string DeviceMap::to_json(int indent) const {
-  // nlohmann's object type sorts keys; build the text by hand to keep the decision order.
-  std::ostringstream out;
+  // Written by hand to keep the decision order (nlohmann's object type sorts keys).
+  std::string out;
   const bool pretty = indent >= 0;
   const std::string pad(pretty ? static_cast<size_t>(indent) : 0, ' ');
-  out << '{';
+  out += '{';
   bool first = true;
   for (const auto& [name, placement] : entries_) {
-    out << (first ? "" : ",");
-    if (pretty) out << '\n' << pad;
+    if (!first) out += ',';
+    if (pretty) (out += '\n') += pad;
     first = false;
-    out << nlohmann::json(name).dump() << (pretty ? ": " : ":");
+    io::append_json_string(out, name);
+    out += pretty ? ": " : ":";
     if (placement.is_device() && placement.device().is_cuda() && placement.device().has_index())
-      out << static_cast<int>(placement.device().index());
+      out += std::to_string(static_cast<int>(placement.device().index()));
     else
-      out << nlohmann::json(placement.str()).dump();
+      io::append_json_string(out, placement.str());
   }
-  if (pretty && !entries_.empty()) out << '\n';
-  out << '}';
-  return out.str();
+  if (pretty && !entries_.empty()) out += '\n';
+  out += '}';
+  return out;
 }
 
 namespace {

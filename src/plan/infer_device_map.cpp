@@ -53,8 +53,8 @@ std::string human(int64_t bits) { return format_bytes(static_cast<double>(bits) 
 // O(layers x depth + log) instead of O(entries x layers).
 class Planner {
  public:
-  Planner(const ModelTree& tree, const PlanOptions& options)
-      : tree_(tree), options_(options), plan_(plan_detail::build_plan_tree(tree, options.sizes, options.no_split)) {}
+  Planner(const ModelTree& tree, const PlanOptions& options, plan_detail::PlanTree plan)
+      : tree_(tree), options_(options), plan_(std::move(plan)) {}
 
   DeviceMap run();
 
@@ -536,7 +536,7 @@ DeviceMap Planner::run() {
 }  // namespace
 
 DeviceMap infer_auto_device_map(const ModelTree& tree, const PlanOptions& options) {
-  Planner planner(tree, options);
+  Planner planner(tree, options, plan_detail::build_plan_tree(tree, options.sizes, options.no_split));
   return planner.run();
 }
 
@@ -569,13 +569,20 @@ const char* to_string(Strategy strategy) {
 }
 
 DeviceMap plan_device_map(const ModelTree& tree, Strategy strategy, const PlanOptions& options) {
+  // One planning tree serves balancing and planning (both use the same sizes and no-split rules).
+  std::optional<plan_detail::PlanTree> plan;
+  auto planning_tree = [&]() -> const plan_detail::PlanTree& {
+    return plan ? *plan : plan.emplace(plan_detail::build_plan_tree(tree, options.sizes, options.no_split));
+  };
   PlanOptions effective = options;
   if (strategy != Strategy::Sequential) {
-    effective.max_memory = get_balanced_memory(tree, options.max_memory, options.no_split, options.sizes,
-                                               strategy == Strategy::BalancedLow0);
+    effective.max_memory = plan_detail::balanced_memory(tree, planning_tree, options.max_memory, options.no_split,
+                                                        strategy == Strategy::BalancedLow0);
     if (options.verbose) options.verbose("Balanced budgets (" + std::string(to_string(strategy)) + "): " + to_string(effective.max_memory));
   }
-  return infer_auto_device_map(tree, effective);
+  planning_tree();
+  Planner planner(tree, effective, std::move(*plan));
+  return planner.run();
 }
 
 }  // namespace ferry

@@ -88,6 +88,11 @@ TensorId ModelTree::add_buffer(ModuleId module, std::string name, std::vector<in
   return id;
 }
 
+void ModelTree::reserve(size_t modules, size_t tensors) {
+  modules_.reserve(modules);
+  tensors_.reserve(tensors);
+}
+
 void ModelTree::add_buffer_slot(ModuleId module, std::string name, TensorId tensor, bool persistent) {
   FERRY_CHECK(tensor >= kNoTensor && tensor < static_cast<TensorId>(tensors_.size()), "tensor id ", tensor,
               " out of range");
@@ -287,70 +292,162 @@ ModelTree ModelTree::from_json_file(const std::string& path) {
 
 // ---- dotted names -------------------------------------------------------------------------------
 
-bool natural_name_less(const std::string& a, const std::string& b) {
+namespace {
+
+bool all_digits(const std::string& s, size_t begin, size_t end) {
+  if (begin == end) return false;
+  for (size_t i = begin; i < end; ++i)
+    if (!std::isdigit(static_cast<unsigned char>(s[i]))) return false;
+  return true;
+}
+
+// <0, 0, >0 as a sorts before, with or after b in natural order.
+int natural_name_compare(const std::string& a, const std::string& b) {
   size_t i = 0, j = 0;
   while (i < a.size() && j < b.size()) {
     size_t ei = a.find('.', i), ej = b.find('.', j);
     if (ei == std::string::npos) ei = a.size();
     if (ej == std::string::npos) ej = b.size();
-    bool num_a = ei > i && std::all_of(a.begin() + static_cast<std::ptrdiff_t>(i), a.begin() + static_cast<std::ptrdiff_t>(ei),
-                                       [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
-    bool num_b = ej > j && std::all_of(b.begin() + static_cast<std::ptrdiff_t>(j), b.begin() + static_cast<std::ptrdiff_t>(ej),
-                                       [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
+    const bool num_a = all_digits(a, i, ei), num_b = all_digits(b, j, ej);
     if (num_a && num_b) {
       // compare as numbers without overflow: strip leading zeros, then length, then digits
       size_t si = i, sj = j;
       while (si + 1 < ei && a[si] == '0') ++si;
       while (sj + 1 < ej && b[sj] == '0') ++sj;
-      if (ei - si != ej - sj) return ei - si < ej - sj;
-      int c = a.compare(si, ei - si, b, sj, ej - sj);
-      if (c != 0) return c < 0;
+      if (ei - si != ej - sj) return ei - si < ej - sj ? -1 : 1;
+      if (int c = a.compare(si, ei - si, b, sj, ej - sj)) return c;
     } else if (num_a != num_b) {
-      return num_a;  // numbers before words
-    } else {
-      int c = a.compare(i, ei - i, b, j, ej - j);
-      if (c != 0) return c < 0;
+      return num_a ? -1 : 1;  // numbers before words
+    } else if (int c = a.compare(i, ei - i, b, j, ej - j)) {
+      return c;
     }
     i = ei + 1;
     j = ej + 1;
-    if (ei == a.size() || ej == b.size()) return ei == a.size() && ej != b.size();
+    if (ei == a.size() || ej == b.size()) {
+      if (ei == a.size() && ej != b.size()) return -1;
+      if (ej == b.size() && ei != a.size()) return 1;
+      return a.size() < b.size() ? -1 : a.size() > b.size() ? 1 : 0;
+    }
   }
-  return a.size() < b.size();
+  return a.size() < b.size() ? -1 : a.size() > b.size() ? 1 : 0;
+}
+
+}  // namespace
+
+bool natural_name_less(const std::string& a, const std::string& b) { return natural_name_compare(a, b) < 0; }
+
+namespace {
+
+// Natural order of two local names (no dots): numbers as numbers, before words.
+bool natural_local_less(const std::string& a, const std::string& b) {
+  const bool num_a = all_digits(a, 0, a.size()), num_b = all_digits(b, 0, b.size());
+  if (num_a != num_b) return num_a;
+  if (!num_a) return a < b;
+  size_t i = 0, j = 0;
+  while (i + 1 < a.size() && a[i] == '0') ++i;
+  while (j + 1 < b.size() && b[j] == '0') ++j;
+  if (a.size() - i != b.size() - j) return a.size() - i < b.size() - j;
+  const int c = a.compare(i, std::string::npos, b, j, std::string::npos);
+  return c != 0 ? c < 0 : a.size() < b.size();
+}
+
+}  // namespace
+
+// Note [Building a tree from dotted names]: names arrive grouped by module (a checkpoint lists a
+// shard's tensors in offset order), so each tensor usually shares a prefix of modules with the one
+// before it. A stack of the previous tensor's modules gives the shared ones for one string
+// comparison; only modules entered for the first time (or re-entered) touch the map of paths.
+// Natural order is then applied module by module: sorting each module's children and parameters by
+// their local names gives the order of the fully sorted names (which compare component by
+// component), at the cost of sorting short lists of short names instead of 100,000 long ones.
+ModelTree model_tree_from_names(size_t count, const std::function<std::string_view(size_t)>& name_of,
+                                 const std::function<TreeTensor(size_t)>& tensor_of, bool natural_order) {
+  ModelTree tree;
+  tree.reserve(count / 2, count);
+  struct Open {
+    size_t end;  // the module's path is name[0, end)
+    ModuleId id;
+  };
+  std::vector<Open> stack;  // the modules of the previous tensor, outermost first
+  // Keys and paths view the callers' names, which outlive this function.
+  std::unordered_map<std::string_view, ModuleId> modules;  // full path -> module (consulted on entry only)
+  std::vector<std::string_view> module_path{std::string_view()};
+  modules.reserve(count / 2);
+  std::string_view previous;
+  for (size_t i = 0; i < count; ++i) {
+    const std::string_view name = name_of(i);
+    FERRY_CHECK(!name.empty(), "a tensor has an empty name");
+    FERRY_CHECK(name.front() != '.' && name.back() != '.' && name.find("..") == std::string_view::npos, "tensor name '",
+                name, "' has an empty component");
+    // Modules shared with the previous tensor: those whose path is a common prefix ending at a '.'.
+    const size_t limit = std::min(name.size(), previous.size());
+    size_t common = 0;
+    while (common < limit && name[common] == previous[common]) ++common;
+    size_t depth = 0;
+    while (depth < stack.size() && stack[depth].end < name.size() && stack[depth].end <= common &&
+           name[stack[depth].end] == '.')
+      ++depth;
+    stack.resize(depth);
+    ModuleId parent = stack.empty() ? tree.root() : stack.back().id;
+    size_t start = stack.empty() ? 0 : stack.back().end + 1;
+    while (true) {
+      const size_t dot = name.find('.', start);
+      if (dot == std::string_view::npos) break;
+      const std::string_view path = name.substr(0, dot);
+      auto it = modules.find(path);
+      if (it == modules.end()) {
+        ModuleId m = tree.add_submodule(parent, std::string(name.substr(start, dot - start)), "");
+        it = modules.emplace(path, m).first;
+        module_path.push_back(path);
+      }
+      parent = it->second;
+      stack.push_back(Open{dot, parent});
+      start = dot + 1;
+    }
+    TreeTensor info = tensor_of(i);
+    tree.add_param(parent, std::string(name.substr(start)), std::move(info.shape), info.dtype);
+    previous = name;
+  }
+  // Names met twice, found module by module on sorted local names: two tensors of one name, or a
+  // tensor whose name is also a module's path (a parameter and a child of one module share a name).
+  auto full = [&](ModuleId m, const std::string& local) {
+    const std::string_view path = module_path[static_cast<size_t>(m)];
+    return path.empty() ? local : std::string(path) + "." + local;
+  };
+  std::vector<const std::string*> params, children;
+  for (size_t m = 0; m < tree.module_count(); ++m) {
+    TreeModule& module = tree.mutable_module(static_cast<ModuleId>(m));
+    if (natural_order) {
+      std::stable_sort(module.children.begin(), module.children.end(),
+                       [](const TreeChild& a, const TreeChild& b) { return natural_local_less(a.name, b.name); });
+      std::stable_sort(module.params.begin(), module.params.end(),
+                       [](const TreeSlot& a, const TreeSlot& b) { return natural_local_less(a.name, b.name); });
+    }
+    params.clear();
+    children.clear();
+    for (const auto& p : module.params) params.push_back(&p.name);
+    for (const auto& c : module.children) children.push_back(&c.name);
+    auto less = [](const std::string* a, const std::string* b) { return *a < *b; };
+    if (!natural_order) std::sort(params.begin(), params.end(), less);
+    if (!natural_order) std::sort(children.begin(), children.end(), less);
+    for (size_t k = 1; k < params.size(); ++k)
+      FERRY_CHECK(*params[k - 1] != *params[k], "tensor '", full(static_cast<ModuleId>(m), *params[k]), "' appears twice");
+    if (params.empty() || children.empty()) continue;
+    for (const std::string* p : params) {
+      auto it = std::lower_bound(children.begin(), children.end(), p, natural_order ? +[](const std::string* a, const std::string* b) {
+        return natural_local_less(*a, *b);
+      } : +[](const std::string* a, const std::string* b) { return *a < *b; });
+      FERRY_CHECK(it == children.end() || **it != *p, "'", full(static_cast<ModuleId>(m), *p),
+                  "' is both a tensor and a module holding other tensors");
+    }
+  }
+  return tree;
 }
 
 ModelTree model_tree_from_named_tensors(std::vector<NamedTreeTensor> tensors, bool natural_order) {
-  if (natural_order)
-    std::stable_sort(tensors.begin(), tensors.end(),
-                     [](const NamedTreeTensor& x, const NamedTreeTensor& y) { return natural_name_less(x.name, y.name); });
-  ModelTree tree;
-  std::unordered_map<std::string, ModuleId> modules;  // full path -> module
-  std::unordered_set<std::string> tensor_names;
-  modules.reserve(tensors.size());
-  tensor_names.reserve(tensors.size());
-  for (auto& t : tensors) {
-    FERRY_CHECK(!t.name.empty(), "a tensor has an empty name");
-    FERRY_CHECK(t.name.front() != '.' && t.name.back() != '.' && t.name.find("..") == std::string::npos,
-                "tensor name '", t.name, "' has an empty component");
-    FERRY_CHECK(tensor_names.insert(t.name).second, "tensor '", t.name, "' appears twice");
-    FERRY_CHECK(!modules.count(t.name), "'", t.name, "' is both a tensor and a module holding other tensors");
-    ModuleId parent = tree.root();
-    size_t start = 0;
-    while (true) {
-      size_t dot = t.name.find('.', start);
-      if (dot == std::string::npos) break;
-      std::string path = t.name.substr(0, dot);
-      FERRY_CHECK(!tensor_names.count(path), "'", path, "' is both a tensor and a module holding '", t.name, "'");
-      auto it = modules.find(path);
-      if (it == modules.end()) {
-        ModuleId m = tree.add_submodule(parent, t.name.substr(start, dot - start), "");
-        it = modules.emplace(std::move(path), m).first;
-      }
-      parent = it->second;
-      start = dot + 1;
-    }
-    tree.add_param(parent, t.name.substr(start), std::move(t.info.shape), t.info.dtype);
-  }
-  return tree;
+  return model_tree_from_names(
+      tensors.size(), [&](size_t i) { return std::string_view(tensors[i].name); },
+      [&](size_t i) { return std::move(tensors[i].info); }, natural_order);
 }
 
 }  // namespace ferry

@@ -12,9 +12,11 @@
 // de-duplicated module walk (named_modules()); other names of a tensor count 0.
 
 #include "ferry/plan/model_tree.h"
+#include "ferry/plan/max_memory.h"
 #include "ferry/plan/module_sizes.h"
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -71,5 +73,10 @@ struct TiedGroup {
 // tensor object reachable under several names, buffers included (the planner keeps those
 // together too; Accelerate's find_tied_parameters lists parameters only).
 std::vector<TiedGroup> find_tied_groups(const PlanTree& plan, bool buffers_too = false);
+
+// get_balanced_memory over a planning tree that `planning_tree` builds on first use (it is not
+// needed without accelerators), so plan_device_map builds one tree for balancing and planning.
+MaxMemory balanced_memory(const ModelTree& tree, const std::function<const PlanTree&()>& planning_tree,
+                          const MaxMemory& max_memory, const NoSplitRules& no_split, bool low_zero);
 
 }  // namespace ferry::plan_detail

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -82,7 +83,7 @@ class Checkpoint {
   /// The shard files in sorted order (as Accelerate streams them), each once.
   const std::vector<std::string>& files() const { return files_; }
   /// Every tensor, ordered by shard (as in files()) and then by offset within the shard.
-  const std::vector<CheckpointTensor>& tensors() const { return tensors_; }
+  const std::vector<CheckpointTensor>& tensors() const { return listing_->tensors; }
   /// The index's "metadata" object as JSON text ("{}" when absent or single-file).
   const std::string& index_metadata_json() const { return index_metadata_; }
 
@@ -116,9 +117,17 @@ class Checkpoint {
   std::string name_prefix_;
   std::vector<std::string> files_;
   std::shared_ptr<const std::vector<SafetensorsFile>> shards_;  // shared by copies
-  std::vector<size_t> shard_begin_;  // tensors_[shard_begin_[i], shard_begin_[i + 1]) are in shard i
-  std::vector<CheckpointTensor> tensors_;
-  std::unordered_map<std::string, size_t> by_name_;
+  // The tensors and their lookup, immutable once built and shared by copies (by_name views the
+  // names in `tensors`, so a Listing is never copied).
+  struct Listing {
+    Listing() = default;
+    Listing(const Listing&) = delete;
+    Listing& operator=(const Listing&) = delete;
+    std::vector<CheckpointTensor> tensors;
+    std::unordered_map<std::string_view, size_t> by_name;
+    std::vector<size_t> shard_begin;  // tensors[shard_begin[i], shard_begin[i + 1]) are in shard i
+  };
+  std::shared_ptr<const Listing> listing_ = std::make_shared<const Listing>();
 };
 
 /// Resolves a checkpoint path to (index file or "", shard files) without reading the shards, with

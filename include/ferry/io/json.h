@@ -161,4 +161,9 @@ JsonDocument parse_json(std::string_view text, const std::string& source, int ma
 /// parses it with parse_json.
 JsonDocument read_json_file(const std::string& path, int max_depth = kDefaultJsonMaxDepth);
 
+/// Appends `text` to `out` as a JSON string literal (quotes, backslashes and control characters
+/// escaped; other bytes as they are). For writers that stream large documents, where building an
+/// nlohmann value per string would cost more than the text.
+void append_json_string(std::string& out, std::string_view text);
+
 }  // namespace ferry::io

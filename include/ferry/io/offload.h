@@ -105,6 +105,16 @@ at::Tensor load_offloaded_weight(const std::string& file, const OffloadEntry& en
 /// (no copy); the tensor keeps the mapping alive.
 at::Tensor map_offloaded_weight(const std::string& file, const OffloadEntry& entry);
 
+/// A `.dat` file mapped and checked against its index entry (size, dtype, bool bytes 0 or 1): what
+/// the two functions above make tensors of, and what `ferry inspect` reads without LibTorch kernels.
+struct MappedOffloadedWeight {
+  std::shared_ptr<const MappedFile> map;
+  c10::ScalarType dtype = c10::ScalarType::Float;
+};
+/// Maps and checks `file`; errors are reported as coming from `function`.
+MappedOffloadedWeight map_offloaded_bytes(const std::string& file, const OffloadEntry& entry,
+                                          const char* function = "map_offloaded_bytes");
+
 /// Accelerate's save_offload_index: does nothing for an empty index; otherwise merges `index` into
 /// `folder/index.json` (existing entries kept, new ones win) and writes it atomically (temporary file,
 /// fsync, rename) after flushing the folder's `.dat` files to disk, so that index.json never names a

@@ -30,6 +30,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -65,12 +66,20 @@ struct SafetensorsHeader {
   /// The `__metadata__` map (empty when absent).
   std::map<std::string, std::string> metadata;
 
-  /// The entry named `name`, or nullptr.
+  /// The entry named `name`, or nullptr. The lookup table is built on the first call (thread-safe):
+  /// a checkpoint opened only to be listed or planned never pays for 100,000 of them.
   const TensorEntry* find(const std::string& name) const;
 
+  SafetensorsHeader() = default;
+  SafetensorsHeader(SafetensorsHeader&&) noexcept = default;
+  SafetensorsHeader& operator=(SafetensorsHeader&&) noexcept = default;
+  /// Copies rebuild their own lookup table (it views the names of `tensors`).
+  SafetensorsHeader(const SafetensorsHeader& other);
+  SafetensorsHeader& operator=(const SafetensorsHeader& other);
+
  private:
-  friend SafetensorsHeader parse_safetensors_header(const uint8_t*, size_t, uint64_t, const std::string&);
-  std::unordered_map<std::string, size_t> index_;
+  using Index = std::unordered_map<std::string_view, size_t>;
+  mutable std::shared_ptr<const Index> index_;  // views tensors[i].name; atomic load/store
 };
 
 /// Parses and validates a header held in memory. `data` holds the first `size` bytes of a file of

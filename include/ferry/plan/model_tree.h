@@ -20,7 +20,9 @@
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace ferry {
@@ -89,6 +91,9 @@ class ModelTree {
   /// Registers an existing tensor (or kNoTensor) as buffer `name` of `module`.
   void add_buffer_slot(ModuleId module, std::string name, TensorId tensor, bool persistent = true);
 
+  /// Room for this many modules and tensors (a hint for builders of large trees).
+  void reserve(size_t modules, size_t tensors);
+
   const TreeModule& module(ModuleId id) const { return modules_[static_cast<size_t>(id)]; }
   const TreeTensor& tensor(TensorId id) const { return tensors_[static_cast<size_t>(id)]; }
   size_t module_count() const { return modules_.size(); }
@@ -127,6 +132,11 @@ struct NamedTreeTensor {
 /// the execution order of Hugging Face models whose names are sorted in their files. Names that
 /// are both a tensor and a module prefix, empty names, or empty components are errors.
 ModelTree model_tree_from_named_tensors(std::vector<NamedTreeTensor> tensors, bool natural_order = true);
+
+/// The same without a copy of the names: tensor i is called name_of(i) and described by
+/// tensor_of(i) (called once each). The names must stay alive until the call returns.
+ModelTree model_tree_from_names(size_t count, const std::function<std::string_view(size_t)>& name_of,
+                                 const std::function<TreeTensor(size_t)>& tensor_of, bool natural_order = true);
 
 /// Natural order of dotted names: component by component, numeric components as numbers.
 bool natural_name_less(const std::string& a, const std::string& b);

@@ -1,0 +1,33 @@
+#include "commands.h"
+
+#include "ferry/core/error.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+
+namespace ferry::cli {
+
+void finish_now(int code) {
+  std::cout.flush();
+  std::fflush(stdout);
+  std::fflush(stderr);
+  std::_Exit(code);
+}
+
+int run_app(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const ferry::Error& e) {
+    std::cerr << "ferry: error: " << e.what() << '\n';
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "ferry: unexpected error: " << e.what() << '\n';
+    return 2;
+  }
+  return 0;
+}
+
+}  // namespace ferry::cli
