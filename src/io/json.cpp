@@ -209,12 +209,12 @@ std::string JsonValue::dump(size_t max_chars) const {
 }
 
 JsonValue::ArrayIterator JsonValue::ArrayRange::begin() const {
-  const dom::element e = element_of(owner->raw_);
+  const dom::element e = element_of(owner);
   if (e.type() != dom::element_type::ARRAY) return ArrayIterator(Opaque{});
   return ArrayIterator(to_opaque(dom::array(e).begin()));
 }
 JsonValue::ArrayIterator JsonValue::ArrayRange::end() const {
-  const dom::element e = element_of(owner->raw_);
+  const dom::element e = element_of(owner);
   if (e.type() != dom::element_type::ARRAY) return ArrayIterator(Opaque{});
   return ArrayIterator(to_opaque(dom::array(e).end()));
 }
@@ -229,12 +229,12 @@ JsonValue::ArrayIterator& JsonValue::ArrayIterator::operator++() {
 }
 
 JsonValue::ObjectIterator JsonValue::ObjectRange::begin() const {
-  const dom::element e = element_of(owner->raw_);
+  const dom::element e = element_of(owner);
   if (e.type() != dom::element_type::OBJECT) return ObjectIterator(Opaque{});
   return ObjectIterator(to_opaque(dom::object(e).begin()));
 }
 JsonValue::ObjectIterator JsonValue::ObjectRange::end() const {
-  const dom::element e = element_of(owner->raw_);
+  const dom::element e = element_of(owner);
   if (e.type() != dom::element_type::OBJECT) return ObjectIterator(Opaque{});
   return ObjectIterator(to_opaque(dom::object(e).end()));
 }

@@ -4,12 +4,14 @@
 #include "ferry/core/error.h"
 #include "ferry/core/shape.h"
 #include "ferry/io/json.h"
+#include "ferry/io/regular_file.h"
 
 #include <algorithm>
 #include <cctype>
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <sstream>
 #include <unordered_map>
 #include <unordered_set>
@@ -100,31 +102,44 @@ void ModelTree::add_buffer_slot(ModuleId module, std::string name, TensorId tens
 }
 
 void ModelTree::validate() const {
-  // 0 = unvisited, 1 = on the current path, 2 = done. Iterative DFS: trees can be deep.
+  // 0 = unvisited, 1 = on the current path, 2 = done. Iterative DFS: trees can be deep. Each module
+  // is checked once however many paths reach it; paths are spelt out only for a message.
   std::vector<uint8_t> state(modules_.size(), 0);
-  std::vector<std::string> path_names(modules_.size());
   struct Frame {
     ModuleId module;
     size_t next_child;
-    std::string path;
+    const std::string* name;  // the child slot that reached it (nullptr for the root)
   };
-  auto where = [](const std::string& path) { return path.empty() ? std::string("the root module") : "module '" + path + "'"; };
-  std::vector<Frame> stack{{0, 0, ""}};
+  std::vector<Frame> stack{{0, 0, nullptr}};
+  auto path_to = [&](const std::string* last) {
+    std::string path;
+    for (const Frame& f : stack)
+      if (f.name) (path += path.empty() ? "" : ".") += *f.name;
+    if (last) (path += path.empty() ? "" : ".") += *last;
+    return path;
+  };
+  auto where = [&] {
+    const std::string path = path_to(nullptr);
+    return path.empty() ? std::string("the root module") : "module '" + path + "'";
+  };
+  std::vector<std::pair<std::string_view, const char*>> names;  // reused: (name, kind)
   state[0] = 1;
   while (!stack.empty()) {
     Frame& frame = stack.back();
     const TreeModule& node = modules_[static_cast<size_t>(frame.module)];
     if (frame.next_child == 0) {
-      std::unordered_set<std::string> names;
-      auto check_name = [&](const std::string& name, const char* kind) {
-        FERRY_CHECK(!name.empty(), where(frame.path), " has a ", kind, " with an empty name");
-        FERRY_CHECK(name.find('.') == std::string::npos, where(frame.path), " has a ", kind, " named '", name,
+      names.clear();
+      for (const auto& p : node.params) names.emplace_back(p.name, "parameter");
+      for (const auto& b : node.buffers) names.emplace_back(b.name, "buffer");
+      for (const auto& c : node.children) names.emplace_back(c.name, "child");
+      for (const auto& [name, kind] : names) {
+        FERRY_CHECK(!name.empty(), where(), " has a ", kind, " with an empty name");
+        FERRY_CHECK(name.find('.') == std::string_view::npos, where(), " has a ", kind, " named '", name,
                     "': local names cannot contain '.'");
-        FERRY_CHECK(names.insert(name).second, where(frame.path), " uses the name '", name, "' twice");
-      };
-      for (const auto& p : node.params) check_name(p.name, "parameter");
-      for (const auto& b : node.buffers) check_name(b.name, "buffer");
-      for (const auto& c : node.children) check_name(c.name, "child");
+      }
+      std::sort(names.begin(), names.end());
+      for (size_t k = 1; k < names.size(); ++k)
+        FERRY_CHECK(names[k - 1].first != names[k].first, where(), " uses the name '", names[k].first, "' twice");
     }
     if (frame.next_child == node.children.size()) {
       state[static_cast<size_t>(frame.module)] = 2;
@@ -132,12 +147,11 @@ void ModelTree::validate() const {
       continue;
     }
     const TreeChild& child = node.children[frame.next_child++];
-    std::string child_path = frame.path.empty() ? child.name : frame.path + "." + child.name;
     uint8_t s = state[static_cast<size_t>(child.module)];
-    FERRY_CHECK(s != 1, "module '", child_path, "' contains itself: a module tree cannot have cycles");
+    FERRY_CHECK(s != 1, "module '", path_to(&child.name), "' contains itself: a module tree cannot have cycles");
     if (s == 0) {
       state[static_cast<size_t>(child.module)] = 1;
-      stack.push_back(Frame{child.module, 0, std::move(child_path)});
+      stack.push_back(Frame{child.module, 0, &child.name});
     }
   }
 }
@@ -147,9 +161,11 @@ void ModelTree::validate() const {
 namespace {
 
 // Reads a tree node by node, by reference (a copy per level made deep trees quadratic), checking
-// every value's JSON type before it is used.
+// every value's JSON type before it is used. Messages are spelt out only when something is wrong,
+// and paths are recorded only when the document refers to earlier modules or tensors.
 struct JsonLoader {
   ModelTree& tree;
+  bool has_references;  // the text mentions "same_module_as" or "tied_to"
   std::unordered_map<std::string, ModuleId> modules_by_path;
   std::unordered_map<std::string, TensorId> tensors_by_name;
 
@@ -158,98 +174,111 @@ struct JsonLoader {
   }
   static std::string where(const std::string& path) { return path.empty() ? "the root module" : "module '" + path + "'"; }
 
-  static io::JsonValue array_member(const io::JsonValue& node, const char* key, const std::string& context) {
+  // The string member `key` of `node`; absent -> nullopt when optional, else an error.
+  static std::optional<std::string_view> string_member(const io::JsonValue& node, const char* key, bool required,
+                                                       const std::function<std::string()>& context) {
+    auto v = node.find(key);
+    if (!v) {
+      FERRY_CHECK(!required, context(), " has no \"", key, "\"");
+      return std::nullopt;
+    }
+    auto s = v->as_string();
+    FERRY_CHECK(s.has_value(), context(), ": \"", key, "\" must be a string, got ", v->dump());
+    return s;
+  }
+
+  static io::JsonValue array_member(const io::JsonValue& node, const char* key, const std::string& path) {
     static const io::JsonDocument empty = io::parse_json("[]", "");
     auto v = node.find(key);
     if (!v) return empty.root();
-    FERRY_CHECK(v->is_array(), context, ": \"", key, "\" must be an array, got ", v->type_name());
+    FERRY_CHECK(v->is_array(), where(path), ": \"", key, "\" must be an array, got ", v->type_name());
     return *v;
   }
 
-  TensorId tensor_of(const io::JsonValue& slot, const std::string& full, const char* kind) {
-    const std::string context = std::string(kind) + " '" + full + "'";
-    if (auto tied = slot.find("tied_to")) {
-      const std::string target(tied->string(context + ": \"tied_to\""));
-      auto it = tensors_by_name.find(target);
-      FERRY_CHECK(it != tensors_by_name.end(), context, " is tied to '", target,
+  TensorId tensor_of(const io::JsonValue& slot, const std::string& path, std::string_view name, const char* kind) {
+    auto context = [&] { return std::string(kind) + " '" + join(path, name) + "'"; };
+    if (auto tied = string_member(slot, "tied_to", false, context)) {
+      auto it = tensors_by_name.find(std::string(*tied));
+      FERRY_CHECK(it != tensors_by_name.end(), context(), " is tied to '", *tied,
                   "', which is not an earlier parameter or buffer");
       return it->second;
     }
     auto shape = slot.find("shape");
     if (!shape) return kNoTensor;
-    FERRY_CHECK(shape->is_array(), context, ": \"shape\" must be an array of sizes, got ", shape->dump());
+    FERRY_CHECK(shape->is_array(), context(), ": \"shape\" must be an array of sizes, got ", shape->dump());
     TreeTensor info;
     info.shape.reserve(shape->size());
     for (io::JsonValue d : shape->elements()) {
       // 3.5 is not a size, and 2^64 is too large rather than negative.
-      FERRY_CHECK(d.is_integer(), context, ": shape entries must be integers, got ", d.dump());
+      FERRY_CHECK(d.is_integer(), context(), ": shape entries must be integers, got ", d.dump());
       const auto size = d.as_uint64();
-      FERRY_CHECK(size.has_value(), context, ": shape entries must be non-negative, got ", d.dump());
-      FERRY_CHECK(*size <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), context, ": shape entry ",
+      FERRY_CHECK(size.has_value(), context(), ": shape entries must be non-negative, got ", d.dump());
+      FERRY_CHECK(*size <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), context(), ": shape entry ",
                   d.dump(), " is too large");
       info.shape.push_back(static_cast<int64_t>(*size));
     }
-    auto dtype = slot.find("dtype");
-    FERRY_CHECK(dtype.has_value(), context, " has a shape but no dtype");
+    auto dtype = string_member(slot, "dtype", false, context);
+    FERRY_CHECK(dtype.has_value(), context(), " has a shape but no dtype");
     try {
-      info.dtype = parse_dtype(std::string(dtype->string(context + ": \"dtype\"")));
+      info.dtype = parse_dtype(std::string(*dtype));
       return tree.add_tensor(std::move(info));
     } catch (const Error& e) {
-      throw e.in(__func__, e.message().find(context) == std::string::npos ? context + ": " : "");
+      throw e.in(__func__, context() + ": ");
+    }
+  }
+
+  void slots(ModuleId id, const io::JsonValue& node, const std::string& path, bool buffers) {
+    const char* kind = buffers ? "buffer" : "parameter";
+    for (io::JsonValue p : array_member(node, buffers ? "buffers" : "params", path).elements()) {
+      FERRY_CHECK(p.is_object(), where(path), ": a ", kind, " must be an object, got ", p.dump());
+      const std::string_view name = *string_member(p, "name", true, [&] { return "a " + std::string(kind) + " of " + where(path); });
+      TensorId t = tensor_of(p, path, name, kind);
+      if (buffers) {
+        bool persistent = true;
+        if (auto v = p.find("persistent")) {
+          FERRY_CHECK(v->is_bool(), "buffer '", join(path, name), "': \"persistent\" must be true or false, got ",
+                      v->dump());
+          persistent = *v->as_bool();
+        }
+        tree.add_buffer_slot(id, std::string(name), t, persistent);
+      } else {
+        tree.add_param_slot(id, std::string(name), t);
+      }
+      if (has_references && t != kNoTensor) tensors_by_name.emplace(join(path, name), t);
     }
   }
 
   void fill(ModuleId id, const io::JsonValue& node, const std::string& path) {
     FERRY_CHECK(node.is_object(), where(path), " must be a JSON object, got ", node.type_name());
-    modules_by_path[path] = id;
-    for (io::JsonValue p : array_member(node, "params", where(path)).elements()) {
-      FERRY_CHECK(p.is_object(), where(path), ": a parameter must be an object, got ", p.dump());
-      const std::string name(p.at("name", "a parameter of " + where(path)).string("a parameter's name"));
-      std::string full = join(path, name);
-      TensorId t = tensor_of(p, full, "parameter");
-      tree.add_param_slot(id, name, t);
-      if (t != kNoTensor) tensors_by_name.emplace(full, t);
-    }
-    for (io::JsonValue b : array_member(node, "buffers", where(path)).elements()) {
-      FERRY_CHECK(b.is_object(), where(path), ": a buffer must be an object, got ", b.dump());
-      const std::string name(b.at("name", "a buffer of " + where(path)).string("a buffer's name"));
-      std::string full = join(path, name);
-      TensorId t = tensor_of(b, full, "buffer");
-      bool persistent = true;
-      if (auto v = b.find("persistent")) {
-        FERRY_CHECK(v->is_bool(), "buffer '", full, "': \"persistent\" must be true or false, got ", v->dump());
-        persistent = *v->as_bool();
-      }
-      tree.add_buffer_slot(id, name, t, persistent);
-      if (t != kNoTensor) tensors_by_name.emplace(full, t);
-    }
-    for (io::JsonValue c : array_member(node, "children", where(path)).elements()) {
+    if (has_references) modules_by_path[path] = id;
+    slots(id, node, path, /*buffers=*/false);
+    slots(id, node, path, /*buffers=*/true);
+    for (io::JsonValue c : array_member(node, "children", path).elements()) {
       FERRY_CHECK(c.is_object(), where(path), ": a child must be an object, got ", c.type_name());
-      const std::string name(c.at("name", "a child of " + where(path)).string("a child's name"));
+      const std::string_view name = *string_member(c, "name", true, [&] { return "a child of " + where(path); });
       std::string full = join(path, name);
-      if (auto same = c.find("same_module_as")) {
-        const std::string target(same->string("module '" + full + "': \"same_module_as\""));
-        auto it = modules_by_path.find(target);
-        FERRY_CHECK(it != modules_by_path.end(), "module '", full, "' is the same module as '", target,
+      auto context = [&] { return "module '" + full + "'"; };
+      if (auto target = string_member(c, "same_module_as", false, context)) {
+        auto it = modules_by_path.find(std::string(*target));
+        FERRY_CHECK(it != modules_by_path.end(), "module '", full, "' is the same module as '", *target,
                     "', which is not an earlier module");
-        tree.add_child(id, name, it->second);
+        tree.add_child(id, std::string(name), it->second);
         continue;
       }
-      std::string cls;
-      if (auto v = c.find("class")) cls = std::string(v->string("module '" + full + "': \"class\""));
-      ModuleId child = tree.add_submodule(id, name, std::move(cls));
+      auto cls = string_member(c, "class", false, context);
+      ModuleId child = tree.add_submodule(id, std::string(name), cls ? std::string(*cls) : std::string());
       fill(child, c, full);
     }
   }
 };
 
-ModelTree tree_from_parsed(const io::JsonValue& doc) {
+ModelTree tree_from_parsed(const io::JsonValue& doc, bool has_references) {
   FERRY_CHECK(doc.is_object(), "a model tree must be a JSON object with \"class\", \"params\", \"buffers\" and "
               "\"children\", got ", doc.type_name());
   std::string cls;
   if (auto v = doc.find("class")) cls = std::string(v->string("the root module's \"class\""));
   ModelTree tree(std::move(cls));
-  JsonLoader loader{tree, {}, {}};
+  JsonLoader loader{tree, has_references, {}, {}};
   try {
     loader.fill(tree.root(), doc, "");
   } catch (const Error& e) {
@@ -261,7 +290,13 @@ ModelTree tree_from_parsed(const io::JsonValue& doc) {
 
 }  // namespace
 
-ModelTree ModelTree::from_json_value(const io::JsonValue& value) { return tree_from_parsed(value); }
+ModelTree ModelTree::from_json_value(const io::JsonValue& value) { return tree_from_parsed(value, true); }
+
+namespace {
+bool mentions_references(std::string_view text) {
+  return text.find("same_module_as") != std::string_view::npos || text.find("tied_to") != std::string_view::npos;
+}
+}  // namespace
 
 ModelTree ModelTree::from_json(const std::string& text) {
   io::JsonDocument doc;
@@ -270,13 +305,16 @@ ModelTree ModelTree::from_json(const std::string& text) {
   } catch (const Error& e) {
     throw e.in("ModelTree::from_json", "invalid model tree JSON: ");
   }
-  return tree_from_parsed(doc.root());
+  return tree_from_parsed(doc.root(), mentions_references(text));
 }
 
 ModelTree ModelTree::from_json_file(const std::string& path) {
   io::JsonDocument doc;
+  bool has_references = true;
   try {
-    doc = io::read_json_file(path, kMaxTreeDepth);
+    const std::string text = io::read_regular_file(path, "ModelTree::from_json_file");
+    has_references = mentions_references(text);
+    doc = io::parse_json(text, path, kMaxTreeDepth);
   } catch (const Error& e) {
     throw e.in("ModelTree::from_json_file");
   }
@@ -284,7 +322,7 @@ ModelTree ModelTree::from_json_file(const std::string& path) {
   const io::JsonValue& root = doc.root();
   auto model = root.find("model");
   try {
-    return tree_from_parsed(model && model->is_object() ? *model : root);
+    return tree_from_parsed(model && model->is_object() ? *model : root, has_references);
   } catch (const Error& e) {
     throw e.in("ModelTree::from_json_file", "'" + path + "': ");
   }

@@ -32,6 +32,13 @@ constexpr int kDefaultJsonMaxDepth = 512;
 /// One value of a JsonDocument (null, bool, number, string, array or object): a 16-byte view.
 class JsonValue {
  public:
+  /// Storage of simdjson's element (a document pointer and a tape index), kept opaque so that
+  /// simdjson's 1.5 MB header stays out of every file that includes this one.
+  struct Opaque {
+    const void* a = nullptr;
+    size_t b = 0;
+  };
+
   enum class Type { Null, Bool, Int, Uint, Double, String, Array, Object };
 
   Type type() const;
@@ -72,27 +79,22 @@ class JsonValue {
 
   class ArrayIterator;
   class ObjectIterator;
-  /// A range for `for (JsonValue v : value.elements())`; empty for a non-array.
+  /// A range for `for (JsonValue v : value.elements())`; empty for a non-array. It holds a copy of
+  /// the value (a view), so `f().elements()` is safe in a range-for even when f returns a temporary.
   struct ArrayRange {
     ArrayIterator begin() const;
     ArrayIterator end() const;
-    const JsonValue* owner;
+    Opaque owner;
   };
   /// A range for `for (auto [key, value] : value.items())`; empty for a non-object.
   struct ObjectRange {
     ObjectIterator begin() const;
     ObjectIterator end() const;
-    const JsonValue* owner;
+    Opaque owner;
   };
-  ArrayRange elements() const { return ArrayRange{this}; }
-  ObjectRange items() const { return ObjectRange{this}; }
+  ArrayRange elements() const { return ArrayRange{raw_}; }
+  ObjectRange items() const { return ObjectRange{raw_}; }
 
-  /// Storage of simdjson's element (a document pointer and a tape index), kept opaque so that
-  /// simdjson's 1.5 MB header stays out of every file that includes this one.
-  struct Opaque {
-    const void* a = nullptr;
-    size_t b = 0;
-  };
   explicit JsonValue(Opaque o) : raw_(o) {}
   JsonValue() = default;
 
