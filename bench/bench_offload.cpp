@@ -160,8 +160,8 @@ StepTimes run_cold_from_folder(const std::string& dir, const DeviceMap& map, con
   LoadAndDispatchOptions o;
   o.device_map = map;
   o.offload_folder = folder;
-  o.copy_disk_weights_to_offload_folder = true;
-  o.streamer.prefetch_bytes = prefetch_bytes;
+  o.load.disk_in_place = false;  // Accelerate's way: copy to the offload folder
+  o.dispatch.streamer.prefetch_bytes = prefetch_bytes;
   DispatchResult r = load_checkpoint_and_dispatch(*model, dir, o);
   at::Tensor ids = at::arange(1, prompt + 1, at::kLong).unsqueeze(0);
   GenerationConfig g;

@@ -103,7 +103,9 @@ void demo(const DemoOptions& o) {
     std::random_device rd;
     dir = (fs::temp_directory_path() / ("ferry_demo_" + std::to_string(rd()))).string();
   }
-  fs::create_directories(dir);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  FERRY_CHECK(!ec, "cannot create the demo folder ", dir, ": ", ec.message());
   struct Cleanup {
     std::string dir;
     bool active;

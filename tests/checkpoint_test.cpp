@@ -8,6 +8,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <set>
 
@@ -172,4 +174,55 @@ TEST(CheckpointHostileTest, AmbiguousOrEmptyFolders) {
   EXPECT_FERRY_ERROR(Checkpoint::open(dir.file("bad.json")), "tensor 'a' must map to a shard file name, got 3");
   write_bytes(dir.file("bad.json"), "{\"weight_map\": {\"a\": ");
   EXPECT_FERRY_ERROR(Checkpoint::open(dir.file("bad.json")), "bad.json is not valid JSON");
+}
+
+// Issue 13 (paths and special files): what an index names must be a file inside its folder, and
+// whatever is not a regular file is named for what it is, before anything could block on it.
+TEST(CheckpointHostileTest, ShardsOutsideTheFolderOrNotFilesAreRefusedByName) {
+  TempDir dir;
+  save_safetensors(dir.file("a.safetensors"), {{"a", at::ones({2})}});
+  auto index_naming = [&](const std::string& shard) {
+    write_bytes(dir.file("model.safetensors.index.json"), R"({"weight_map": {"a": ")" + shard + R"("}})");
+  };
+  index_naming("../a.safetensors");
+  EXPECT_FERRY_ERROR(Checkpoint::open(dir.str()), "[Checkpoint::open]", "outside the index's folder");
+  index_naming("/etc/passwd");
+  EXPECT_FERRY_ERROR(Checkpoint::open(dir.str()), "outside the index's folder");
+  fs::create_directories(dir.file("shard_dir.safetensors"));
+  index_naming("shard_dir.safetensors");
+  EXPECT_FERRY_ERROR(Checkpoint::open(dir.str()), "names shard 'shard_dir.safetensors'", "is a directory, not a file");
+  ASSERT_EQ(::mkfifo(dir.file("fifo.safetensors").c_str(), 0600), 0);
+  index_naming("fifo.safetensors");
+  EXPECT_FERRY_ERROR(Checkpoint::open(dir.str()), "is a FIFO, not a file");  // and does not block
+  index_naming("a.safetensors");
+  EXPECT_EQ(Checkpoint::open(dir.str()).tensors().size(), 1u);
+}
+
+TEST(CheckpointHostileTest, IndexWithMetadataButNoWeightMapSaysSo) {
+  TempDir dir;
+  save_safetensors(dir.file("a.safetensors"), {{"a", at::ones({2})}});
+  write_bytes(dir.file("model.safetensors.index.json"), R"({"metadata": {"total_size": 8}, "a": "a.safetensors"})");
+  EXPECT_FERRY_ERROR(Checkpoint::open(dir.str()), "has \"metadata\" but no \"weight_map\"");
+}
+
+TEST(CheckpointHostileTest, IndexThatIsAFifoIsRefusedWithoutBlocking) {
+  TempDir dir;
+  ASSERT_EQ(::mkfifo(dir.file("model.safetensors.index.json").c_str(), 0600), 0);
+  EXPECT_FERRY_ERROR(Checkpoint::open(dir.file("model.safetensors.index.json")), "is a FIFO, not a file");
+}
+
+TEST(CheckpointTest, CopiesShareTheMappingsAndPrefixesApplyOnce) {
+  Checkpoint ckpt = Checkpoint::open(data_dir() + "/tiny_llama");
+  Checkpoint copy = ckpt;
+  EXPECT_EQ(&copy.shard(0), &ckpt.shard(0));  // nothing mapped or parsed again
+  Checkpoint prefixed = ckpt.with_name_prefix("base.");
+  EXPECT_EQ(prefixed.name_prefix(), "base.");
+  const CheckpointTensor& t = prefixed.at("base.model.norm.weight");
+  EXPECT_EQ(t.stored_name, "model.norm.weight");
+  EXPECT_EQ(prefixed.find("model.norm.weight"), nullptr);
+  // matched_to: the base-model rule, decided in one place.
+  EXPECT_EQ(prefixed.matched_to("base.model.embed_tokens.weight").name_prefix(), "base.");
+  Checkpoint matched = ckpt.matched_to("lm.model.embed_tokens.weight");
+  EXPECT_EQ(matched.name_prefix(), "lm.");
+  EXPECT_NE(matched.find("lm.model.norm.weight"), nullptr);
 }

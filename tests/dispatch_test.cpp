@@ -497,8 +497,8 @@ TEST(DispatchTest, LoadCheckpointAndDispatchEveryStrategyMatchesResident) {
     auto model = empty_tied_model();
     LoadAndDispatchOptions options;
     options.strategy = strategy;
-    options.max_memory = parse_max_memory("cpu=6000");
-    options.no_split.classes = {"Block"};
+    options.plan.max_memory = parse_max_memory("cpu=6000");
+    options.plan.no_split.classes = {"Block"};
     DispatchResult result = load_checkpoint_and_dispatch(*model, dir / "model.safetensors", options);
     bool has_disk = false;
     for (const auto& [name, p] : result.device_map) has_disk |= p.is_disk();

@@ -13,6 +13,11 @@
 #include "plan_test_util.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
 #include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/linear.h>
@@ -179,4 +184,94 @@ TEST(PlanModelTree, FromTorchModuleWithSharedTensors) {
   EXPECT_EQ(compute_module_sizes(tied).bytes(""), 48 + 8);
   EXPECT_EQ(python_class_name("torch::nn::LinearImpl"), "Linear");
   EXPECT_EQ(python_class_name("MyBlock"), "MyBlock");
+}
+
+// ---- hostile trees (issue 13: deep nesting, shared modules, sizes that overflow) ---------------
+
+namespace {
+
+std::string nested_tree(int depth) {
+  std::string open, close;
+  for (int i = 0; i < depth; ++i) {
+    open += R"({"name": "m", "class": "Block", "children": [)";
+    close += "]}";
+  }
+  return R"({"class": "Root", "children": [)" + open + R"({"name": "leaf", "params": [{"name": "w", "shape": [2], "dtype": "float32"}]})" +
+         close + "]}";
+}
+
+// `levels` modules, each registering the one below it twice (a and b): 2^levels names.
+std::string doubly_shared_tree(int levels) {
+  std::string node = R"({"class": "Linear", "params": [{"name": "weight", "shape": [4, 4], "dtype": "float32"}]})";
+  std::string path;
+  std::vector<std::string> paths;
+  for (int i = 0; i < levels; ++i) paths.push_back(path = path.empty() ? "a" : path + ".a");
+  for (int i = levels - 1; i >= 0; --i) {
+    const std::string parent = i == 0 ? "" : paths[static_cast<size_t>(i - 1)];
+    node.insert(1, R"("name": "a", )");
+    node = R"({"class": "Block", "children": [)" + node + R"(, {"name": "b", "same_module_as": ")" + paths[static_cast<size_t>(i)] + R"("}]})";
+  }
+  return node;
+}
+
+}  // namespace
+
+TEST(PlanModelTreeHostile, DeepNestingIsRefusedQuicklyWithoutACrash) {
+  // 200 levels is deep for a model and still fine; 100,000 levels is refused by the reader's depth
+  // limit before any walk (it used to copy each subtree per level, then overflow the stack).
+  ModelTree ok = ModelTree::from_json(nested_tree(200));
+  EXPECT_EQ(ok.tensor_count(), 1u);
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_NE(error_of([] { ModelTree::from_json(nested_tree(100'000)); }).find("nests deeper than"), std::string::npos);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 5.0);
+}
+
+TEST(PlanModelTreeHostile, ModulesSharedAcrossLevelsStopWithAnErrorNotMinutes) {
+  // 2^24 names: Python's named_parameters(remove_duplicate=False) would list them all.
+  ModelTree small = ModelTree::from_json(doubly_shared_tree(4));
+  PlanOptions options;
+  options.max_memory = parse_max_memory("cpu=1GiB");
+  EXPECT_EQ(plan_device_map(small, Strategy::Sequential, options).size(), 1u);
+  const ModelTree huge = ModelTree::from_json(doubly_shared_tree(24));
+  const auto start = std::chrono::steady_clock::now();
+  const std::string message = error_of([&] { plan_device_map(huge, Strategy::Sequential, options); });
+  EXPECT_NE(message.find("under more than"), std::string::npos) << message;
+  EXPECT_NE(message.find("Register each shared module once"), std::string::npos) << message;
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 10.0);
+}
+
+TEST(PlanModelTreeHostile, SizesThatOverflowAreRefusedNotWrapped) {
+  auto tree_with_shape = [](const std::string& shape, const std::string& dtype = "float32") {
+    return R"({"class": "M", "params": [{"name": "w", "shape": )" + shape + R"(, "dtype": ")" + dtype + R"("}]})";
+  };
+  // 2^32 x 2^32 elements of 4 bytes used to count as 0 bytes and be planned onto a 20 GiB GPU.
+  EXPECT_NE(error_of([&] { ModelTree::from_json(tree_with_shape("[4294967296, 4294967296]")); }).find("more elements than fit in 64 bits"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { ModelTree::from_json(tree_with_shape("[4611686018427387904]")); }).find("too large"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { ModelTree::from_json(tree_with_shape("[3.5]")); }).find("must be integers, got 3.5"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { ModelTree::from_json(tree_with_shape("[-2]")); }).find("must be non-negative, got -2"),
+            std::string::npos);
+  const std::string two_to_64 = error_of([&] { ModelTree::from_json(tree_with_shape("[18446744073709551616]")); });
+  EXPECT_EQ(two_to_64.find("negative"), std::string::npos) << two_to_64;
+  EXPECT_NE(two_to_64.find("64 bits"), std::string::npos) << two_to_64;
+  // The same bounds hold for trees built in code.
+  ModelTree tree;
+  EXPECT_NE(error_of([&] { tree.add_param(tree.root(), "w", {int64_t(1) << 62, 4}, c10::ScalarType::Float); })
+                .find("more elements than fit in 64 bits"),
+            std::string::npos);
+}
+
+TEST(PlanModelTreeHostile, TreeFilesThatAreNotFilesSayWhatTheyAre) {
+  const std::string dir = std::filesystem::temp_directory_path() / ("ferry_tree_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  EXPECT_NE(error_of([&] { ModelTree::from_json_file(dir); }).find("is a directory, not a file"), std::string::npos);
+  const std::string fifo = dir + "/tree.json";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_NE(error_of([&] { ModelTree::from_json_file(fifo); }).find("is a FIFO, not a file"), std::string::npos);
+  const std::string loop = dir + "/loop.json";
+  std::filesystem::create_symlink(loop, loop);
+  EXPECT_NE(error_of([&] { ModelTree::from_json_file(loop); }).find("symbolic links that loop"), std::string::npos);
+  std::filesystem::remove_all(dir);
 }

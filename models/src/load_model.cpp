@@ -54,13 +54,13 @@ LoadedModel load_model(std::shared_ptr<CausalLM> empty_model, const io::Checkpoi
   FERRY_ASSERT(out.model != nullptr, "load_model needs a model built with create_empty_model");
   CausalLM& model = *out.model;
   LoadAndDispatchOptions options;
-  options.no_split.classes = model.no_split_module_classes();
-  options.skip_keys = {"past_key_values"};
+  options.plan.no_split.classes = model.no_split_module_classes();
+  options.dispatch.skip_keys = {"past_key_values"};
   options.offload_folder = o.offload_folder;
-  options.explain = o.explain;
-  if (o.prefetch_bytes) options.streamer.prefetch_bytes = *o.prefetch_bytes;
-  options.streamer.pin_cpu_weights = o.pin_cpu_weights;
-  if (!o.max_memory.empty()) options.max_memory = parse_max_memory(o.max_memory);
+  options.plan.verbose = o.explain;
+  if (o.prefetch_bytes) options.dispatch.streamer.prefetch_bytes = *o.prefetch_bytes;
+  options.dispatch.streamer.pin_cpu_weights = o.pin_cpu_weights;
+  if (!o.max_memory.empty()) options.plan.max_memory = parse_max_memory(o.max_memory);
   if (o.device_map.empty()) {
     options.device_map = DeviceMap{{"", Placement::cpu()}};
   } else if (find_strategy(o.device_map)) {

@@ -4,6 +4,7 @@
 #include "ferry/core/error.h"
 #include "ferry/dispatch/load_checkpoint.h"
 #include "ferry/io/safetensors.h"
+#include "ferry/io/atomic_file.h"
 #include "ferry/io/checkpoint.h"
 #include "ferry/nn/init_on_device.h"
 #include "ferry/nn/module_tensors.h"
@@ -60,16 +61,11 @@ io::Checkpoint open_model_checkpoint(const std::string& dir) {
 namespace {
 
 void write_text_atomically(const std::filesystem::path& path, const std::string& text) {
-  std::filesystem::path tmp = path;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    FERRY_CHECK(out.good(), "cannot write '", tmp.string(), "'");
-    out << text;
-    out.flush();
-    FERRY_CHECK(out.good(), "writing '", tmp.string(), "' failed (disk full?)");
+  try {
+    io::write_file_atomically(path.string(), text);
+  } catch (const Error& e) {
+    throw e.in("save_pretrained");
   }
-  std::filesystem::rename(tmp, path);
 }
 
 }  // namespace
@@ -77,7 +73,9 @@ void write_text_atomically(const std::filesystem::path& path, const std::string&
 void save_pretrained(CausalLM& model, const std::string& dir, uint64_t max_shard_bytes,
                      c10::optional<c10::ScalarType> storage_dtype) {
   namespace fs = std::filesystem;
-  fs::create_directories(dir);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  FERRY_CHECK(!ec, "cannot create the model folder ", dir, ": ", ec.message());
   std::set<std::string> tied = tied_names(model);
   std::vector<io::NamedTensors> shards(1);
   uint64_t shard_bytes = 0, total = 0;

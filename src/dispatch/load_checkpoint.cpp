@@ -146,7 +146,9 @@ LoadCheckpointResult load_checkpoint_in_model(Module& model, const io::Checkpoin
   if (options.offload_state_dict) {
     std::random_device rd;
     staging.path = (fs::temp_directory_path() / ("ferry_state_dict_" + std::to_string(rd()))).string();
-    fs::create_directories(staging.path);
+    std::error_code ec;
+    fs::create_directories(staging.path, ec);
+    FERRY_CHECK(!ec, "cannot create the staging folder ", staging.path, ": ", ec.message());
   }
 
   auto target_dtype = [&](const io::CheckpointTensor& t, const at::Tensor& current) -> c10::ScalarType {

@@ -1,4 +1,4 @@
-#include "io/atomic_file.h"
+#include "ferry/io/atomic_file.h"
 
 #include "ferry/core/error.h"
 
@@ -10,7 +10,7 @@
 #include <cerrno>
 #include <cstring>
 
-namespace ferry::io::detail {
+namespace ferry::io {
 
 AtomicFileWriter::AtomicFileWriter(std::string path, bool sync) : path_(std::move(path)), sync_(sync) {
   static std::atomic<unsigned long> counter{0};
@@ -44,6 +44,16 @@ void AtomicFileWriter::commit() {
   FERRY_CHECK(::rename(temp_path_.c_str(), path_.c_str()) == 0, "cannot rename ", temp_path_, " to ", path_, ": ",
               std::strerror(errno));
   committed_ = true;
+  if (sync_) {
+    // The rename itself is durable only once the folder is.
+    const auto slash = path_.find_last_of('/');
+    const std::string folder = slash == std::string::npos ? "." : (slash == 0 ? "/" : path_.substr(0, slash));
+    const int dir = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir >= 0) {
+      (void)::fsync(dir);
+      ::close(dir);
+    }
+  }
 }
 
 void write_file_atomically(const std::string& path, const std::string& contents) {
@@ -52,4 +62,4 @@ void write_file_atomically(const std::string& path, const std::string& contents)
   writer.commit();
 }
 
-}  // namespace ferry::io::detail
+}  // namespace ferry::io

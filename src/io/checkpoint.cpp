@@ -157,7 +157,12 @@ ParsedIndex resolve(const std::string& path) {
 }  // namespace
 
 ResolvedCheckpoint resolve_checkpoint_files(const std::string& path) {
-  ParsedIndex parsed = resolve(path);
+  ParsedIndex parsed;
+  try {
+    parsed = resolve(path);
+  } catch (const Error& e) {
+    throw e.in("resolve_checkpoint_files");  // the API the user called, not the helper that failed
+  }
   return ResolvedCheckpoint{parsed.index_file, std::move(parsed.files)};
 }
 
@@ -185,6 +190,14 @@ Checkpoint Checkpoint::matched_to(const std::string& expected_name) const {
 }
 
 Checkpoint Checkpoint::open(const std::string& path) {
+  try {
+    return open_checked(path);
+  } catch (const Error& e) {
+    throw e.in("Checkpoint::open");  // the API the user called, not the helper that failed
+  }
+}
+
+Checkpoint Checkpoint::open_checked(const std::string& path) {
   Checkpoint ckpt;
   ParsedIndex resolved = resolve(path);
   ckpt.index_file_ = resolved.index_file;

@@ -2,7 +2,7 @@
 #include "ferry/io/offload.h"
 
 #include "ferry/core/error.h"
-#include "io/atomic_file.h"
+#include "ferry/io/atomic_file.h"
 
 #include <ATen/Functions.h>
 
@@ -22,7 +22,7 @@ OffloadEntry offload_weight(const at::Tensor& tensor, const std::string& name, c
   entry.shape = tensor.sizes().vec();
   const std::string path = offload_file_path(folder, name);
   at::Tensor cpu = tensor.detach().to(c10::kCPU).contiguous();
-  detail::AtomicFileWriter writer(path, /*sync=*/false);  // save_offload_index syncs before the index
+  AtomicFileWriter writer(path, /*sync=*/false);  // save_offload_index syncs before the index
   writer.write(cpu.data_ptr(), static_cast<size_t>(cpu.numel()) * cpu.element_size());
   writer.commit();
   if (index != nullptr) index->set(name, entry);

@@ -4,7 +4,7 @@
 
 #include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
-#include "io/atomic_file.h"
+#include "ferry/io/atomic_file.h"
 #include "ferry/io/json.h"
 #include "ferry/io/regular_file.h"
 
@@ -252,7 +252,7 @@ void save_offload_index(const OffloadIndex& index, const std::string& folder) {
       ::close(fd);
     }
   }
-  detail::write_file_atomically((fs::path(folder) / "index.json").string(), merged.to_json());
+  write_file_atomically((fs::path(folder) / "index.json").string(), merged.to_json());
 }
 
 }  // namespace ferry::io

@@ -5,7 +5,7 @@
 
 #include "ferry/core/error.h"
 #include "ferry/core/host_memory.h"
-#include "io/atomic_file.h"
+#include "ferry/io/atomic_file.h"
 
 #include <ATen/Functions.h>
 #include <nlohmann/json.hpp>
@@ -82,7 +82,7 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   json_text.append((8 - json_text.size() % 8) % 8, ' ');
   const uint64_t n = json_text.size();
 
-  detail::AtomicFileWriter writer(path);
+  AtomicFileWriter writer(path);
   writer.write(&n, 8);
   writer.write(json_text.data(), json_text.size());
   for (const auto* item : order) {

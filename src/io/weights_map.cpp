@@ -169,8 +169,9 @@ class CheckpointWeightsMap final : public WeightsMap {
 
  private:
   const CheckpointTensor& get(const std::string& name) const {
-    FERRY_CHECK(visible_.count(name) > 0, ckpt_.source(), ": no tensor named '", name, "' in this weights map (",
-                keys_.size(), " tensors)");
+    if (!visible_.count(name))
+      throw Error("WeightsMap::load", detail::concat(ckpt_.source(), ": no tensor named '", name,
+                                                     "' in this weights map (", keys_.size(), " tensors)"));
     return ckpt_.at(name);
   }
   Checkpoint ckpt_;  // its shards are already mapped: nothing is opened again

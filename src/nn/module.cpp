@@ -2,7 +2,7 @@
 
 #include "ferry/core/error.h"
 #include "ferry/core/dtype.h"
-#include "ferry/hooks/model_hook.h"
+#include "ferry/nn/module_hook.h"
 #include "ferry/nn/init_on_device.h"
 
 #include <ATen/ATen.h>
@@ -48,8 +48,9 @@ c10::IValue Module::operator()(Args args) {
 
 at::Tensor Module::operator()(const at::Tensor& input) {
   c10::IValue output = (*this)(Args{input});
-  FERRY_CHECK(output.isTensor(), "module of class ", class_name_, " returned a ", output.tagKind(),
-              ", not a tensor; call it with Args to get the full output");
+  if (!output.isTensor())
+    throw Error("Module::operator()", detail::concat("module of class ", class_name_, " returned a ", output.tagKind(),
+                                                     ", not a tensor; call it with Args to get the full output"));
   return output.toTensor();
 }
 

@@ -1,6 +1,7 @@
 #include "ferry/plan/device_map.h"
 
 #include "ferry/core/error.h"
+#include "ferry/io/atomic_file.h"
 #include "ferry/io/json.h"
 
 
@@ -150,14 +151,11 @@ DeviceMap DeviceMap::read_json_file(const std::string& path) {
 }
 
 void DeviceMap::write_json_file(const std::string& path) const {
-  const std::string temporary = path + ".tmp";
-  {
-    std::ofstream out(temporary, std::ios::trunc);
-    FERRY_CHECK(out, "cannot write '", temporary, "'");
-    out << to_json(2) << '\n';
-    FERRY_CHECK(out.good(), "writing '", temporary, "' failed");
+  try {
+    io::write_file_atomically(path, to_json(2) + "\n");
+  } catch (const Error& e) {
+    throw e.in("DeviceMap::write_json_file");
   }
-  FERRY_CHECK(std::rename(temporary.c_str(), path.c_str()) == 0, "cannot rename '", temporary, "' to '", path, "'");
 }
 
 }  // namespace ferry

@@ -59,6 +59,14 @@ class Planner {
   DeviceMap run();
 
  private:
+  // ---- the phases of run() -----------------------------------------------------------------
+  void setup_devices();
+  void find_ties();
+  void fill_todo();
+  void place_all();
+  DeviceMap cover_every_name();
+  DeviceMap finish(DeviceMap map);
+
   // ---- todo list: doubly linked over node ids, sentinel = n -------------------------------
   int32_t sentinel() const { return plan_.size(); }
   bool todo_empty() const { return next_[static_cast<size_t>(sentinel())] == sentinel(); }
@@ -266,6 +274,7 @@ class Planner {
   std::vector<Placement> devices_;
   std::vector<int64_t> budget_bits_, used_, buffers_kept_, min_needed_;
   std::vector<uint8_t> main_;
+  std::vector<size_t> gpus_;  // accelerator devices (indices into devices_)
   std::vector<std::pair<int32_t, size_t>> decisions_;
 };
 
@@ -315,7 +324,15 @@ void Planner::expand_to(int32_t n) {
 }
 
 DeviceMap Planner::run() {
-  const size_t n = static_cast<size_t>(plan_.size());
+  setup_devices();
+  find_ties();
+  fill_todo();
+  place_all();
+  return finish(cover_every_name());
+}
+
+// Devices (Accelerate §4.1): budgets in device order, "disk" appended; which ones are main devices.
+void Planner::setup_devices() {
   // Devices (Accelerate §4.1): budgets in device order, "disk" appended.
   max_memory_ = get_max_memory(options_.max_memory);
   for (const auto& b : max_memory_) {
@@ -326,18 +343,18 @@ DeviceMap Planner::run() {
     devices_.push_back(Placement::disk());
     budget_bits_.push_back(kUnlimited);
   }
-  std::vector<size_t> gpus;
+  gpus_.clear();
   for (size_t d = 0; d < devices_.size(); ++d)
-    if (!devices_[d].is_cpu() && !devices_[d].is_disk()) gpus.push_back(d);
+    if (!devices_[d].is_cpu() && !devices_[d].is_disk()) gpus_.push_back(d);
   main_.assign(devices_.size(), 0);
   bool has_mps = false;
-  for (size_t d : gpus)
+  for (size_t d : gpus_)
     if (devices_[d].device().type() == c10::kMPS) {
       main_[d] = 1;
       has_mps = true;
     }
   if (!has_mps) {
-    if (!gpus.empty()) main_[gpus.front()] = 1;
+    if (!gpus_.empty()) main_[gpus_.front()] = 1;
     for (size_t d = 0; d < devices_.size(); ++d)
       if (devices_[d].is_cpu()) main_[d] = 1;
   }
@@ -345,7 +362,11 @@ DeviceMap Planner::run() {
   buffers_kept_.assign(devices_.size(), 0);
   min_needed_.assign(devices_.size(), -1);
 
-  // Ties: which groups have a member under each node.
+}
+
+// Ties: which groups have a member under each node.
+void Planner::find_ties() {
+  const size_t n = static_cast<size_t>(plan_.size());
   groups_ = plan_detail::find_tied_groups(plan_, /*buffers_too=*/true);
   if (!groups_.empty()) {
     groups_inside_.resize(n);
@@ -359,7 +380,11 @@ DeviceMap Planner::run() {
         }
   }
 
-  // Todo = the root's pieces; layers; the first get_max_layer_size (root tensors included).
+}
+
+// The todo list = the root's pieces; the layers; the first get_max_layer_size (root tensors included).
+void Planner::fill_todo() {
+  const size_t n = static_cast<size_t>(plan_.size());
   next_.assign(n + 1, 0);
   prev_.assign(n + 1, 0);
   in_todo_.assign(n + 1, 0);
@@ -390,6 +415,10 @@ DeviceMap Planner::run() {
   });
   FERRY_EXPLAIN("Devices in order: ", to_string(max_memory_), "; largest layer: ", human(max_layer_));
 
+}
+
+// Accelerate §4.2-4.5: pops the todo list, placing, splitting or moving on to the next device.
+void Planner::place_all() {
   size_t cur = 0;
   std::vector<int32_t> partners;
   while (!todo_empty()) {
@@ -481,7 +510,11 @@ DeviceMap Planner::run() {
     push_front(x);
   }
 
-  // ---- coverage: every name gets a device ------------------------------------------------------
+}
+
+// Every name gets a device: the decisions, and tied names placed with their tensor.
+DeviceMap Planner::cover_every_name() {
+  const size_t n = static_cast<size_t>(plan_.size());
   std::vector<int32_t> device_of(n, -1);
   for (const auto& [node, d] : decisions_) device_of[static_cast<size_t>(node)] = static_cast<int32_t>(d);
   for (size_t i = 1; i < n; ++i)
@@ -504,13 +537,17 @@ DeviceMap Planner::run() {
       map.set(m.name, p);
     }
   }
+  return map;
+}
 
-  // ---- epilogue (Accelerate §4.6) -----------------------------------------------------------
+// The epilogue (Accelerate §4.6): clean_device_map, the warning about offloaded buffers and the
+// line about devices that received nothing.
+DeviceMap Planner::finish(DeviceMap map) {
   if (options_.clean_result) map = clean_device_map(map);
   int64_t offloaded = 0;
   for (size_t d = 0; d < devices_.size(); ++d)
     if (devices_[d].is_cpu() || devices_[d].is_disk()) offloaded += buffers_kept_[d];
-  if (offloaded > 0 && !options_.offload_buffers && !gpus.empty()) {
+  if (offloaded > 0 && !options_.offload_buffers && !gpus_.empty()) {
     bool fits = false;
     for (size_t d = 0; d < devices_.size(); ++d) {
       if (devices_[d].is_cpu() || devices_[d].is_disk() || budget_of(max_memory_, devices_[d]) < 0) continue;

@@ -182,15 +182,31 @@ namespace {
 
 // Walks named_parameters(remove_duplicate=False) / named_buffers likewise: every registration of
 // every module, every slot. Calls f(tensor, is_buffer, node_or_-1, location, module_path, slot).
+//
+// Note [Names of shared modules]: a module registered under k parents, each of them under k more,
+// has k^depth names (24 levels of two registrations: 16 million), and Python's walk lists them
+// all. No real model is shaped so; the walk stops with an error past a budget far above any real
+// model's name count instead of running for minutes.
 struct FullWalker {
   const PlanTree& plan;
   const ModelTree& tree;
   std::vector<int64_t> stamp_param, stamp_buffer, stamp_child;
   int64_t visit = 0;
+  uint64_t names = 0;
+  uint64_t name_budget = std::max<uint64_t>(1'000'000, 8 * (uint64_t(tree.tensor_count()) + tree.module_count()));
 
   template <class F>
   void walk(ModuleId module, const std::string& path, int32_t node, int32_t location, F& f) {
     const TreeModule& m = tree.module(module);
+    names += 1 + m.params.size() + m.buffers.size();
+    if (names > name_budget)
+      throw Error("find_tied_parameters",
+                  detail::concat("the model reaches its modules and tensors under more than ", name_budget,
+                                 " names (", tree.module_count(), " modules, ", tree.tensor_count(),
+                                 " tensors): modules registered under several parents, nested (e.g. '",
+                                 path.empty() ? std::string("the root") : path,
+                                 "'), multiply their names. Register each shared module once, or tie "
+                                 "tensors instead of sharing whole modules"));
     const int64_t v = visit++;
     // Planning pieces of `node` in order, to line the slots up with their nodes.
     std::vector<int32_t> params, children, buffers;

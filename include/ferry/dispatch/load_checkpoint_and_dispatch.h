@@ -8,13 +8,13 @@
 ///     { auto guard = ferry::init_empty_weights(); model = std::make_shared<LlamaForCausalLM>(config); }
 ///     ferry::LoadAndDispatchOptions o;
 ///     o.strategy = "auto";                                       // or o.device_map = DeviceMap{...}
-///     o.max_memory = ferry::parse_max_memory("0=20GiB,cpu=8GiB");
-///     o.no_split.classes = {"LlamaDecoderLayer"};
+///     o.plan.max_memory = ferry::parse_max_memory("0=20GiB,cpu=8GiB");
+///     o.plan.no_split.classes = {"LlamaDecoderLayer"};
 ///     ferry::DispatchResult r = ferry::load_checkpoint_and_dispatch(*model, "llama-dir", o);
 ///     std::cout << r.device_map.to_json();                       // the hf_device_map
 ///
 /// Disk-placed weights are read from the checkpoint in place (memory-mapped), so no second copy
-/// is written unless an offload folder is asked for with `copy_disk_weights_to_offload_folder`.
+/// is written unless Accelerate's copy to an offload folder is asked for (`load.disk_in_place = false`).
 
 #include "ferry/dispatch/big_modeling.h"
 #include "ferry/dispatch/load_checkpoint.h"
@@ -26,37 +26,32 @@
 
 namespace ferry {
 
-/// load_checkpoint_and_dispatch's keyword arguments.
+/// load_checkpoint_and_dispatch's keyword arguments: the three steps' own options, composed, plus
+/// the few that all three share, set once.
 struct LoadAndDispatchOptions {
   /// An explicit device map; or leave it empty and set `strategy`.
   std::optional<DeviceMap> device_map;
   /// "auto", "balanced", "balanced_low_0" or "sequential": plan the map (ignored with device_map).
   /// Neither: the checkpoint is loaded into the model as it is placed, and nothing is dispatched.
   std::string strategy;
-  /// Budgets for planning; empty: what the machine has free.
-  MaxMemory max_memory;
-  /// Modules the planner must keep whole (class names or name patterns).
-  NoSplitRules no_split;
-  /// Floating tensors are cast to it (and planned at its size).
+
+  // ---- shared by the steps (their own fields of the same name are set from these) ------------
+  /// Floating tensors are cast to it, and planned at its size.
   std::optional<c10::ScalarType> dtype;
-  /// Folder for disk-placed weights when they are copied rather than read in place.
+  /// Folder for disk-placed weights when they are copied (load.disk_in_place = false) rather than
+  /// read from the checkpoint in place.
   std::string offload_folder;
-  /// Write disk-placed weights to `offload_folder` (Accelerate's behaviour) instead of reading
-  /// them from the checkpoint in place.
-  bool copy_disk_weights_to_offload_folder = false;
+  /// Disk-placed buffers are offloaded too (else they are loaded to the CPU).
   bool offload_buffers = false;
-  bool offload_state_dict = false;
-  std::vector<std::string> keep_in_fp32_modules;
-  std::vector<std::string> skip_keys;
-  std::vector<std::string> preload_module_classes;
-  bool force_hooks = false;
-  bool strict = false;
-  /// Put before every checkpoint name (LoadCheckpointOptions::name_prefix).
-  std::string name_prefix;
-  /// Prefetching of offloaded weights (on by default).
-  StreamerOptions streamer;
-  /// Receives the planner's explanation of each decision.
-  PlanExplainer explain;
+
+  // ---- each step's own options --------------------------------------------------------------
+  /// Planning (with `strategy`): max_memory, no_split, verbose (the planner's explanations), ...
+  PlanOptions plan;
+  /// Loading: keep_in_fp32_modules, strict, disk_in_place (false: Accelerate's copy to
+  /// offload_folder), name_prefix, offload_state_dict.
+  LoadCheckpointOptions load;
+  /// Dispatch: skip_keys, preload_module_classes, force_hooks, streamer (prefetching).
+  DispatchOptions dispatch;
 };
 
 /// What load_checkpoint_and_dispatch did.

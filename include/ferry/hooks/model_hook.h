@@ -16,31 +16,12 @@
 ///     ferry::remove_hook_from_module(model);      // original behaviour, exactly
 
 #include "ferry/nn/module.h"
+#include "ferry/nn/module_hook.h"  // the ModelHook interface itself
 
 #include <memory>
 #include <vector>
 
 namespace ferry {
-
-/// A hook around a module's forward. Every method has a do-nothing default.
-class ModelHook {
- public:
-  virtual ~ModelHook() = default;
-  /// When true, the module's forward runs under c10::NoGradGuard.
-  bool no_grad = false;
-  /// Called when the hook is attached.
-  virtual void init_hook(Module& module) {}
-  /// Called before forward; may rewrite the arguments in place.
-  virtual void pre_forward(Module& module, Args& args) {}
-  /// Called after forward with its output; returns the (possibly replaced) output.
-  virtual c10::IValue post_forward(Module& module, c10::IValue output) { return output; }
-  /// Called when the hook is removed.
-  virtual void detach_hook(Module& module) {}
-  /// Called instead of post_forward when forward (or pre_forward) throws, before the exception
-  /// propagates: release what pre_forward acquired (Accelerate has no such step and keeps
-  /// offloaded weights loaded after an exception).
-  virtual void abort_forward(Module& module) {}
-};
 
 /// Several hooks run in order: init/pre_forward/post_forward/detach thread through each.
 class SequentialHook : public ModelHook {

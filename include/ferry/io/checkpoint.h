@@ -111,6 +111,8 @@ class Checkpoint {
   const SafetensorsFile& open_file(const std::string& file) const;
 
  private:
+  static Checkpoint open_checked(const std::string& path);  // open() without re-branding errors
+
   std::string source_;
   std::string index_file_;
   std::string index_metadata_ = "{}";

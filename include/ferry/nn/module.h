@@ -6,7 +6,7 @@
 /// tensor *slots* can be replaced: offloading swaps a parameter between the meta device and real
 /// memory by replacing its slot, which `Tensor::set_data` and `torch::nn::Module` cannot do.
 /// Layers read their tensors through `TensorRef` handles that look at the slot on every use, like
-/// Python's attribute lookup. Calling a module runs its hook (hooks/model_hook.h) around
+/// Python's attribute lookup. Calling a module runs its hook (nn/module_hook.h) around
 /// `forward`. Walks de-duplicate by identity, as PyTorch's Python walks do.
 ///
 ///     class Mlp : public ferry::Module {
@@ -157,7 +157,7 @@ class Module {
   void set_move_guard(MoveGuard guard) { move_guard_ = std::move(guard); }
   bool has_move_guard() const { return static_cast<bool>(move_guard_); }
 
-  // ---- hooks (see hooks/model_hook.h; use add_hook_to_module rather than these) ----------------
+  // ---- hooks (see nn/module_hook.h; attach with hooks/model_hook.h's add_hook_to_module) ----------------
   const std::shared_ptr<ModelHook>& hook() const { return hook_; }
   void set_hook(std::shared_ptr<ModelHook> hook) { hook_ = std::move(hook); }
 

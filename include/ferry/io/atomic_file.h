@@ -1,12 +1,19 @@
 #pragma once
-// Internal: writes a file under a temporary name in the target folder, then renames it into place,
-// so a reader sees either the old file or the complete new one, never a half-written file.
+/// \file
+/// The one way ferry writes a file: under a unique temporary name in the target folder, then renamed
+/// into place (after fsync of the file and, on commit, of the folder), so that a reader, a crash or
+/// a full disk leaves either the old file or the complete new one, never a half-written file.
+///
+///     ferry::io::write_file_atomically("out/config.json", text);     // small files
+///     ferry::io::AtomicFileWriter w("out/model.safetensors");          // streamed ones
+///     w.write(header.data(), header.size());  ...  w.commit();          // no commit: nothing changes
 
 #include <cstddef>
 #include <string>
 
-namespace ferry::io::detail {
+namespace ferry::io {
 
+/// A file written in full or not at all.
 class AtomicFileWriter {
  public:
   /// Creates `<path>.tmp.<pid>.<n>` next to `path`. With `sync`, commit() fsyncs before renaming
@@ -19,7 +26,8 @@ class AtomicFileWriter {
 
   /// Appends `size` bytes; throws ferry::Error on a short or failed write (disk full, ...).
   void write(const void* data, size_t size);
-  /// fsync, close, rename over the target. Throws ferry::Error on failure.
+  /// fsync, close, rename over the target, fsync the folder (with `sync`). Throws ferry::Error on
+  /// failure, and the target is then untouched.
   void commit();
 
  private:
@@ -33,4 +41,4 @@ class AtomicFileWriter {
 /// Writes a whole small file atomically.
 void write_file_atomically(const std::string& path, const std::string& contents);
 
-}  // namespace ferry::io::detail
+}  // namespace ferry::io
