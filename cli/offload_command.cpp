@@ -27,7 +27,11 @@ void add_offload_command(CLI::App& app) {
   cmd->callback([checkpoint, out_dir, dtype] {
     const io::Checkpoint ckpt = io::Checkpoint::open(*checkpoint);  // every header validated first
     c10::optional<c10::ScalarType> cast;
-    if (!dtype->empty()) cast = parse_dtype(*dtype);
+    if (!dtype->empty()) {
+      cast = parse_dtype(*dtype);
+      FERRY_CHECK(is_floating_dtype(*cast) && !c10::isComplexType(*cast), "--dtype ", *dtype,
+                  ": floating tensors can be cast to float32, bfloat16 or float16, not to ", dtype_name(*cast));
+    }
     for (const auto& t : ckpt.tensors()) (void)io::offload_dtype_tag(cast && is_floating_dtype(t.dtype) ? *cast : t.dtype);
     std::error_code ec;
     std::filesystem::create_directories(*out_dir, ec);

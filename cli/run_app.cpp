@@ -2,6 +2,8 @@
 
 #include "ferry/core/error.h"
 
+#include <c10/util/Exception.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -22,6 +24,12 @@ int run_app(CLI::App& app, int argc, char** argv) {
     return app.exit(e);
   } catch (const ferry::Error& e) {
     std::cerr << "ferry: error: " << e.what() << '\n';
+    return 1;
+  } catch (const c10::Error& e) {
+    // LibTorch refused something ferry did not check first: one line, not a backtrace.
+    std::string what = e.what_without_backtrace();
+    what = what.substr(0, what.find('\n'));
+    std::cerr << "ferry: error: LibTorch: " << what << '\n';
     return 1;
   } catch (const std::exception& e) {
     std::cerr << "ferry: unexpected error: " << e.what() << '\n';

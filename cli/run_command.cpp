@@ -5,6 +5,7 @@
 #include "ferry/core/byte_size.h"
 #include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
+#include "ferry/core/log.h"
 #include "ferry/io/checkpoint.h"
 #include "ferry/io/io_counters.h"
 #include "ferry/io/safetensors.h"
@@ -39,11 +40,25 @@ struct RunOptions {
   double temperature = 1.0;
   int64_t top_k = 0;
   double top_p = 1.0;
-  uint64_t seed = 0;
+  std::string seed = "0";
   bool json = false;
   std::string logits_out;
   int64_t prefetch_bytes = -1;
 };
+
+// --seed as an unsigned 64-bit integer: out of range is an error, not a silent wrap.
+uint64_t parse_seed(const std::string& text) {
+  size_t used = 0;
+  unsigned long long v = 0;
+  try {
+    FERRY_CHECK(!text.empty() && text[0] != '-', "");
+    v = std::stoull(text, &used, 10);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  FERRY_CHECK(used == text.size() && used > 0, "--seed must be an integer from 0 to 18446744073709551615, got '", text, "'");
+  return static_cast<uint64_t>(v);
+}
 
 // "1 2 3;4 5 6" -> [2, 3] int64; every prompt the same length.
 at::Tensor parse_ids(const std::string& text) {
@@ -149,11 +164,20 @@ void run(const RunOptions& o) {
   g.temperature = o.temperature;
   g.top_k = o.top_k;
   g.top_p = o.top_p;
-  g.seed = o.seed;
+  g.seed = parse_seed(o.seed);
   g.eos_token_ids = config.eos_token_ids;
   g.pad_token_id = config.pad_token_id;
   g.return_prompt_logits = !o.logits_out.empty();
   FERRY_CHECK(o.max_new_tokens >= 0, "--max-new-tokens must be >= 0, got ", o.max_new_tokens);
+  // Past the model's positions a run is slow and meaningless; far past them it is a typo.
+  const int64_t positions = config.max_position_embeddings;
+  FERRY_CHECK(positions > 0, o.model_dir, "/config.json: max_position_embeddings must be positive, got ", positions);
+  FERRY_CHECK(o.max_new_tokens <= 16 * positions, "--max-new-tokens ", o.max_new_tokens, " is more than 16 times the ",
+              positions, " positions this model was trained for; ask for fewer");
+  if (ids.size(1) + o.max_new_tokens > positions)
+    log_warning(detail::concat("a prompt of ", ids.size(1), " tokens plus ", o.max_new_tokens,
+                               " new ones goes past the model's max_position_embeddings (", positions,
+                               "): text beyond it is usually degraded"));
   if (g.do_sample) {
     FERRY_CHECK(g.temperature > 0, "--temperature must be > 0, got ", g.temperature);
     FERRY_CHECK(g.top_p > 0 && g.top_p <= 1, "--top-p must be in (0, 1], got ", g.top_p);

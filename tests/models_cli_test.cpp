@@ -191,7 +191,7 @@ TEST(ModelsCli, BadInputExitsNonZeroWithAClearMessage) {
   EXPECT_NE(r.out.find("the device map names 'model.layers.7', which is not a module or tensor of this LlamaForCausalLM"),
             std::string::npos)
       << r.out;
-  EXPECT_NE(r.out.find("its layers are model.layers.0 .. model.layers.2"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("'model.layers' holds model.layers.0, model.layers.1, model.layers.2"), std::string::npos) << r.out;
   EXPECT_FALSE(fs::exists(fs::path(offload) / "index.json"));  // nothing half-written
 
   map = write_map(maps, R"({"model.embed_tokens": "cpu", "model.layers": "cpu"})");
@@ -228,4 +228,41 @@ TEST(ModelsCli, Float16EitherRunsOrSaysWhy) {
     EXPECT_EQ(r.status, 1) << r.out;
     EXPECT_NE(r.out.find("Try --dtype float32 or bfloat16"), std::string::npos) << r.out;
   }
+}
+
+// Issue 13: bad arguments end in one line that names the argument, exit status 1, never a LibTorch
+// backtrace or "unexpected error"; nothing runs on a device that does not exist here.
+TEST(ModelsCli, ArgumentsThatCannotWorkGetOneLineEach) {
+  REQUIRE_CLI();
+  TempDir maps("devices");
+  int count = 0;
+  auto map_file = [&](const std::string& json) {
+    const std::string path = (maps.path() / ("map" + std::to_string(count++) + ".json")).string();
+    std::ofstream(path) << json;
+    return path;
+  };
+  const std::string model = fixture("tiny_llama");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--device-map auto --max-memory 0=1GB", "a max_memory budget's device is cuda:0"},
+      {"--device-map auto --max-memory mps=1GB", "a max_memory budget's device is mps"},
+      {"--device-map " + map_file(R"({"": "cuda:7"})"), "device map entry '' is cuda:7"},
+      {"--device-map " + map_file(R"({"": "meta"})"), "is 'meta', which holds no data"},
+      {"--device-map " + map_file(R"({"": "cpu", "lm_head.weight": "disk"})"),
+       "puts one tensor on disk, but weights are offloaded module by module"},
+      {"--dtype int8", "computes in floating point, not int8"},
+      {"--dtype complex64", "computes in floating point, not complex64"},
+      {"--seed 99999999999999999999999", "--seed must be an integer from 0 to 18446744073709551615"},
+      {"--seed -1", "--seed must be an integer"},
+      {"--max-new-tokens 100000000", "is more than 16 times the 256 positions"},
+  };
+  for (const auto& [args, expected] : cases) {
+    Result r = run_cli("run " + model + " --ids \"1 2 3\" " + args);
+    EXPECT_EQ(r.status, 1) << args << "\n" << r.out;
+    EXPECT_NE(r.out.find(expected), std::string::npos) << args << "\n" << r.out;
+    EXPECT_EQ(r.out.find("frame #"), std::string::npos) << args << "\n" << r.out;
+    EXPECT_EQ(r.out.find("unexpected error"), std::string::npos) << args << "\n" << r.out;
+  }
+  // Planning for another machine may name any device.
+  Result plan = run_cli("plan " + model + " --max-memory 0=1MB,cpu=1GB --json");
+  EXPECT_EQ(plan.status, 0) << plan.out;
 }

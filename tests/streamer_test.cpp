@@ -1,9 +1,11 @@
 // The weight streamer: prefetching never changes a result, follows the learned order, relearns
-// when the order changes, and cleans up after exceptions.
+// when the order changes, and cleans up after exceptions. First the streamer alone (modules
+// described by hand, passes simulated by calling it as a hook would), then through hooks.
 
 #include "ferry/core/error.h"
 #include "ferry/dispatch/big_modeling.h"
 #include "ferry/hooks/weight_streamer.h"
+#include "ferry/io/weights_map.h"
 #include "dispatch_models.h"
 
 #include <ATen/ATen.h>
@@ -47,6 +49,255 @@ at::Tensor call(Module& m, const at::Tensor& x, bool skip_odd = false) {
 int64_t block_bytes(int64_t dim) { return (dim * 2 + 2 * dim * dim + 2 * dim + 2 * dim * dim + dim + dim) * 4; }
 
 }  // namespace
+
+// ---- The streamer alone ----------------------------------------------------------------------
+
+namespace {
+
+// `layers` layers of "layers.<i>.weight" [dim, dim], ".bias" [dim] and ".norm" [dim], all float,
+// as a state dict.
+io::NamedTensors layer_tensors(int layers, int64_t dim = 48) {
+  io::NamedTensors out;
+  for (int i = 0; i < layers; ++i) {
+    const std::string prefix = "layers." + std::to_string(i) + ".";
+    out.emplace_back(prefix + "weight", at::randn({dim, dim}));
+    out.emplace_back(prefix + "bias", at::randn({dim}));
+    out.emplace_back(prefix + "norm", at::randn({dim}));
+  }
+  return out;
+}
+
+// The same tensors in a safetensors file read in place (zero-copy views of its mapping).
+io::WeightsMapPtr checkpoint_weights(const TempDir& dir, const io::NamedTensors& tensors) {
+  const std::string path = dir / "model.safetensors";
+  io::save_safetensors(path, tensors);
+  return io::make_checkpoint_weights_map(io::Checkpoint::open(path));
+}
+
+// Layer i as a hook would describe it: the weight at its stored dtype (on the CPU, a view), the
+// bias cast to double (a new tensor, loaded on an I/O thread), and the norm, when `tied_norm`, as
+// a tensor loaded elsewhere (never prefetched).
+StreamedModule layer_module(const io::WeightsMapPtr& weights, int i, bool with_norm = false, bool tied_norm = false) {
+  const std::string prefix = "layers." + std::to_string(i) + ".";
+  StreamedModule m;
+  m.weights = weights;
+  m.device = c10::kCPU;
+  m.tensors.push_back({prefix + "weight", at::kFloat});
+  m.tensors.push_back({prefix + "bias", at::kDouble});
+  if (with_norm) m.tensors.push_back({prefix + "norm", at::kFloat, /*streamed=*/!tied_norm});
+  for (const auto& t : m.tensors) m.bytes += static_cast<int64_t>(weights->info(t.name).nbytes);
+  return m;
+}
+
+// Registered modules and what each was registered with.
+struct Registered {
+  std::vector<StreamedModuleId> ids;
+  std::vector<StreamedModule> modules;
+};
+
+Registered register_layers(WeightStreamer& streamer, const io::WeightsMapPtr& weights, int layers,
+                           bool with_norm = false, bool tied_norm = false) {
+  Registered r;
+  for (int i = 0; i < layers; ++i) {
+    r.modules.push_back(layer_module(weights, i, with_norm, tied_norm));
+    r.ids.push_back(streamer.add_module(r.modules.back()));
+  }
+  return r;
+}
+
+// One simulated forward that runs the given layers in order, as a hook does (on_forward, a fetch
+// per tensor, release), checking every fetched tensor against the weights map's own load: the same
+// bits, and for the CPU at the stored dtype the very same memory. Returns the most bytes in flight.
+int64_t run_pass(WeightStreamer& streamer, const Registered& r, const std::vector<int>& layers) {
+  int64_t most_in_flight = 0;
+  for (int layer : layers) {
+    const StreamedModule& m = r.modules[layer];
+    streamer.on_forward(r.ids[layer]);
+    most_in_flight = std::max(most_in_flight, streamer.prefetched_bytes());
+    for (size_t i = 0; i < m.tensors.size(); ++i) {
+      const StreamedTensor& t = m.tensors[i];
+      at::Tensor fetched = streamer.fetch(r.ids[layer], i, c10::kCPU);
+      at::Tensor direct = m.weights->load(t.name, c10::kCPU, t.dtype);
+      EXPECT_EQ(fetched.scalar_type(), t.dtype) << t.name;
+      EXPECT_TRUE(at::equal(fetched, direct)) << t.name;
+      if (m.weights->info(t.name).dtype == t.dtype) EXPECT_EQ(fetched.data_ptr(), direct.data_ptr()) << t.name;
+    }
+    streamer.release(r.ids[layer]);
+    most_in_flight = std::max(most_in_flight, streamer.prefetched_bytes());
+    EXPECT_LE(streamer.prefetched_bytes(), streamer.options().prefetch_bytes);
+  }
+  return most_in_flight;
+}
+
+std::vector<int> upto(int n) {
+  std::vector<int> out;
+  for (int i = 0; i < n; ++i) out.push_back(i);
+  return out;
+}
+
+}  // namespace
+
+TEST(StreamerAloneTest, LearnsTheOrderThenServesFromPrefetchWithTheMapsOwnBits) {
+  at::manual_seed(10);
+  io::NamedTensors tensors = layer_tensors(4);
+  TempDir dir;
+  for (bool file : {true, false}) {
+    io::WeightsMapPtr weights = file ? checkpoint_weights(dir, tensors) : io::make_state_dict_weights_map(tensors);
+    WeightStreamer streamer;
+    Registered r = register_layers(streamer, weights, 4);
+    EXPECT_EQ(streamer.module_count(), 4u);
+
+    run_pass(streamer, r, upto(4));  // recording: every load on demand
+    EXPECT_EQ(streamer.learned_length(), 0u) << "the order is known when its first module runs again";
+    StreamerStats stats = streamer.stats();
+    EXPECT_EQ(stats.prefetched_loads, 0);
+    EXPECT_EQ(stats.demand_loads, 4 * 2);
+
+    run_pass(streamer, r, upto(4));  // layer 0 learns the order and loads layers 1-3 ahead
+    EXPECT_EQ(streamer.learned_length(), 4u);
+    stats = streamer.stats();
+    EXPECT_EQ(stats.prefetched_loads, 3 * 2) << "file " << file;
+    EXPECT_EQ(stats.demand_loads, 4 * 2 + 2) << "file " << file;
+    EXPECT_GT(stats.io_jobs, 0) << "the double biases are cast on I/O threads";
+
+    streamer.reset_stats();
+    run_pass(streamer, r, upto(4));  // wrap-around: layer 0 was loaded while layer 3 ran
+    stats = streamer.stats();
+    EXPECT_EQ(stats.prefetched_loads, 4 * 2) << "file " << file;
+    EXPECT_EQ(stats.demand_loads, 0) << "file " << file;
+    EXPECT_EQ(stats.relearns, 0);
+    const int64_t dim = 48;
+    EXPECT_EQ(stats.bytes_loaded, 4 * (dim * dim * 4 + dim * 8));
+  }
+}
+
+TEST(StreamerAloneTest, AChangedOrderRelearns) {
+  at::manual_seed(11);
+  io::NamedTensors tensors = layer_tensors(4);
+  TempDir dir;
+  io::WeightsMapPtr weights = checkpoint_weights(dir, tensors);
+  StreamerOptions options;
+  options.prefetch_bytes = int64_t{1} << 20;
+  WeightStreamer streamer(options);
+  Registered r = register_layers(streamer, weights, 4);
+  for (int pass = 0; pass < 3; ++pass) run_pass(streamer, r, upto(4));
+  EXPECT_EQ(streamer.learned_length(), 4u);
+  EXPECT_EQ(streamer.stats().relearns, 0);
+
+  const std::vector<int> skipping = {0, 2, 3};  // layer 1 was prefetched, layer 2 runs instead
+  run_pass(streamer, r, skipping);
+  EXPECT_EQ(streamer.stats().relearns, 1);
+  EXPECT_EQ(streamer.learned_length(), 0u);
+  run_pass(streamer, r, skipping);
+  EXPECT_EQ(streamer.learned_length(), 3u);
+  run_pass(streamer, r, skipping);
+  streamer.reset_stats();
+  run_pass(streamer, r, skipping);
+  StreamerStats stats = streamer.stats();
+  EXPECT_EQ(stats.relearns, 0);
+  EXPECT_EQ(stats.prefetched_loads, 3 * 2);
+  EXPECT_EQ(stats.demand_loads, 0);
+
+  run_pass(streamer, r, upto(4));  // and back
+  EXPECT_EQ(streamer.stats().relearns, 1);
+}
+
+TEST(StreamerAloneTest, WithoutABudgetEveryLoadIsOnDemand) {
+  at::manual_seed(12);
+  io::NamedTensors tensors = layer_tensors(3);
+  TempDir dir;
+  io::WeightsMapPtr weights = checkpoint_weights(dir, tensors);
+  for (int64_t budget : {int64_t{0}, int64_t{100}}) {  // off, and smaller than any module
+    StreamerOptions options;
+    options.prefetch_bytes = budget;
+    WeightStreamer streamer(options);
+    Registered r = register_layers(streamer, weights, 3);
+    for (int pass = 0; pass < 3; ++pass) EXPECT_EQ(run_pass(streamer, r, upto(3)), 0) << "budget " << budget;
+    StreamerStats stats = streamer.stats();
+    EXPECT_EQ(stats.prefetched_loads, 0) << "budget " << budget;
+    EXPECT_EQ(stats.demand_loads, 3 * 3 * 2) << "budget " << budget;
+    EXPECT_EQ(stats.io_jobs, 0) << "budget " << budget;
+    EXPECT_EQ(streamer.learned_length(), budget == 0 ? 0u : 3u) << "budget " << budget;
+  }
+}
+
+TEST(StreamerAloneTest, TheByteBudgetBoundsTheModulesInFlight) {
+  at::manual_seed(13);
+  io::NamedTensors tensors = layer_tensors(6);
+  TempDir dir;
+  io::WeightsMapPtr weights = checkpoint_weights(dir, tensors);
+  const int64_t module_bytes = layer_module(weights, 0).bytes;
+  for (int64_t in_flight : {1, 2, 3, 5}) {
+    StreamerOptions options;
+    options.prefetch_bytes = in_flight * module_bytes + module_bytes / 2;
+    WeightStreamer streamer(options);
+    Registered r = register_layers(streamer, weights, 6);
+    int64_t most = 0;
+    for (int pass = 0; pass < 3; ++pass) most = std::max(most, run_pass(streamer, r, upto(6)));
+    EXPECT_EQ(most, in_flight * module_bytes) << in_flight << " modules";
+    streamer.reset_stats();
+    run_pass(streamer, r, upto(6));
+    EXPECT_EQ(streamer.stats().prefetched_loads, 6 * 2) << in_flight << " modules";
+    EXPECT_EQ(streamer.stats().demand_loads, 0) << in_flight << " modules";
+  }
+}
+
+TEST(StreamerAloneTest, TensorsLoadedElsewhereAreNeverPrefetched) {
+  at::manual_seed(14);
+  io::NamedTensors tensors = layer_tensors(3);
+  TempDir dir;
+  io::WeightsMapPtr weights = checkpoint_weights(dir, tensors);
+  WeightStreamer streamer;
+  Registered r = register_layers(streamer, weights, 3, /*with_norm=*/true, /*tied_norm=*/true);
+  for (int pass = 0; pass < 3; ++pass) run_pass(streamer, r, upto(3));
+  streamer.reset_stats();
+  run_pass(streamer, r, upto(3));  // fetching them still works: on demand
+  EXPECT_EQ(streamer.stats().prefetched_loads, 3 * 2);
+  EXPECT_EQ(streamer.stats().demand_loads, 3);
+}
+
+TEST(StreamerAloneTest, RemovingAModuleForgetsItAndTheOrder) {
+  at::manual_seed(15);
+  io::NamedTensors tensors = layer_tensors(3);
+  TempDir dir;
+  io::WeightsMapPtr weights = checkpoint_weights(dir, tensors);
+  WeightStreamer streamer;
+  Registered r = register_layers(streamer, weights, 3);
+  for (int pass = 0; pass < 2; ++pass) run_pass(streamer, r, upto(3));
+  EXPECT_EQ(streamer.learned_length(), 3u);
+  EXPECT_GT(streamer.prefetched_bytes(), 0);
+
+  streamer.drop_prefetched();  // keeps the order
+  EXPECT_EQ(streamer.prefetched_bytes(), 0);
+  EXPECT_EQ(streamer.learned_length(), 3u);
+  run_pass(streamer, r, upto(3));
+  EXPECT_EQ(streamer.stats().relearns, 0);
+
+  streamer.remove_module(r.ids[1]);
+  streamer.remove_module(r.ids[1]);  // again: nothing
+  EXPECT_EQ(streamer.module_count(), 2u);
+  EXPECT_EQ(streamer.learned_length(), 0u);
+  EXPECT_THROW(streamer.fetch(r.ids[1], 0, c10::kCPU), Error);
+  EXPECT_THROW(streamer.on_forward(r.ids[1]), Error);
+  EXPECT_THROW(streamer.set_device(r.ids[1], c10::kCPU), Error);
+  EXPECT_THROW(streamer.fetch(r.ids[0], 2, c10::kCPU), Error) << "layer 0 has 2 tensors";
+
+  for (int pass = 0; pass < 3; ++pass) run_pass(streamer, r, {0, 2});
+  EXPECT_EQ(streamer.learned_length(), 2u);
+  streamer.reset_stats();
+  run_pass(streamer, r, {0, 2});
+  EXPECT_EQ(streamer.stats().prefetched_loads, 2 * 2);
+
+  StreamedModule bad = layer_module(weights, 0);
+  bad.tensors.push_back({"layers.9.weight", at::kFloat});
+  EXPECT_THROW(streamer.add_module(bad), Error);
+  bad = layer_module(weights, 0);
+  bad.weights = nullptr;
+  EXPECT_THROW(streamer.add_module(bad), Error);
+  EXPECT_EQ(streamer.module_count(), 2u);
+}
+
+// ---- Through hooks ---------------------------------------------------------------------------
 
 TEST(StreamerTest, PrefetchedRunsAreIdenticalAndServedAhead) {
   at::manual_seed(0);

@@ -1,5 +1,6 @@
 #include "ferry/models/causal_lm.h"
 
+#include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
 #include "ferry/models/gpt2.h"
 #include "ferry/models/llama.h"
@@ -86,6 +87,9 @@ std::vector<std::string> CausalLM::tied_weight_names() const {
 
 std::shared_ptr<CausalLM> create_model(const ModelConfig& config, c10::optional<c10::ScalarType> dtype) {
   c10::ScalarType t = dtype.value_or(config.dtype);
+  // Integer or complex weights would be value-cast from the checkpoint's floats: silently wrong.
+  FERRY_CHECK(is_floating_dtype(t) && !c10::isComplexType(t), "a ", config.architecture, " computes in floating point, not ",
+              dtype_name(t), "; choose float32, bfloat16 or float16", dtype ? "" : " (the config's dtype)");
   const std::string& a = config.architecture;
   if (a == "LlamaForCausalLM" || a == "MistralForCausalLM" || a == "Qwen2ForCausalLM")
     return std::make_shared<LlamaForCausalLM>(config, t);

@@ -19,27 +19,6 @@
 #include <set>
 
 namespace ferry::models {
-void check_device_map_names(CausalLM& model, const DeviceMap& map) {
-  std::set<std::string> modules;
-  for (const auto& [name, m] : model.named_modules()) modules.insert(name);
-  std::set<std::string> tensors;
-  for (const auto& [name, t] : model.state_dict()) tensors.insert(name);
-  for (const auto& [name, t] : model.named_buffers()) tensors.insert(name);
-  for (const auto& [key, placement] : map) {
-    if (key.empty() || modules.count(key) || tensors.count(key)) continue;
-    std::string top;
-    for (const auto& [name, child] : model.children()) top += (top.empty() ? "" : ", ") + name;
-    std::string layers;
-    auto names = model.decoder_layer_names();
-    if (!names.empty()) layers = "; its layers are " + names.front() + " .. " + names.back();
-    FERRY_FAIL("the device map names '", key, "', which is not a module or tensor of this ",
-               model.config().architecture, " (top-level modules: ", top, layers, ")");
-  }
-  for (const auto& [name, t] : model.state_dict())
-    FERRY_CHECK(map.placement_of(name).has_value(), "the device map gives no placement for '", name,
-                "'; add an entry for its module (or \"\" for everything)");
-}
-
 LoadedModel load_model(const std::string& dir, const LoadModelOptions& o) {
   auto model = create_empty_model(dir, o.dtype);
   const io::Checkpoint checkpoint = check_checkpoint_matches(*model, open_model_checkpoint(dir));
@@ -73,9 +52,6 @@ LoadedModel load_model(std::shared_ptr<CausalLM> empty_model, const io::Checkpoi
                                    "' is not a strategy (auto, balanced, balanced_low_0, sequential), so it must be a "
                                    "device-map JSON file: ");
     }
-  }
-  if (options.device_map) {
-    check_device_map_names(model, *options.device_map);
   }
 
   if (o.on_progress) o.on_progress(0, 1);

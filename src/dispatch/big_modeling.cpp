@@ -4,6 +4,7 @@
 #include "ferry/core/log.h"
 #include "ferry/io/offload.h"
 #include "ferry/nn/module_tensors.h"
+#include "ferry/plan/max_memory.h"
 
 #include <ATen/ATen.h>
 
@@ -182,35 +183,58 @@ std::shared_ptr<DispatchState> offload_everything(Module& model, io::WeightsMapP
   return state;
 }
 
+}  // namespace
+
+namespace {
+
+// For a key naming no module: what the nearest module that does exist holds, e.g. "'model.layers'
+// holds model.layers.0 .. model.layers.2" for "model.layers.7".
+std::string what_exists_near(Module& model, const std::unordered_set<std::string>& modules, const std::string& key) {
+  std::string prefix = key;
+  do {
+    const auto dot = prefix.rfind('.');
+    prefix = dot == std::string::npos ? "" : prefix.substr(0, dot);
+  } while (!prefix.empty() && !modules.count(prefix));
+  Module* holder = &model.submodule(prefix);
+  std::vector<std::string> names;
+  for (const auto& [name, child] : holder->children()) names.push_back(prefix.empty() ? name : prefix + "." + name);
+  if (names.empty()) return "";
+  const std::string where = prefix.empty() ? "the model" : "'" + prefix + "'";
+  if (names.size() > 4) return "; " + where + " holds " + names.front() + " .. " + names.back();
+  std::string list;
+  for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+  return "; " + where + " holds " + list;
+}
+
+}  // namespace
+
 void validate_device_map(Module& model, const DeviceMap& device_map) {
-  std::vector<std::string> uncovered;
-  for (const auto& [name, tensor] : model.state_dict())
-    if (!device_map.placement_of(name)) uncovered.push_back(name);
-  if (!uncovered.empty()) {
-    std::ostringstream list;
-    for (size_t i = 0; i < uncovered.size() && i < 8; ++i) list << (i ? ", " : "") << uncovered[i];
-    if (uncovered.size() > 8) list << ", ... (" << uncovered.size() << " in all)";
-    FERRY_FAIL("the device map gives no placement for ", uncovered.size(), " tensor(s) of the model: ", list.str(),
-               ". Add an entry for their modules (or \"\" for everything)");
-  }
+  for (const auto& [name, placement] : device_map)
+    check_placement_available(placement, "device map entry '" + name + "'");
   std::unordered_set<std::string> modules;
   for (const auto& [name, module] : model.named_modules()) modules.insert(name);
-  std::vector<std::string> unknown;
   for (const auto& [name, placement] : device_map) {
     if (name.empty() || modules.count(name)) continue;
     auto dot = name.rfind('.');
     std::string owner = dot == std::string::npos ? "" : name.substr(0, dot);
     Module* m = modules.count(owner) ? &model.submodule(owner) : nullptr;
     std::string leaf = dot == std::string::npos ? name : name.substr(dot + 1);
-    if (m && (m->has_parameter(leaf) || m->has_buffer(leaf))) continue;  // a tensor name covers itself
-    unknown.push_back(name);
+    FERRY_CHECK(m && (m->has_parameter(leaf) || m->has_buffer(leaf)), "the device map names '", name,
+                "', which is not a module or tensor of this ", model.class_name(), what_exists_near(model, modules, name));
+    // Offloading works module by module: a tensor alone on disk inside a module placed elsewhere would
+    // leave that module half-placed (a split module's own tensors may go anywhere).
+    const auto owner_placement = device_map.placement_of(owner);
+    FERRY_CHECK(!placement.is_disk() || !owner_placement || *owner_placement == placement, "device map entry '", name,
+                "' puts one tensor on disk, but weights are offloaded module by module: place its module '", owner,
+                "' on disk instead");
   }
-  FERRY_CHECK(unknown.empty(), "the device map names ", unknown.size(), " module(s) the model does not have: '",
-              unknown.front(), "'", unknown.size() > 1 ? " and others" : "",
-              ". Check the module names (e.g. with `ferry plan`) against the model");
+  std::vector<std::string> uncovered;
+  for (const auto& [name, tensor] : model.state_dict())
+    if (!device_map.placement_of(name)) uncovered.push_back(name);
+  FERRY_CHECK(uncovered.empty(), "the device map gives no placement for '", uncovered.front(), "'",
+              uncovered.size() > 1 ? " (and " + std::to_string(uncovered.size() - 1) + " more tensors)" : "",
+              "; add an entry for its module (or \"\" for everything)");
 }
-
-}  // namespace
 
 std::shared_ptr<DispatchState> cpu_offload(Module& model, const OffloadOptions& options) {
   undo_previous_dispatch(model);

@@ -100,6 +100,12 @@ LoadCheckpointResult load_checkpoint_in_model(Module& model, const io::Checkpoin
     FERRY_CHECK(!current.defined() || current.sizes() == at::IntArrayRef(t.shape), "tensor '", t.name,
                 "' has shape ", shape_str(t.shape), " in ", t.file, " but the model expects ",
                 shape_str(current.sizes()), ". Is this checkpoint for another model or configuration?");
+    // A floating weight stored as integers (or complex) would be value-cast: numbers silently wrong.
+    FERRY_CHECK(!current.defined() || !is_floating_dtype(current.scalar_type()) ||
+                    (is_floating_dtype(t.dtype) && !c10::isComplexType(t.dtype)),
+                "tensor '", t.name, "' is stored as ", dtype_name(t.dtype), " in ", t.file, ", but the model's is ",
+                dtype_name(current.scalar_type()), ": ferry does not convert integer or complex data to floating point "
+                "(no quantisation format is supported yet)");
     Placement p;
     if (device_map != nullptr) {
       auto found = device_map->placement_of(t.name);

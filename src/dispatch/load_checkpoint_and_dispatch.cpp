@@ -1,6 +1,7 @@
 #include "ferry/dispatch/load_checkpoint_and_dispatch.h"
 
 #include "ferry/core/error.h"
+#include "ferry/plan/max_memory.h"
 #include "ferry/plan/module_tree.h"
 
 namespace ferry {
@@ -15,7 +16,11 @@ DispatchResult load_checkpoint_and_dispatch(Module& model, const io::Checkpoint&
                                             const LoadAndDispatchOptions& options) {
   DispatchResult result;
   std::optional<DeviceMap> device_map = options.device_map;
+  // Validated once, here, before any weight is read: the map (or the budgets it will be planned
+  // from) against the model and the devices this machine has.
+  if (device_map) validate_device_map(model, *device_map);
   if (!device_map && !options.strategy.empty()) {
+    check_budgets_available(options.plan.max_memory);
     PlanOptions plan = options.plan;
     plan.sizes.dtype = options.dtype;
     plan.offload_buffers = options.offload_buffers;

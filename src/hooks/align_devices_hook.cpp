@@ -44,6 +44,21 @@ AlignDevicesHook::AlignDevicesHook(AlignDevicesOptions options) : options_(std::
   if (options_.execution_device && options_.execution_device->type() == c10::kMeta) options_.tied_cache = nullptr;
 }
 
+AlignDevicesHook::~AlignDevicesHook() { unregister_streamed(); }
+
+bool AlignDevicesHook::streamed() const { return options_.streamer && streamed_ != StreamedModuleId::none; }
+
+void AlignDevicesHook::unregister_streamed() {
+  if (!streamed()) return;
+  options_.streamer->remove_module(streamed_);
+  streamed_ = StreamedModuleId::none;
+}
+
+void AlignDevicesHook::set_execution_device(std::optional<c10::Device> device) {
+  options_.execution_device = device;
+  if (streamed()) options_.streamer->set_device(streamed_, device.value_or(c10::Device(c10::kCPU)));
+}
+
 void AlignDevicesHook::init_hook(Module& module) {
   const bool recurse = options_.place_submodules;
   if (!options_.offload) {
@@ -100,6 +115,18 @@ void AlignDevicesHook::init_hook(Module& module) {
     offloaded_bytes_ += static_cast<int64_t>(info.nbytes);
     offloaded_.push_back(std::move(t));
   }
+  if (options_.streamer) {
+    // What the streamer needs to load these tensors ahead of pre_forward.
+    StreamedModule needs;
+    needs.weights = options_.weights_map;
+    needs.device = options_.execution_device.value_or(c10::Device(c10::kCPU));
+    needs.bytes = offloaded_bytes_;
+    needs.tensors.reserve(offloaded_.size());
+    for (const auto& t : offloaded_)  // tied tensors go through the shared cache: not prefetched
+      needs.tensors.push_back(StreamedTensor{t.name, t.meta.scalar_type(), /*streamed=*/!t.tie_group});
+    unregister_streamed();  // re-initialised without tensors: register afresh
+    streamed_ = options_.streamer->add_module(std::move(needs));
+  }
 
   if (options_.execution_device) {
     const c10::Device device = *options_.execution_device;
@@ -121,8 +148,8 @@ void AlignDevicesHook::load_weights(Module& module) {
     at::Tensor value;
     if (t.tie_group) value = options_.tied_cache->find(*t.tie_group, device);
     if (!value.defined()) {
-      value = options_.streamer ? options_.streamer->fetch(this, i, device)
-                                : options_.weights_map->load(t.name, device, t.meta.scalar_type());
+      value = streamed() ? options_.streamer->fetch(streamed_, i, device)
+                         : options_.weights_map->load(t.name, device, t.meta.scalar_type());
       if (t.tie_group) {
         at::Tensor kept = options_.tied_cache->put(*t.tie_group, device, value);
         if (kept.is_same(value)) tied_to_release_.emplace_back(*t.tie_group, device);
@@ -140,13 +167,13 @@ void AlignDevicesHook::unload_weights(Module& module) {
   for (const auto& [group, device] : tied_to_release_) options_.tied_cache->erase(group, device);
   tied_to_release_.clear();
   loaded_ = false;
-  if (options_.streamer) options_.streamer->release(this);
+  if (streamed()) options_.streamer->release(streamed_);
 }
 
 void AlignDevicesHook::pre_forward(Module& module, Args& args) {
   if (options_.io_same_device) input_device_ = find_device(args);
   if (options_.offload) {
-    if (options_.streamer) options_.streamer->on_forward(this);
+    if (streamed()) options_.streamer->on_forward(streamed_);
     load_weights(module);
   }
   if (options_.execution_device) send_to_device(args, *options_.execution_device, options_.skip_keys);
@@ -165,7 +192,7 @@ void AlignDevicesHook::abort_forward(Module& module) {
 void AlignDevicesHook::detach_hook(Module& module) {
   if (!options_.offload) return;
   unload_weights(module);
-  if (options_.streamer) options_.streamer->forget(this);
+  unregister_streamed();
   for (const auto& [name, device] : original_devices_) {
     if (device.type() == c10::kMeta) continue;
     if (options_.weights_map->contains(name)) {

@@ -1,6 +1,6 @@
 #include "ferry/hooks/weight_streamer.h"
 
-#include "ferry/hooks/align_devices_hook.h"
+#include "ferry/core/error.h"
 #include "host_to_device_copier.h"
 
 #include <ATen/ATen.h>
@@ -113,17 +113,18 @@ WeightStreamer::Loaded WeightStreamer::load_now(const io::WeightsMapPtr& weights
   return {std::move(copy.tensor), std::move(copy.done)};
 }
 
-void WeightStreamer::start_prefetch(AlignDevicesHook* hook, c10::Device device) {
+void WeightStreamer::start_prefetch(StreamedModuleId id, const StreamedModule& module) {
   Pending pending;
-  pending.device = device;
-  pending.bytes = hook->offloaded_bytes();
-  io::WeightsMapPtr weights = hook->options().weights_map;
-  for (const auto& t : hook->offloaded_tensors()) {
-    if (t.tie_group) {  // tied tensors go through the shared cache at fetch time
+  pending.device = module.device;
+  pending.bytes = module.bytes;
+  const c10::Device device = module.device;
+  const io::WeightsMapPtr& weights = module.weights;
+  for (const auto& t : module.tensors) {
+    if (!t.streamed) {  // loaded elsewhere (tied tensors go through a shared cache at fetch time)
       pending.tensors.emplace_back();
       continue;
     }
-    const c10::ScalarType dtype = t.meta.scalar_type();
+    const c10::ScalarType dtype = t.dtype;
     if (device.is_cpu() && weights->info(t.name).dtype == dtype) {
       // A zero-copy view (or the RAM tensor itself) costs microseconds on this thread; an I/O
       // thread is woken only when its pages must be read in, so a warm pass wakes none (on a
@@ -141,39 +142,85 @@ void WeightStreamer::start_prefetch(AlignDevicesHook* hook, c10::Device device) 
       }
       continue;
     }
-    // The job holds what it needs by value: the hook may be detached while it runs.
+    // The job holds what it needs by value: the module may be removed while it runs.
     pending.tensors.push_back(
         enqueue([this, weights, name = t.name, dtype, device] { return load_now(weights, name, dtype, device, true); }));
   }
   pending_bytes_ += pending.bytes;
-  pending_.emplace(hook, std::move(pending));
+  pending_.emplace(id, std::move(pending));
+}
+
+void WeightStreamer::drop_pending(StreamedModuleId id) {
+  auto it = pending_.find(id);
+  if (it != pending_.end()) {
+    pending_bytes_ -= it->second.bytes;
+    pending_.erase(it);
+  }
 }
 
 void WeightStreamer::schedule_after(size_t position) {
   const size_t n = order_.size();
   for (size_t step = 1; step < n; ++step) {
-    AlignDevicesHook* next = order_[(position + step) % n];
+    StreamedModuleId next = order_[(position + step) % n];
     if (pending_.count(next)) continue;
-    if (pending_bytes_ + next->offloaded_bytes() > options_.prefetch_bytes) break;
-    start_prefetch(next, next->options().execution_device.value_or(c10::Device(c10::kCPU)));
+    auto module = modules_.find(next);
+    if (module == modules_.end()) continue;  // not reached: removing a module clears the order
+    if (pending_bytes_ + module->second.bytes > options_.prefetch_bytes) break;
+    start_prefetch(next, module->second);
   }
 }
 
-void WeightStreamer::on_forward(AlignDevicesHook* hook) {
+StreamedModuleId WeightStreamer::add_module(StreamedModule module) {
+  FERRY_CHECK(module.weights, "a module needs a weights map");
+  FERRY_CHECK(module.bytes >= 0, "bytes must be non-negative, got ", module.bytes);
+  for (const auto& t : module.tensors) {
+    FERRY_CHECK(t.dtype != c10::ScalarType::Undefined, "no dtype for '", t.name, "'");
+    FERRY_CHECK(module.weights->contains(t.name), "the weights map has no '", t.name, "'");
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  const auto id = static_cast<StreamedModuleId>(next_id_++);
+  modules_.emplace(id, std::move(module));
+  return id;
+}
+
+void WeightStreamer::remove_module(StreamedModuleId id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (modules_.erase(id) == 0) return;
+  drop_pending(id);
+  learned_ = false;
+  order_.clear();
+  recording_.clear();
+  cursor_ = 0;
+}
+
+void WeightStreamer::set_device(StreamedModuleId id, c10::Device device) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = modules_.find(id);
+  FERRY_CHECK(it != modules_.end(), "module ", static_cast<uint64_t>(id), " is not registered");
+  it->second.device = device;
+}
+
+size_t WeightStreamer::module_count() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return modules_.size();
+}
+
+void WeightStreamer::on_forward(StreamedModuleId id) {
   if (options_.prefetch_bytes <= 0) return;
   std::lock_guard<std::mutex> lock(mutex_);
+  FERRY_CHECK(modules_.count(id), "module ", static_cast<uint64_t>(id), " is not registered");
   if (!learned_) {
-    if (recording_.empty() || recording_.front() != hook) {
-      recording_.push_back(hook);
+    if (recording_.empty() || recording_.front() != id) {
+      recording_.push_back(id);
       return;
     }
-    order_ = std::move(recording_);  // the first hook came round again: one pass is recorded
+    order_ = std::move(recording_);  // the first module came round again: one pass is recorded
     recording_.clear();
     learned_ = true;
     cursor_ = 0;
   }
-  if (cursor_ >= order_.size() || order_[cursor_] != hook) {
-    if (order_.front() == hook) {
+  if (cursor_ >= order_.size() || order_[cursor_] != id) {
+    if (order_.front() == id) {
       cursor_ = 0;  // a new pass
     } else {
       // Another code path: drop the prefetched weights and relearn from here.
@@ -182,7 +229,7 @@ void WeightStreamer::on_forward(AlignDevicesHook* hook) {
       pending_bytes_ = 0;
       learned_ = false;
       order_.clear();
-      recording_.assign(1, hook);
+      recording_.assign(1, id);
       return;
     }
   }
@@ -190,13 +237,23 @@ void WeightStreamer::on_forward(AlignDevicesHook* hook) {
   ++cursor_;
 }
 
-at::Tensor WeightStreamer::fetch(AlignDevicesHook* hook, size_t index, c10::Device device) {
+at::Tensor WeightStreamer::fetch(StreamedModuleId id, size_t index, c10::Device device) {
   std::shared_future<Loaded> ready;
+  io::WeightsMapPtr weights;  // for a load now
+  StreamedTensor tensor;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto it = pending_.find(hook);
+    auto it = pending_.find(id);
     if (it != pending_.end() && it->second.device == device && index < it->second.tensors.size())
       ready = it->second.tensors[index];
+    if (!ready.valid()) {
+      auto module = modules_.find(id);
+      FERRY_CHECK(module != modules_.end(), "module ", static_cast<uint64_t>(id), " is not registered");
+      FERRY_CHECK(index < module->second.tensors.size(), "no tensor ", index, " in module ",
+                  static_cast<uint64_t>(id), ", which has ", module->second.tensors.size());
+      weights = module->second.weights;
+      tensor = module->second.tensors[index];
+    }
   }
   Loaded loaded;
   int64_t waited_ns = 0;
@@ -205,8 +262,7 @@ at::Tensor WeightStreamer::fetch(AlignDevicesHook* hook, size_t index, c10::Devi
     loaded = ready.get();
     waited_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
   } else {
-    const auto& t = hook->offloaded_tensors().at(index);
-    loaded = load_now(hook->options().weights_map, t.name, t.meta.scalar_type(), device, /*on_io_thread=*/false);
+    loaded = load_now(weights, tensor.name, tensor.dtype, device, /*on_io_thread=*/false);
   }
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -219,28 +275,11 @@ at::Tensor WeightStreamer::fetch(AlignDevicesHook* hook, size_t index, c10::Devi
   return loaded.tensor;
 }
 
-void WeightStreamer::release(AlignDevicesHook* hook) {
+void WeightStreamer::release(StreamedModuleId id) {
   if (options_.prefetch_bytes <= 0) return;
   std::lock_guard<std::mutex> lock(mutex_);
-  auto it = pending_.find(hook);
-  if (it != pending_.end()) {
-    pending_bytes_ -= it->second.bytes;
-    pending_.erase(it);
-  }
+  drop_pending(id);
   if (learned_ && cursor_ > 0) schedule_after(cursor_ - 1);
-}
-
-void WeightStreamer::forget(AlignDevicesHook* hook) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  auto it = pending_.find(hook);
-  if (it != pending_.end()) {
-    pending_bytes_ -= it->second.bytes;
-    pending_.erase(it);
-  }
-  learned_ = false;
-  order_.clear();
-  recording_.clear();
-  cursor_ = 0;
 }
 
 void WeightStreamer::drop_prefetched() {
@@ -262,6 +301,11 @@ void WeightStreamer::reset_stats() {
 size_t WeightStreamer::learned_length() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return learned_ ? order_.size() : 0;
+}
+
+int64_t WeightStreamer::prefetched_bytes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return pending_bytes_;
 }
 
 }  // namespace ferry

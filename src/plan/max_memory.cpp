@@ -72,6 +72,38 @@ MaxMemory parse_max_memory(const std::string& text) {
   return get_max_memory(out);
 }
 
+std::vector<Placement> available_accelerators() {
+  std::vector<Placement> out;
+#if defined(FERRY_WITH_CUDA)
+  int count = 0;
+  if (cudaGetDeviceCount(&count) == cudaSuccess)
+    for (int i = 0; i < count; ++i) out.push_back(Placement::cuda(i));
+#endif
+  return out;
+}
+
+void check_placement_available(const Placement& p, const std::string& what) {
+  if (p.is_disk() || p.is_cpu()) return;
+  FERRY_CHECK(!p.is_meta(), what,
+              " is 'meta', which holds no data: place weights on a GPU, 'cpu' or 'disk'");
+  const auto accelerators = available_accelerators();
+  for (const auto& a : accelerators)
+    if (a == p) return;
+  std::string here = "cpu, disk";
+  for (const auto& a : accelerators) here += ", " + a.str();
+  FERRY_FAIL(what, " is ", p.str(), ", but ",
+#if defined(FERRY_WITH_CUDA)
+             "this machine has: ", here,
+#else
+             "this build of ferry has no GPU support (LibTorch without CUDA); devices here: ", here,
+#endif
+             ". Use one of those, or plan for another machine with `ferry plan`");
+}
+
+void check_budgets_available(const MaxMemory& max_memory) {
+  for (const auto& b : max_memory) check_placement_available(b.device, "a max_memory budget's device");
+}
+
 MaxMemory get_max_memory() {
   MaxMemory out;
 #if defined(FERRY_WITH_CUDA)

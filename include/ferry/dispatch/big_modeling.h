@@ -82,6 +82,12 @@ struct DispatchOptions {
   StreamerOptions streamer;
 };
 
+/// What dispatch_model checks before anything moves: every placement exists on this machine (no
+/// cuda:7 on a machine with one GPU, no 'meta'), every tensor of the model gets one, every key names
+/// a module or tensor of the model, and no tensor is put on disk apart from its module. Throws
+/// ferry::Error naming the entry.
+void validate_device_map(Module& model, const DeviceMap& device_map);
+
 /// Places `model` as `device_map` says and attaches the hooks that run it there. The map is
 /// checked completely first: a tensor without a placement is an error before anything moves.
 /// Moving the model afterwards with Module::to() is refused (remove the hooks first).

@@ -16,15 +16,17 @@
 #include "ferry/io/weights_map.h"
 
 #include <c10/core/Device.h>
-#include <optional>
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace ferry {
 
 class WeightStreamer;
+enum class StreamedModuleId : uint64_t;  // ferry/hooks/weight_streamer.h
 
 /// How an AlignDevicesHook places its module (Accelerate's constructor arguments).
 struct AlignDevicesOptions {
@@ -45,7 +47,8 @@ struct AlignDevicesOptions {
   std::vector<std::string> skip_keys;
   /// Tied-weight cache shared by every hook of a dispatched model (may be null).
   std::shared_ptr<TiedWeightsCache> tied_cache;
-  /// Prefetcher shared by every hook of a dispatched model (may be null: synchronous loads).
+  /// Prefetcher shared by every hook of a dispatched model (may be null: synchronous loads). An
+  /// offloading hook registers its weights with it at init_hook and unregisters at detach_hook.
   std::shared_ptr<WeightStreamer> streamer;
 };
 
@@ -53,17 +56,29 @@ struct AlignDevicesOptions {
 class AlignDevicesHook : public ModelHook {
  public:
   explicit AlignDevicesHook(AlignDevicesOptions options);
+  /// Unregisters from the streamer, if still registered (a hook dropped without detach_hook).
+  ~AlignDevicesHook() override;
+  AlignDevicesHook(const AlignDevicesHook&) = delete;
+  AlignDevicesHook& operator=(const AlignDevicesHook&) = delete;
 
+  /// Offloading: replaces the module's tensors with meta ones, records what to load (and
+  /// registers it with the streamer); otherwise moves the tensors to the execution device.
   void init_hook(Module& module) override;
+  /// Loads the offloaded weights (through the streamer, when there is one) and moves the inputs.
   void pre_forward(Module& module, Args& args) override;
+  /// Drops the offloaded weights; moves the output back with io_same_device.
   c10::IValue post_forward(Module& module, c10::IValue output) override;
+  /// Puts the weights back where they were before init_hook and unregisters from the streamer.
   void detach_hook(Module& module) override;
   /// Drops the weights pre_forward loaded, so an exception leaks no memory.
   void abort_forward(Module& module) override;
 
+  /// The options it was made with (weights_map filled in by init_hook when it was null).
   const AlignDevicesOptions& options() const { return options_; }
-  /// Changes the execution device (align_module_device's override); takes effect at the next load.
-  void set_execution_device(std::optional<c10::Device> device) { options_.execution_device = device; }
+  /// Changes the execution device (align_module_device's override); takes effect at the next load
+  /// (and the streamer prefetches for it from its next prefetch).
+  void set_execution_device(std::optional<c10::Device> device);
+  /// Whether the weights are kept out of the module between calls.
   bool offload() const { return options_.offload; }
 
   /// One tensor this hook loads before forward and drops after it.
@@ -77,8 +92,9 @@ class AlignDevicesHook : public ModelHook {
   const std::vector<OffloadedTensor>& offloaded_tensors() const { return offloaded_; }
   /// Bytes brought in per call (sum over offloaded_tensors, at their stored size).
   int64_t offloaded_bytes() const { return offloaded_bytes_; }
-  /// Loads the weights into the slots now (pre_forward's weight part), and drops them.
+  /// Loads the weights into the slots now (pre_forward's weight part).
   void load_weights(Module& module);
+  /// Drops them (back to meta tensors) and tells the streamer they are no longer needed.
   void unload_weights(Module& module);
 
  private:
@@ -89,6 +105,10 @@ class AlignDevicesHook : public ModelHook {
   std::optional<c10::Device> input_device_;
   int64_t offloaded_bytes_ = 0;
   bool loaded_ = false;
+  /// Its registration with options_.streamer (none: not registered).
+  StreamedModuleId streamed_{};
+  bool streamed() const;
+  void unregister_streamed();
 };
 
 /// (name, slot) for the tensors a hook on `module` owns: parameters, and buffers when

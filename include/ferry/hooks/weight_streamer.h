@@ -1,14 +1,37 @@
 #pragma once
 /// \file
-/// The streamer: one per dispatched model, shared by its offloading hooks. It learns the order
-/// in which offloaded modules execute (the first forward records it) and, while module i
-/// computes, loads the weights of modules i+1, i+2, ... within a byte budget on I/O threads, so
-/// that a forward costs max(load time, compute time) rather than their sum.
+/// The streamer: prefetches offloaded weights in execution order. Callers (in ferry, the
+/// offloading hooks of a dispatched model, which share one) register each offloaded
+/// module once with a plain description of its weights (StreamedModule), then report every run of
+/// it: on_forward() before, fetch() for each tensor, release() after. The first pass records the
+/// order in which modules run; from then on, while module i computes, the weights of modules
+/// i+1, i+2, ... (wrapping round to the start of the next pass) are loaded within a byte budget
+/// on I/O threads, so that a forward costs max(load time, compute time) rather than their sum.
 ///
-///     auto streamer = std::make_shared<ferry::WeightStreamer>(StreamerOptions{});
-///     // dispatch_model / load_checkpoint_and_dispatch create and attach one by default;
-///     // hooks call on_forward(), fetch() and release() around each offloaded module.
-///     streamer->stats();   // loads served from prefetch, on demand, bytes moved, relearns
+///     using namespace ferry;
+///     auto weights = io::make_checkpoint_weights_map(io::Checkpoint::open("/models/mlp"));
+///     StreamerOptions options;
+///     options.prefetch_bytes = int64_t{256} << 20;   // at most this much loaded ahead
+///     WeightStreamer streamer(options);
+///     std::vector<StreamedModuleId> layers;
+///     for (int i = 0; i < 4; ++i) {
+///       std::string w = "layers." + std::to_string(i) + ".weight";
+///       layers.push_back(streamer.add_module(
+///           {weights, {{w, at::kFloat}}, c10::kCPU, static_cast<int64_t>(weights->info(w).nbytes)}));
+///     }
+///     at::Tensor h = input;
+///     for (int pass = 0; pass < 3; ++pass)      // pass 0 records the order; later ones prefetch
+///       for (StreamedModuleId layer : layers) {
+///         streamer.on_forward(layer);            // checks the order, loads the next layers ahead
+///         at::Tensor w = streamer.fetch(layer, 0, c10::kCPU);  // == weights->load(name, device, dtype)
+///         h = at::relu(at::matmul(h, w.t()));
+///         streamer.release(layer);               // w no longer needed: the window moves on
+///       }
+///     streamer.stats();   // loads served from prefetch, on demand, bytes moved, relearns
+///     for (StreamedModuleId layer : layers) streamer.remove_module(layer);
+///
+/// dispatch_model, cpu_offload, disk_offload and load_checkpoint_and_dispatch create one per
+/// dispatched model by default and hand it to the hooks they attach.
 ///
 /// On the CPU, a disk-offloaded weight is used straight from its mapped file: prefetching brings
 /// its pages in (and checks first, cheaply, whether they already are). For an accelerator, the
@@ -16,13 +39,16 @@
 /// weights are pinned at dispatch; mapped files go through pinned staging chunks), and each copy
 /// ends with an event that the compute stream waits on, on the device, just before the module runs.
 ///
-/// Correctness first: a prefetched tensor is exactly what the hook would have loaded itself
-/// (same WeightsMap call), a fetch never returns another module's weights, and when the order
-/// changes (another code path) the streamer falls back to loading on demand and relearns.
+/// Correctness first: a prefetched tensor is exactly what the module would have loaded itself
+/// (the same WeightsMap::load call), a fetch never returns another module's weights, and when the
+/// order changes (another code path) the streamer falls back to loading on demand and relearns.
+
+#include "ferry/io/weights_map.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 #include <c10/core/Event.h>
+#include <c10/core/ScalarType.h>
 
 #include <condition_variable>
 #include <cstdint>
@@ -38,15 +64,11 @@
 
 namespace ferry {
 
-class AlignDevicesHook;
 class HostToDeviceCopier;
-namespace io {
-class WeightsMap;
-}
 
 /// Tuning of a WeightStreamer.
 struct StreamerOptions {
-  /// Prefetch at most this many bytes of upcoming modules' weights (loaded but not yet used).
+  /// Prefetch at most this many bytes of upcoming modules' weights (loaded but not yet released).
   /// 0 disables prefetching: every load happens on demand, in the calling thread.
   int64_t prefetch_bytes = int64_t{1} << 30;
   /// I/O threads that load ahead.
@@ -71,33 +93,86 @@ struct StreamerStats {
   int64_t io_jobs = 0;           ///< loads handed to I/O threads (a warm CPU pass needs none)
 };
 
-/// Prefetches offloaded weights in execution order; see file comment.
+/// One weight of a StreamedModule.
+struct StreamedTensor {
+  /// Its key in the module's weights map.
+  std::string name;
+  /// The dtype the module uses it in: loads are `weights->load(name, device, dtype)`.
+  c10::ScalarType dtype = c10::ScalarType::Undefined;
+  /// false: loaded elsewhere (e.g. a tied weight shared through a cache), so never prefetched;
+  /// a fetch() of it still loads it, on demand.
+  bool streamed = true;
+};
+
+/// What one offloaded module needs from the streamer: where its weights live and which ones it loads.
+struct StreamedModule {
+  /// Where the weights are read from (shared: the streamer holds it while the module is registered).
+  io::WeightsMapPtr weights;
+  /// Its weights, in the order the module asks for them: fetch()'s `index` indexes this.
+  std::vector<StreamedTensor> tensors;
+  /// Where they are used: prefetches load them there (a fetch for another device loads on demand).
+  c10::Device device = c10::kCPU;
+  /// Bytes a load of all of them brings in (their stored size): what they count against
+  /// StreamerOptions::prefetch_bytes.
+  int64_t bytes = 0;
+};
+
+/// A module registered with a WeightStreamer (add_module); `none` is never one.
+enum class StreamedModuleId : uint64_t { none = 0 };
+
+/// Prefetches offloaded weights in execution order; see file comment. Every call may come from any
+/// thread; the order it learns is the order of the on_forward() calls.
 class WeightStreamer {
  public:
+  /// Starts options.io_threads I/O threads (none when options.prefetch_bytes is 0).
   explicit WeightStreamer(StreamerOptions options = {});
+  /// Drops every pending load and joins the I/O threads.
   ~WeightStreamer();
   WeightStreamer(const WeightStreamer&) = delete;
   WeightStreamer& operator=(const WeightStreamer&) = delete;
 
-  /// Called by `hook` in pre_forward, before it fetches: records/checks the order and starts
-  /// loading the modules that follow it.
-  void on_forward(AlignDevicesHook* hook);
-  /// Tensor `index` of `hook` (AlignDevicesHook::offloaded_tensors()) on `device`: a prefetched one
-  /// if there is, else loaded now.
-  at::Tensor fetch(AlignDevicesHook* hook, size_t index, c10::Device device);
-  /// Called by `hook` after forward: its tensors are no longer needed; the window moves on.
-  void release(AlignDevicesHook* hook);
-  /// Forgets a hook (when it is detached): its pending loads are dropped.
-  void forget(AlignDevicesHook* hook);
+  /// Registers a module; the returned id names it in every other call. Does not change the
+  /// learned order (a module first runs, and is recorded, at its first on_forward). Throws
+  /// ferry::Error without weights, for a tensor the weights map lacks or without a dtype, or for
+  /// negative bytes.
+  StreamedModuleId add_module(StreamedModule module);
+  /// Unregisters a module (for a hook, when it is detached): its pending loads are dropped and the
+  /// order is learned afresh. An unknown (or already removed) id is ignored.
+  void remove_module(StreamedModuleId module);
+  /// Moves where `module`'s weights are prefetched to (from the next prefetch on). Throws
+  /// ferry::Error for an unregistered module.
+  void set_device(StreamedModuleId module, c10::Device device);
+  /// Number of registered modules.
+  size_t module_count() const;
+
+  /// Called before `module` runs, before its fetches: records/checks the order and starts loading
+  /// the modules that follow it. Does nothing when prefetching is off; otherwise throws
+  /// ferry::Error for an unregistered module.
+  void on_forward(StreamedModuleId module);
+  /// Tensor `index` of `module` (StreamedModule::tensors) on `device`: the prefetched one if there
+  /// is one for that device, else loaded now, in this thread. Equal, bit for bit, to
+  /// `weights->load(name, device, dtype)` (for the CPU at the stored dtype, the same zero-copy view).
+  /// For an accelerator, the current stream waits (on the device) for the copy to end. Throws
+  /// ferry::Error for an unregistered module or an index past its tensors.
+  at::Tensor fetch(StreamedModuleId module, size_t index, c10::Device device);
+  /// Called after `module` ran: its tensors are no longer needed; the window moves on.
+  void release(StreamedModuleId module);
   /// Drops every prefetched tensor (keeping the learned order), releasing their memory and
   /// file mappings; prefetching resumes at the next forward.
   void drop_prefetched();
 
+  /// Counters since construction or reset_stats().
   StreamerStats stats() const;
+  /// Zeroes the counters.
   void reset_stats();
+  /// The options it was made with.
   const StreamerOptions& options() const { return options_; }
-  /// The learned execution order (hooks), empty until one forward has completed.
+  /// The learned execution order (modules per pass), 0 until one pass has been recorded (the
+  /// first module of a pass ran again).
   size_t learned_length() const;
+  /// Bytes (StreamedModule::bytes) of the modules loaded or being loaded ahead and not yet
+  /// released; never more than options().prefetch_bytes.
+  int64_t prefetched_bytes() const;
 
  private:
   /// A loaded tensor; for an accelerator, with the event that ends its copy.
@@ -111,10 +186,12 @@ class WeightStreamer {
     int64_t bytes = 0;
   };
   void schedule_after(size_t position);
-  void start_prefetch(AlignDevicesHook* hook, c10::Device device);
+  void start_prefetch(StreamedModuleId id, const StreamedModule& module);
+  /// Drops `id`'s pending loads, if any.
+  void drop_pending(StreamedModuleId id);
   /// Loads one weight for `device`: see the file comment.
-  Loaded load_now(const std::shared_ptr<const io::WeightsMap>& weights, const std::string& name,
-                  c10::ScalarType dtype, c10::Device device, bool on_io_thread);
+  Loaded load_now(const io::WeightsMapPtr& weights, const std::string& name, c10::ScalarType dtype,
+                  c10::Device device, bool on_io_thread);
   HostToDeviceCopier& copier();
   /// Runs `load` on an I/O thread.
   std::shared_future<Loaded> enqueue(std::function<Loaded()> load);
@@ -123,11 +200,13 @@ class WeightStreamer {
 
   StreamerOptions options_;
   mutable std::mutex mutex_;
-  std::vector<AlignDevicesHook*> order_;      // learned order of one pass
-  std::vector<AlignDevicesHook*> recording_;  // order being recorded
+  std::unordered_map<StreamedModuleId, StreamedModule> modules_;  // registered modules
+  uint64_t next_id_ = 1;
+  std::vector<StreamedModuleId> order_;      // learned order of one pass
+  std::vector<StreamedModuleId> recording_;  // order being recorded
   bool learned_ = false;
-  size_t cursor_ = 0;                         // position of the next expected hook in order_
-  std::unordered_map<AlignDevicesHook*, Pending> pending_;
+  size_t cursor_ = 0;                        // position of the next expected module in order_
+  std::unordered_map<StreamedModuleId, Pending> pending_;
   int64_t pending_bytes_ = 0;
   StreamerStats stats_;
 

@@ -39,6 +39,18 @@ MaxMemory get_max_memory();
 /// "detect" (get_max_memory()).
 MaxMemory get_max_memory(const MaxMemory& max_memory);
 
+/// The accelerators this process can use: cuda:0 .. cuda:N-1 in a CUDA build on a machine with N
+/// GPUs; none otherwise.
+std::vector<Placement> available_accelerators();
+
+/// Throws ferry::Error "<what> is cuda:7, but this machine has: cpu, disk, cuda:0" unless `p` is the
+/// CPU, disk or an accelerator that exists here. Planning for another machine (ferry plan) may name
+/// any device; running (dispatch, loading) may not.
+void check_placement_available(const Placement& p, const std::string& what);
+
+/// check_placement_available for every budget of `max_memory`.
+void check_budgets_available(const MaxMemory& max_memory);
+
 /// Bytes of `device` in `max_memory`, or -1 when it is not named.
 int64_t budget_of(const MaxMemory& max_memory, const Placement& device);
 

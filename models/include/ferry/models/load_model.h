@@ -81,9 +81,5 @@ LoadedModel load_model(const std::string& dir, const LoadModelOptions& options =
 LoadedModel load_model(std::shared_ptr<CausalLM> empty_model, const io::Checkpoint& checkpoint,
                        const LoadModelOptions& options = {});
 
-/// Checks that every key of `map` is "" or a module or tensor name of `model`, and that every
-/// tensor gets a placement. The message names the unknown key and suggests the model's top-level
-/// modules.
-void check_device_map_names(CausalLM& model, const DeviceMap& map);
 
 }  // namespace ferry::models
