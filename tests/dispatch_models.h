@@ -1,4 +1,5 @@
 #pragma once
+#include "test_util.h"
 // Models for the dispatch and streamer tests: Accelerate's test models with non-trivial buffers,
 // a model with a block that uses its child's weight directly, and a tied embedding/head model.
 
@@ -103,24 +104,6 @@ class TiedModel : public Module {
   TensorRef gain;
 };
 
-/// A fresh temporary folder, removed at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "ferry-test-XXXXXX").string();
-    char* made = mkdtemp(pattern.data());
-    if (!made) throw std::runtime_error("mkdtemp failed");
-    path_ = made;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using ferry_test::TempDir;  // test_util.h
 
 }  // namespace ferry::testing

@@ -10,6 +10,7 @@
 #include "ferry/hooks/layerwise_casting_hook.h"
 #include "ferry/io/offload.h"
 #include "ferry/nn/module_tensors.h"
+#include "ferry/plan/tied_parameters.h"
 #include "dispatch_models.h"
 
 #include <ATen/ATen.h>

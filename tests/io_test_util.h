@@ -1,4 +1,5 @@
 #pragma once
+#include "test_util.h"
 // Helpers for the io tests: a temporary folder removed at scope exit, raw file writing and reading.
 
 #include <ATen/core/Tensor.h>
@@ -15,27 +16,7 @@
 
 namespace ferry::test {
 
-/// A fresh folder under the system temp dir, removed (recursively) when it goes out of scope.
-class TempDir {
- public:
-  TempDir() {
-    std::random_device rd;
-    path_ = std::filesystem::temp_directory_path() /
-            ("ferry_io_test_" + std::to_string(::getpid()) + "_" + std::to_string(rd()));
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string str() const { return path_.string(); }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  std::filesystem::path path_;
-};
+using ferry_test::TempDir;  // test_util.h
 
 inline void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

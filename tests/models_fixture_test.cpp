@@ -6,6 +6,7 @@
 #include "ferry/models/llama.h"
 #include "ferry/models/pretrained.h"
 #include "ferry/nn/module_tensors.h"
+#include "ferry/plan/tied_parameters.h"
 #include "models_test_util.h"
 
 #include <ATen/ATen.h>

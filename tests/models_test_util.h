@@ -1,4 +1,5 @@
 #pragma once
+#include "test_util.h"
 // Helpers shared by the models tests.
 
 #include "ferry/core/error.h"
@@ -22,24 +23,7 @@ std::string error_of(F&& f) {
   return "";
 }
 
-/// A fresh empty folder under the system temp dir, removed on destruction.
-class TempDir {
- public:
-  explicit TempDir(const std::string& tag) {
-    std::random_device rd;
-    path_ = std::filesystem::temp_directory_path() / ("ferry_models_" + tag + "_" + std::to_string(rd()));
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string str() const { return path_.string(); }
-  std::filesystem::path path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
+using ferry_test::TempDir;  // test_util.h
 
 inline std::string fixture(const std::string& name) { return std::string(FERRY_TEST_DATA_DIR) + "/" + name; }
 

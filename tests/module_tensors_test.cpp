@@ -3,6 +3,7 @@
 #include "ferry/nn/init_on_device.h"
 #include "ferry/nn/layers.h"
 #include "ferry/nn/module_tensors.h"
+#include "ferry/plan/tied_parameters.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>

@@ -7,13 +7,43 @@
 
 #include <gtest/gtest.h>
 
+#include <stdlib.h>
+
 #include <cstdint>
+#include <filesystem>
+#include <stdexcept>
 #include <cstdio>
 #include <fstream>
 #include <string>
 #include <vector>
 
 namespace ferry_test {
+
+/// A fresh empty folder under the system temp dir (mkdtemp: unique even across parallel test
+/// processes), removed with everything in it at scope exit. The one TempDir of the tests.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag = "test") {
+    std::string pattern = (std::filesystem::temp_directory_path() / ("ferry_" + tag + "_XXXXXX")).string();
+    const char* made = ::mkdtemp(pattern.data());
+    if (made == nullptr) throw std::runtime_error("mkdtemp failed for " + pattern);
+    path_ = made;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  std::string str() const { return path_.string(); }
+  /// The path of `name` inside the folder.
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+  std::string operator/(const std::string& name) const { return file(name); }
+
+ private:
+  std::filesystem::path path_;
+};
 
 /// Runs `fn`, expects a ferry::Error and returns its message ("" and a test failure otherwise).
 template <class Fn>

@@ -8,6 +8,7 @@
 #include "ferry/io/checkpoint.h"
 #include "ferry/nn/init_on_device.h"
 #include "ferry/nn/module_tensors.h"
+#include "ferry/plan/tied_parameters.h"
 
 #include <ATen/ATen.h>
 

@@ -4,6 +4,7 @@
 #include "ferry/core/log.h"
 #include "ferry/io/offload.h"
 #include "ferry/nn/module_tensors.h"
+#include "ferry/plan/tied_parameters.h"
 #include "ferry/plan/max_memory.h"
 
 #include <ATen/ATen.h>

@@ -5,6 +5,7 @@
 #include "ferry/core/log.h"
 #include "ferry/io/checkpoint.h"
 #include "ferry/nn/module_tensors.h"
+#include "ferry/plan/tied_parameters.h"
 
 #include <ATen/ATen.h>
 

@@ -91,31 +91,6 @@ std::set<std::string> get_non_persistent_buffers(Module& module, bool recurse, b
   return names;
 }
 
-std::vector<std::vector<std::string>> find_tied_parameters(Module& module) {
-  // The first name of each tensor object, then every other (module, slot) pair naming it.
-  std::unordered_map<const c10::TensorImpl*, size_t> group_of;
-  std::vector<std::vector<std::string>> groups;
-  std::vector<bool> tied;
-  for (const auto& [name, tensor] : module.named_parameters(true, /*remove_duplicate=*/false)) {
-    auto [it, inserted] = group_of.emplace(tensor.unsafeGetTensorImpl(), groups.size());
-    if (inserted) {
-      groups.push_back({name});
-      tied.push_back(false);
-    } else {
-      auto& group = groups[it->second];
-      if (std::find(group.begin(), group.end(), name) == group.end()) group.push_back(name);
-      tied[it->second] = true;
-    }
-  }
-  std::vector<std::vector<std::string>> result;
-  for (size_t i = 0; i < groups.size(); ++i) {
-    if (!tied[i] || groups[i].size() < 2) continue;
-    std::sort(groups[i].begin(), groups[i].end());
-    result.push_back(std::move(groups[i]));
-  }
-  return result;
-}
-
 void retie_parameters(Module& module, const std::vector<std::vector<std::string>>& tied_groups) {
   for (const auto& group : tied_groups) {
     at::Tensor source;

@@ -1,4 +1,5 @@
 #include "ferry/plan/module_tree.h"
+#include "ferry/plan/tied_parameters.h"
 
 #include "ferry/core/error.h"
 #include "ferry/nn/module.h"
@@ -96,6 +97,10 @@ ModelTree model_tree_from_torch_module(const torch::nn::Module& module) {
   add_torch_module(tree, tree.root(), module, modules, tensors);
   tree.validate();
   return tree;
+}
+
+std::vector<std::vector<std::string>> find_tied_parameters(Module& module) {
+  return find_tied_parameters(model_tree_from_module(module));
 }
 
 }  // namespace ferry

@@ -7,7 +7,6 @@
 ///
 ///     ferry::set_module_tensor_to_device(model, "linear1.weight", at::kMeta);       // offload
 ///     ferry::set_module_tensor_to_device(model, "linear1.weight", at::kCPU, w);     // bring back
-///     auto groups = ferry::find_tied_parameters(model);  // {{"embed.weight", "lm_head.weight"}}
 ///     ferry::retie_parameters(model, groups);            // one tensor object per group again
 
 #include "ferry/core/shape.h"
@@ -42,10 +41,6 @@ NamedTensors named_module_tensors(Module& module, bool include_buffers = true, b
 /// Names of non-persistent buffers: unqualified (Accelerate's default) or fully qualified.
 /// Always a fresh set; the modules are not touched.
 std::set<std::string> get_non_persistent_buffers(Module& module, bool recurse = false, bool fqns = false);
-
-/// Groups of parameter names that refer to one tensor object, each group sorted, groups in the
-/// order their first name appears. A shared sub-module ties all of its parameters.
-std::vector<std::vector<std::string>> find_tied_parameters(Module& module);
 
 /// Makes every name of each group refer to one tensor: the first in the group that is not on
 /// the meta device. Groups whose tensors are all on meta are left alone.

@@ -9,6 +9,10 @@
 
 #include "ferry/plan/model_tree.h"
 
+namespace ferry {
+class Module;
+}
+
 #include <string>
 #include <vector>
 
@@ -18,5 +22,9 @@ namespace ferry {
 /// to one parameter object, including names reached through a module registered twice. Groups
 /// come in the order their first name appears in the module walk (Accelerate's order is a set's).
 std::vector<std::vector<std::string>> find_tied_parameters(const ModelTree& tree);
+
+/// The same for a live module: find_tied_parameters(model_tree_from_module(module)), identity by
+/// TensorImpl. One implementation serves both (a shared sub-module ties all of its parameters).
+std::vector<std::vector<std::string>> find_tied_parameters(Module& module);
 
 }  // namespace ferry
