@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <string>
 
 using namespace ferry::models;
@@ -111,4 +112,29 @@ TEST(ModelsConfig, RefusesWhatItCannotRun) {
             std::string::npos);
   EXPECT_NE(error_of([] { load_config("/nonexistent/model"); }).find("does not exist"), std::string::npos);
   EXPECT_NE(error_of([] { load_config(FERRY_TEST_DATA_DIR); }).find("has no config.json"), std::string::npos);
+}
+
+// Issue 13: numbers that would cost before they could be checked (a billion layers hung; a
+// 2-billion head_dim allocated 15.8 GB; 2^63-1 layers crashed in vector<bool>) are refused at once.
+TEST(ModelsConfig, SizesBeyondAnyModelAreRefusedBeforeAnythingIsBuilt) {
+  auto with = [](const std::string& key, const std::string& value) {
+    std::string text = llama_json();
+    const size_t at = text.find("\"" + key + "\"");
+    if (at == std::string::npos) return text.substr(0, text.size() - 1) + ", \"" + key + "\": " + value + "}";
+    const size_t colon = text.find(':', at), end = text.find_first_of(",}", colon);
+    return text.substr(0, colon + 1) + " " + value + text.substr(end);
+  };
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_NE(error_of([&] { parse_config(with("num_hidden_layers", "1000000000")); }).find("'num_hidden_layers' is 1000000000, beyond any model"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { parse_config(with("num_hidden_layers", "9223372036854775807")); }).find("beyond any model"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { parse_config(with("head_dim", "2000000000")); }).find("'head_dim' is 2000000000"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { parse_config(with("vocab_size", "100000000000")); }).find("'vocab_size'"), std::string::npos);
+  EXPECT_NE(error_of([&] { parse_config(with("max_position_embeddings", "0")); }).find("'max_position_embeddings' must be positive"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { parse_config(with("num_hidden_layers", "1e9")); }).find("must be an integer"), std::string::npos);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 1.0);
+  EXPECT_NO_THROW(parse_config(with("num_hidden_layers", "80")));
 }

@@ -132,6 +132,28 @@ void check_positive(int64_t value, const char* name, const std::string& source) 
   FERRY_CHECK(value > 0, source, ": '", name, "' must be positive, got ", value);
 }
 
+// Note [Config limits]: the model is built from these numbers before any weight is read, so a
+// damaged config.json could ask for a billion layers (a hang) or a 2-billion-wide head (gigabytes
+// allocated before a shape check). Each size must be far above every published model's and far
+// below what would cost noticeable time or memory to build on the meta device.
+void check_within_limits(const ModelConfig& c, const std::string& source) {
+  const std::pair<int64_t, std::pair<const char*, int64_t>> limits[] = {
+      {c.vocab_size, {"vocab_size", int64_t(1) << 24}},
+      {c.hidden_size, {"hidden_size", int64_t(1) << 18}},
+      {c.intermediate_size, {"intermediate_size", int64_t(1) << 21}},
+      {c.num_hidden_layers, {"num_hidden_layers", 4096}},
+      {c.num_attention_heads, {"num_attention_heads", 8192}},
+      {c.num_key_value_heads, {"num_key_value_heads", 8192}},
+      {c.head_dim, {"head_dim", 1 << 15}},
+      {c.max_position_embeddings, {"max_position_embeddings", int64_t(1) << 26}},
+  };
+  for (const auto& [value, limit] : limits)
+    FERRY_CHECK(value <= limit.second, source, ": '", limit.first, "' is ", value, ", beyond any model ferry can build (at most ",
+                limit.second, "); is config.json damaged?");
+  FERRY_CHECK(c.num_attention_heads * c.head_dim <= (int64_t(1) << 18), source, ": num_attention_heads x head_dim is ",
+              c.num_attention_heads * c.head_dim, ", beyond any model ferry can build; is config.json damaged?");
+}
+
 void parse_llama_family(const JsonValue& j, ModelConfig& c, const std::string& source) {
   c.vocab_size = get_int(j, "vocab_size", source);
   c.hidden_size = get_int(j, "hidden_size", source);
@@ -155,6 +177,8 @@ void parse_llama_family(const JsonValue& j, ModelConfig& c, const std::string& s
   FERRY_CHECK(c.num_attention_heads % c.num_key_value_heads == 0, source, ": num_attention_heads ",
               c.num_attention_heads, " is not a multiple of num_key_value_heads ", c.num_key_value_heads);
   c.max_position_embeddings = get_int_or(j, "max_position_embeddings", 2048, source);
+  check_positive(c.max_position_embeddings, "max_position_embeddings", source);
+  check_within_limits(c, source);  // before anything is sized by these numbers
   c.norm_eps = get_double_or(j, "rms_norm_eps", 1e-6, source);
   c.hidden_act = get_string_or(j, "hidden_act", "silu", source);
   FERRY_CHECK(c.hidden_act == "silu", source, ": hidden_act '", c.hidden_act,
@@ -214,6 +238,7 @@ void parse_gpt2(const JsonValue& j, ModelConfig& c, const std::string& source) {
   c.intermediate_size = get_int_or(j, "n_inner", 4 * c.hidden_size, source);
   c.max_position_embeddings = get_int(j, "n_positions", source);
   check_positive(c.max_position_embeddings, "n_positions", source);
+  check_within_limits(c, source);  // before anything is sized by these numbers
   c.norm_eps = get_double_or(j, "layer_norm_epsilon", 1e-5, source);
   c.hidden_act = get_string_or(j, "activation_function", "gelu_new", source);
   FERRY_CHECK(c.hidden_act == "gelu_new", source, ": activation_function '", c.hidden_act,
