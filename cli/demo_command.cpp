@@ -2,6 +2,7 @@
 // and again under a memory budget that sends part of it to disk; both must give the same tokens.
 
 #include "commands.h"
+#include "interrupt.h"
 
 #include "ferry/core/byte_size.h"
 #include "ferry/core/error.h"
@@ -75,6 +76,7 @@ Run run_once(const std::string& dir, const LoadModelOptions& o, const at::Tensor
   r.loaded = load_model(dir, o);
   GenerationConfig g;
   g.max_new_tokens = max_new_tokens;
+  g.on_step = [](int64_t, const at::Tensor&) { throw_if_interrupted(); };  // Ctrl-C: clean up, then stop
   r.out = generate(*r.loaded.model, ids, g);
   return r;
 }
@@ -106,6 +108,7 @@ void demo(const DemoOptions& o) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   FERRY_CHECK(!ec, "cannot create the demo folder ", dir, ": ", ec.message());
+  install_interrupt_handlers();  // the first Ctrl-C unwinds through Cleanup below
   struct Cleanup {
     std::string dir;
     bool active;

@@ -1,6 +1,7 @@
 // ferry offload CHECKPOINT OUT_DIR: write an Accelerate-compatible offload folder.
 
 #include "commands.h"
+#include "interrupt.h"
 
 #include "ferry/core/byte_size.h"
 #include "ferry/core/dtype.h"
@@ -33,23 +34,26 @@ void add_offload_command(CLI::App& app) {
                   ": floating tensors can be cast to float32, bfloat16 or float16, not to ", dtype_name(*cast));
     }
     for (const auto& t : ckpt.tensors()) (void)io::offload_dtype_tag(cast && is_floating_dtype(t.dtype) ? *cast : t.dtype);
-    std::error_code ec;
-    std::filesystem::create_directories(*out_dir, ec);
-    FERRY_CHECK(!ec, "cannot create ", *out_dir, ": ", ec.message());
-    io::OffloadIndex index;
+    // All or nothing: the new files go to a staging folder that replaces OUT_DIR only once every
+    // one is written; a full disk or Ctrl-C leaves OUT_DIR as it was.
+    install_interrupt_handlers();
     uint64_t bytes = 0;
-    for (const std::string& file : ckpt.files()) {
-      const io::SafetensorsFile& shard = ckpt.open_file(file);
-      for (const io::TensorEntry& e : shard.tensors()) {
-        at::Tensor t = shard.view(e.name);
-        if (cast && is_floating_dtype(e.dtype) && *cast != e.dtype) t = t.to(*cast);
-        io::offload_weight(t, e.name, *out_dir, &index);
-        bytes += static_cast<uint64_t>(t.numel()) * t.element_size();
-        shard.mapping()->advise_dontneed(shard.header().data_offset + e.begin, e.nbytes());
+    size_t written = 0;
+    io::update_offload_folder(*out_dir, [&](const std::string& staging, io::OffloadIndex& index) {
+      for (size_t s = 0; s < ckpt.files().size(); ++s) {
+        const io::SafetensorsFile& shard = ckpt.shard(s);
+        for (const io::TensorEntry& e : shard.tensors()) {
+          throw_if_interrupted();
+          at::Tensor t = shard.view(e.name);
+          if (cast && is_floating_dtype(e.dtype) && *cast != e.dtype) t = t.to(*cast);
+          io::offload_weight(t, e.name, staging, &index);
+          bytes += static_cast<uint64_t>(t.numel()) * t.element_size();
+          shard.mapping()->advise_dontneed(shard.header().data_offset + e.begin, e.nbytes());
+        }
       }
-    }
-    io::save_offload_index(index, *out_dir);
-    std::cout << "wrote " << index.size() << " tensors (" << format_bytes(static_cast<double>(bytes)) << ") to "
+      written = index.size();
+    });
+    std::cout << "wrote " << written << " tensors (" << format_bytes(static_cast<double>(bytes)) << ") to "
               << *out_dir << '\n';
   });
 }

@@ -1,4 +1,5 @@
 #include "commands.h"
+#include "interrupt.h"
 
 #include "ferry/core/error.h"
 
@@ -25,6 +26,9 @@ int run_app(CLI::App& app, int argc, char** argv) {
   } catch (const ferry::Error& e) {
     std::cerr << "ferry: error: " << e.what() << '\n';
     return 1;
+  } catch (const Interrupted& e) {
+    std::cerr << "ferry: " << e.what() << "; stopped cleanly\n";
+    return e.exit_status();
   } catch (const c10::Error& e) {
     // LibTorch refused something ferry did not check first: one line, not a backtrace.
     std::string what = e.what_without_backtrace();

@@ -1,6 +1,7 @@
 // ferry run MODEL_DIR --ids "1 2 3;4 5 6": load (resident or dispatched), generate, report.
 
 #include "commands.h"
+#include "interrupt.h"
 
 #include "ferry/core/byte_size.h"
 #include "ferry/core/dtype.h"
@@ -197,10 +198,51 @@ void run(const RunOptions& o) {
   lo.on_progress = [&](uint64_t done, uint64_t total) { progress.update(done, total); };
   LoadedModel loaded = load_model(std::move(empty), checkpoint, lo);
 
+  const ModelConfig& c = loaded.model->config();
+  std::string dtype = dtype_name(c.dtype);
+  if (!o.json) {
+    std::cout << "model: " << c.architecture << " (" << c.num_hidden_layers << " layers, hidden " << c.hidden_size
+              << ", vocab " << c.vocab_size << ") " << dtype << " from " << o.model_dir << "\n";
+    std::cout << "placement:";
+    for (const auto& [p, b] : loaded.bytes_per_placement) std::cout << "  " << p.str() << " " << format_bytes(static_cast<double>(b));
+    std::cout << "\n";
+    if (loaded.device_map.size() > 1 || !loaded.device_map.contains(""))
+      std::cout << "device map: " << loaded.device_map.to_json() << "\n";
+    std::cout << "generated:\n";
+  }
+  // Tokens are written as they are produced (one prompt: on its line; several: each line at the
+  // end); Ctrl-C stops after the current token and keeps what was generated.
+  const int64_t batch = ids.size(0);
+  const bool stream = !o.json && batch == 1;
+  std::vector<std::vector<int64_t>> produced(static_cast<size_t>(batch));
+  if (stream) std::cout << "  [" << join_ids(ids[0]) << "] ->" << std::flush;
+  install_interrupt_handlers();
+  g.on_step = [&](int64_t, const at::Tensor& next) {
+    for (int64_t b = 0; b < batch; ++b) produced[static_cast<size_t>(b)].push_back(next[b].item<int64_t>());
+    if (stream) std::cout << ' ' << produced[0].back() << std::flush;
+    throw_if_interrupted();
+  };
   int64_t streamed_before = loaded.dispatch && loaded.dispatch->streamer ? loaded.dispatch->streamer->stats().bytes_loaded : 0;
   GenerationOutput out;
   try {
     out = generate(*loaded.model, ids, g);
+  } catch (const Interrupted&) {
+    if (o.json) {
+      nlohmann::json j;
+      j["model"] = o.model_dir;
+      j["interrupted"] = true;
+      j["generated"] = produced;
+      std::cout << j.dump() << std::endl;
+    } else if (stream) {
+      std::cout << '\n';
+    } else {
+      for (int64_t b = 0; b < batch; ++b) {
+        std::cout << "  [" << join_ids(ids[b]) << "] ->";
+        for (int64_t t : produced[static_cast<size_t>(b)]) std::cout << ' ' << t;
+        std::cout << '\n';
+      }
+    }
+    throw;
   } catch (const c10::Error& e) {
     // E.g. float16 matmuls, which LibTorch 1.13 lacks on the CPU.
     FERRY_FAIL("LibTorch could not run this ", loaded.model->config().architecture, " in ",
@@ -218,8 +260,6 @@ void run(const RunOptions& o) {
   if (!o.logits_out.empty())
     io::save_safetensors(o.logits_out, {{"logits", out.prompt_logits.contiguous()}}, {{"format", "pt"}});
 
-  const ModelConfig& c = loaded.model->config();
-  std::string dtype = dtype_name(c.dtype);
   if (o.json) {
     nlohmann::json j;
     j["model"] = o.model_dir;
@@ -252,18 +292,12 @@ void run(const RunOptions& o) {
     std::cout << j.dump() << std::endl;
     return;
   }
-  std::cout << "model: " << c.architecture << " (" << c.num_hidden_layers << " layers, hidden " << c.hidden_size
-            << ", vocab " << c.vocab_size << ") " << dtype << " from " << o.model_dir << "\n";
-  std::cout << "placement:";
-  for (const auto& [p, b] : loaded.bytes_per_placement) std::cout << "  " << p.str() << " " << format_bytes(static_cast<double>(b));
-  std::cout << "\n";
-  if (loaded.device_map.size() > 1 || !loaded.device_map.contains("")) {
-    std::cout << "device map: " << loaded.device_map.to_json() << "\n";
-  }
-  std::cout << "generated:\n";
-  for (int64_t b = 0; b < out.sequences.size(0); ++b) {
-    std::cout << "  [" << join_ids(ids[b]) << "] -> "
-              << join_ids(out.sequences[b].narrow(0, ids.size(1), out.sequences.size(1) - ids.size(1))) << "\n";
+  if (stream) {
+    std::cout << '\n';
+  } else {
+    for (int64_t b = 0; b < out.sequences.size(0); ++b)
+      std::cout << "  [" << join_ids(ids[b]) << "] -> "
+                << join_ids(out.sequences[b].narrow(0, ids.size(1), out.sequences.size(1) - ids.size(1))) << "\n";
   }
   std::printf("timings: load %.3f s, prefill %.3f s, decode %.2f ms/token (%lld steps), peak RSS %s (anonymous now %s), "
               "offloaded bytes moved per token %s\n",

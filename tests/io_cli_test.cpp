@@ -11,7 +11,9 @@
 
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <map>
 #include <filesystem>
 
 using namespace ferry::io;
@@ -113,4 +115,55 @@ TEST_F(IoCliTest, OffloadWritesAnAccelerateFolderThatInspectReads) {
   CliRun damaged = run_cli("inspect '" + out + "'");
   EXPECT_EQ(damaged.status, 1);
   EXPECT_NE(damaged.output.find("but the file has 10 bytes"), std::string::npos) << damaged.output;
+}
+
+namespace {
+
+// Every file of a folder with its bytes, and the folder's siblings (to see leftovers).
+std::map<std::string, std::string> folder_contents(const std::string& folder) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(folder)) out[e.path().filename().string()] = read_bytes(e.path().string());
+  return out;
+}
+
+std::vector<std::string> siblings(const std::string& folder) {
+  std::vector<std::string> out;
+  const auto parent = std::filesystem::path(folder).parent_path();
+  for (const auto& e : std::filesystem::directory_iterator(parent)) out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
+// Issue 13 (nothing half-written): a write that fails part-way (here the file-size limit makes
+// write() fail with EFBIG, as a full disk fails with ENOSPC) leaves an existing offload folder as it
+// was, with no temporary file or folder beside it.
+TEST_F(IoCliTest, OffloadIntoAFolderIsAllOrNothingWhenTheDiskFills) {
+  TempDir dir;
+  const std::string out = dir.file("offload");
+  ASSERT_EQ(run_cli("offload '" + data_dir() + "/tiny_llama' '" + out + "'").status, 0);
+  const auto before = folder_contents(out);
+  const auto around = siblings(out);
+  ASSERT_GT(before.size(), 10u);
+  const std::string limited = "sh -c 'ulimit -f 64; trap \"\" XFSZ; exec \"" + std::string(FERRY_CLI_PATH) +
+                              "\" offload \"" + data_dir() + "/tiny_qwen2\" \"" + out + "\"' 2>&1";
+  FILE* pipe = ::popen(limited.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string output;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0) output.append(buf, n);
+  const int status = ::pclose(pipe);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1) << output;
+  EXPECT_NE(output.find("write failed"), std::string::npos) << output;
+  EXPECT_EQ(folder_contents(out), before) << "the folder changed although the update failed";
+  EXPECT_EQ(siblings(out), around) << "a temporary folder was left beside the offload folder";
+  // Without the limit the same update succeeds and merges: both models' tensors are in the index.
+  CliRun ok = run_cli("offload '" + data_dir() + "/tiny_qwen2' '" + out + "'");
+  ASSERT_EQ(ok.status, 0) << ok.output;
+  const OffloadIndex merged = read_offload_index(out);
+  EXPECT_NE(merged.find("model.layers.0.self_attn.q_proj.bias"), nullptr);  // Qwen2's
+  EXPECT_EQ(siblings(out), around);
 }

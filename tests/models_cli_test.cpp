@@ -9,7 +9,11 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
 
 #include <cstdio>
 #include <filesystem>
@@ -265,4 +269,48 @@ TEST(ModelsCli, ArgumentsThatCannotWorkGetOneLineEach) {
   // Planning for another machine may name any device.
   Result plan = run_cli("plan " + model + " --max-memory 0=1MB,cpu=1GB --json");
   EXPECT_EQ(plan.status, 0) << plan.out;
+}
+
+// Issue 13 (signals): Ctrl-C during `ferry run` keeps the tokens generated so far (they are written
+// as they are produced) and ends with the shell's status for SIGINT, not a lost run.
+TEST(ModelsCli, InterruptKeepsTheTokensGeneratedSoFar) {
+  REQUIRE_CLI();
+  int out[2];
+  ASSERT_EQ(::pipe(out), 0);
+  const std::string model = fixture("tiny_llama");
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::dup2(out[1], STDOUT_FILENO);
+    ::dup2(out[1], STDERR_FILENO);
+    ::close(out[0]);
+    ::execl(cli_path().c_str(), "ferry", "run", model.c_str(), "--ids", "1 2 3", "--max-new-tokens", "4000",
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::close(out[1]);
+  std::string text;
+  char buf[256];
+  // Wait for a few streamed tokens after "[1 2 3] ->", then interrupt.
+  while (true) {
+    const ssize_t n = ::read(out[0], buf, sizeof buf);
+    if (n <= 0) break;
+    text.append(buf, static_cast<size_t>(n));
+    const size_t arrow = text.find("[1 2 3] ->");
+    if (arrow != std::string::npos && std::count(text.begin() + static_cast<std::ptrdiff_t>(arrow), text.end(), ' ') >= 8) {
+      ::kill(child, SIGINT);
+      break;
+    }
+  }
+  ssize_t n;
+  while ((n = ::read(out[0], buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
+  ::close(out[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << text;
+  EXPECT_EQ(WEXITSTATUS(status), 130) << text;
+  EXPECT_NE(text.find("interrupted by SIGINT"), std::string::npos) << text;
+  const std::string line = text.substr(text.find("[1 2 3] ->"));
+  EXPECT_GE(std::count(line.begin(), line.begin() + static_cast<std::ptrdiff_t>(line.find('\n')), ' '), 8) << text;
+  EXPECT_EQ(text.find("timings:"), std::string::npos) << "the run should have stopped early:\n" << text;
 }

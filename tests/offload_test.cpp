@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 
 using namespace ferry::io;
@@ -230,4 +231,40 @@ TEST(OffloadHostileTest, NamesThatWouldEscapeTheFolder) {
   EXPECT_FERRY_ERROR(offload_weight(at::ones({1}), "", dir.str()), "cannot be used as a file name");
   EXPECT_FERRY_ERROR(offload_weight(at::empty({1}, at::TensorOptions().device(at::kMeta)), "m", dir.str()),
                      "'m' is on the meta device");
+}
+
+// Issue 13: an update that fails part-way leaves the folder exactly as it was; one that succeeds
+// merges like save_offload_index and leaves nothing beside the folder.
+TEST(OffloadTest, UpdateOffloadFolderIsAllOrNothing) {
+  TempDir dir;
+  const std::string folder = dir.file("off");
+  offload_state_dict(folder, {{"a", at::ones({4})}, {"b", at::full({2}, 7.0)}});
+  const std::string a_before = read_bytes(folder + "/a.dat"), index_before = read_bytes(folder + "/index.json");
+  auto listing = [&](const std::string& path) {
+    std::vector<std::string> names;
+    for (const auto& e : std::filesystem::directory_iterator(path)) names.push_back(e.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+  };
+  const auto folder_files = listing(folder), beside = listing(dir.str());
+  EXPECT_THROW(update_offload_folder(folder,
+                                     [](const std::string& staging, OffloadIndex& index) {
+                                       offload_weight(at::zeros({4}), "a", staging, &index);  // replaces a
+                                       offload_weight(at::zeros({3}), "c", staging, &index);
+                                       throw ferry::Error("test", "disk full");
+                                     }),
+               ferry::Error);
+  EXPECT_EQ(read_bytes(folder + "/a.dat"), a_before);
+  EXPECT_EQ(read_bytes(folder + "/index.json"), index_before);
+  EXPECT_EQ(listing(folder), folder_files);
+  EXPECT_EQ(listing(dir.str()), beside);
+
+  const OffloadIndex merged = update_offload_folder(folder, [](const std::string& staging, OffloadIndex& index) {
+    offload_weight(at::zeros({4}), "a", staging, &index);
+    offload_weight(at::zeros({3}), "c", staging, &index);
+  });
+  EXPECT_EQ(merged.names(), (std::vector<std::string>{"a", "b", "c"}));  // b kept, a replaced in place
+  EXPECT_TRUE(at::equal(load_offloaded_weight(folder + "/a.dat", merged.at("a")), at::zeros({4})));
+  EXPECT_TRUE(at::equal(load_offloaded_weight(folder + "/b.dat", merged.at("b")), at::full({2}, 7.0)));
+  EXPECT_EQ(listing(dir.str()), beside);
 }

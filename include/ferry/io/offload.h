@@ -27,6 +27,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -120,6 +121,15 @@ MappedOffloadedWeight map_offloaded_bytes(const std::string& file, const Offload
 /// fsync, rename) after flushing the folder's `.dat` files to disk, so that index.json never names a
 /// file that is not completely there.
 void save_offload_index(const OffloadIndex& index, const std::string& folder);
+
+/// Writes into an offload folder all or nothing. `write(staging, index)` writes the new `.dat` files
+/// into `staging` (a fresh folder beside `folder`) and records them in `index`; then the files of
+/// an existing `folder` that the new index does not replace are linked in, the merged index is
+/// written, and the staging folder takes the place of `folder` (two renames; the old folder is
+/// removed last). If `write` throws (a full disk, an interrupt), or anything after it fails,
+/// the staging folder is removed and `folder` is exactly as it was. Returns the merged index.
+OffloadIndex update_offload_folder(const std::string& folder,
+                                   const std::function<void(const std::string& staging, OffloadIndex& index)>& write);
 
 /// Reads and validates `folder/index.json` (throws ferry::Error when missing or damaged).
 OffloadIndex read_offload_index(const std::string& folder);
