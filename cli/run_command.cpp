@@ -318,7 +318,7 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--device-map", o->device_map,
                   "auto | balanced | balanced_low_0 | sequential | MAP.json (default: resident on the CPU)");
   cmd->add_option("--max-memory", o->max_memory, "Budgets for the planner, e.g. 0=4GiB,cpu=8GiB");
-  cmd->add_option("--offload-folder", o->offload_folder, "Folder for disk-offloaded weights that need one");
+  cmd->add_option("--offload-folder", o->offload_folder, "Write disk-placed weights to this folder first, as Accelerate does (default: read them in place from the checkpoint)");
   cmd->add_option("--dtype", o->dtype, "float32 | bfloat16 | float16 (default: the config's)");
   cmd->add_flag("--greedy", o->greedy, "Greedy decoding (the default unless sampling options are given)");
   cmd->add_option("--temperature", o->temperature, "Sampling temperature");

@@ -258,6 +258,8 @@ TEST(ModelsCli, ArgumentsThatCannotWorkGetOneLineEach) {
       {"--seed 99999999999999999999999", "--seed must be an integer from 0 to 18446744073709551615"},
       {"--seed -1", "--seed must be an integer"},
       {"--max-new-tokens 100000000", "is more than 16 times the 256 positions"},
+      {"--device-map auto --max-memory cpu=1MiB --offload-folder /proc/ferry_cannot_be_here", "cannot be created"},
+      {"--device-map auto --max-memory cpu=1MiB --offload-folder " + model + "/config.json", "exists and is not a folder"},
   };
   for (const auto& [args, expected] : cases) {
     Result r = run_cli("run " + model + " --ids \"1 2 3\" " + args);
@@ -313,4 +315,20 @@ TEST(ModelsCli, InterruptKeepsTheTokensGeneratedSoFar) {
   const std::string line = text.substr(text.find("[1 2 3] ->"));
   EXPECT_GE(std::count(line.begin(), line.begin() + static_cast<std::ptrdiff_t>(line.find('\n')), ' '), 8) << text;
   EXPECT_EQ(text.find("timings:"), std::string::npos) << "the run should have stopped early:\n" << text;
+}
+
+// --offload-folder is used, not accepted and ignored: disk-placed weights are written there (as
+// Accelerate does) and the tokens are the same as reading them in place.
+TEST(ModelsCli, OffloadFolderReceivesTheDiskWeights) {
+  REQUIRE_CLI();
+  TempDir tmp("offload_folder");
+  const std::string folder = (tmp.path() / "off").string();
+  const std::string base = "run " + fixture("tiny_llama") + " --ids \"1 2 3\" --max-new-tokens 4 --json --device-map auto --max-memory cpu=1MiB";
+  Result in_place = run_cli(base, false);
+  Result copied = run_cli(base + " --offload-folder " + folder, false);
+  ASSERT_EQ(in_place.status, 0) << in_place.out;
+  ASSERT_EQ(copied.status, 0) << copied.out;
+  EXPECT_EQ(nlohmann::json::parse(in_place.stdout_only)["generated"], nlohmann::json::parse(copied.stdout_only)["generated"]);
+  EXPECT_TRUE(fs::exists(fs::path(folder) / "index.json"));
+  EXPECT_GT(std::distance(fs::directory_iterator(folder), fs::directory_iterator{}), 10);
 }

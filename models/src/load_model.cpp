@@ -13,7 +13,11 @@
 
 #include <ATen/ATen.h>
 
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -35,7 +39,20 @@ LoadedModel load_model(std::shared_ptr<CausalLM> empty_model, const io::Checkpoi
   LoadAndDispatchOptions options;
   options.plan.no_split.classes = model.no_split_module_classes();
   options.dispatch.skip_keys = {"past_key_values"};
-  options.offload_folder = o.offload_folder;
+  if (!o.offload_folder.empty()) {
+    // Given a folder, disk-placed weights are written there as Accelerate does (an option is used
+    // or refused, never accepted and ignored); checked before anything is loaded.
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    FERRY_CHECK(!fs::exists(o.offload_folder, ec) || fs::is_directory(o.offload_folder, ec), "offload_folder '",
+                o.offload_folder, "' exists and is not a folder");
+    fs::create_directories(o.offload_folder, ec);
+    FERRY_CHECK(!ec, "offload_folder '", o.offload_folder, "' cannot be created: ", ec.message());
+    FERRY_CHECK(::access(o.offload_folder.c_str(), W_OK) == 0, "offload_folder '", o.offload_folder,
+                "' is not writable: ", std::strerror(errno));
+    options.offload_folder = o.offload_folder;
+    options.load.disk_in_place = false;
+  }
   options.plan.verbose = o.explain;
   if (o.prefetch_bytes) options.dispatch.streamer.prefetch_bytes = *o.prefetch_bytes;
   options.dispatch.streamer.pin_cpu_weights = o.pin_cpu_weights;
@@ -59,6 +76,8 @@ LoadedModel load_model(std::shared_ptr<CausalLM> empty_model, const io::Checkpoi
   if (o.on_progress) o.on_progress(1, 1);
   out.device_map = r.device_map;
   out.dispatch = r.state;
+  if (!o.offload_folder.empty() && r.load.disk_keys.empty())
+    log_warning("offload_folder '" + o.offload_folder + "' was not needed: nothing was placed on disk");
   if (out.dispatch) out.offloaded_bytes_per_forward = out.dispatch->offloaded_bytes_per_forward;
   // A single-device map moves the model without hooks; the non-persistent buffers go along.
   std::vector<Placement> placements = out.device_map.placements();

@@ -39,7 +39,8 @@ struct LoadModelOptions {
   std::string device_map;
   /// Budgets for the planner, "0=4GiB,cpu=8GiB" (empty: what the machine has free).
   std::string max_memory;
-  /// Offload folder for disk-placed weights that cannot be read in place from the checkpoint.
+  /// Empty: disk-placed weights are read in place from the checkpoint. A folder: they are written
+  /// there first, as Accelerate's offload_folder (created; must be a writable folder).
   std::string offload_folder;
   /// dtype of the floating-point weights (default: the config's).
   c10::optional<c10::ScalarType> dtype;
