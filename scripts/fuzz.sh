@@ -2,7 +2,7 @@
 # Builds ferry's libFuzzer targets with clang (ASan + UBSan) and runs one.
 #   scripts/fuzz.sh                 # the long run: 10 minutes of the safetensors header fuzzer
 #   scripts/fuzz.sh 60              # CI: a 60-second smoke run
-#   scripts/fuzz.sh 300 offload_index_fuzzer
+#   scripts/fuzz.sh 300 offload_index_fuzzer   # also: model_tree_fuzzer, device_map_fuzzer
 # Seeds: small valid files from fuzz/make_seeds.py (header fuzzer) or the fixtures' index files and a
 # hand-written Accelerate index (index fuzzer). The corpus grows in build-fuzz/corpus-<fuzzer>;
 # crashes are written to build-fuzz/crash-* and make the script fail. Inputs in
@@ -21,6 +21,15 @@ extra=()
 if [[ "$fuzzer" == safetensors_header_fuzzer ]]; then
   python3 "$root/fuzz/make_seeds.py" "$seeds"
   extra=(-dict="$root/fuzz/safetensors.dict")
+elif [[ "$fuzzer" == model_tree_fuzzer ]]; then
+  python3 -c "
+import json, sys
+cases = json.load(open('$root/tests/data/device_map_cases.json'))['cases']
+for i, c in enumerate(cases[:40]):
+    json.dump(c['model'], open('$seeds/tree%d.json' % i, 'w'))"
+elif [[ "$fuzzer" == device_map_fuzzer ]]; then
+  printf '{"model.embed_tokens": 0, "model.layers.0": "cpu", "model.layers.1": "disk", "lm_head": "cuda:1", "": "mps"}' > "$seeds/map.json"
+  printf '{"": "cpu"}' > "$seeds/cpu.json"
 else
   cp "$root"/tests/data/tiny_*/model.safetensors.index.json "$seeds/" 2>/dev/null || true
   printf '{\n  "w": {\n    "dtype": "bfloat16",\n    "shape": [\n      2,\n      3\n    ]\n  },\n  "s": {\n    "dtype": "int64",\n    "shape": []\n  },\n  "t": {"safetensors_file": "a.safetensors", "weight_name": "x", "dtype": "float16"}\n}' > "$seeds/index.json"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the test suite with AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/) and runs it.
 # CI runs this after scripts/test.sh. With a number of seconds as argument, each libFuzzer target
-# (safetensors header parser, offload index) then gets a run of that length (scripts/fuzz.sh, clang).
+# (safetensors header parser, offload index, model tree, device map) then gets a run of that length
+# (scripts/fuzz.sh, clang).
 # With `thread` as argument it builds and runs the suite under ThreadSanitizer instead (build-tsan/;
 # OpenBLAS's own thread pool is suppressed, tests/tsan.supp); CI does not, for time.
 set -euo pipefail
@@ -23,4 +24,6 @@ if [ -n "${1:-}" ]; then
   FERRY_WITH_FUZZER=1 bash scripts/install_deps.sh
   bash scripts/fuzz.sh "$1" safetensors_header_fuzzer
   bash scripts/fuzz.sh "$1" offload_index_fuzzer
+  bash scripts/fuzz.sh "$1" model_tree_fuzzer
+  bash scripts/fuzz.sh "$1" device_map_fuzzer
 fi

@@ -45,10 +45,17 @@ struct Outcome {
   std::string output;  // stdout and stderr
 };
 
-// Runs `ferry ARGS` under an 8 GiB address-space limit and a 60 s time limit.
+// Runs `ferry ARGS` under an 8 GiB address-space limit and a 60 s time limit. Sanitizer builds
+// reserve terabytes of shadow address space, so there only the time limit applies.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr const char* kMemoryLimit = "";
+#else
+constexpr const char* kMemoryLimit = "ulimit -v 8388608; ";
+#endif
+
 Outcome run_limited(const std::string& args) {
-  const std::string command = "sh -c 'ulimit -v 8388608; exec timeout -s KILL 60 \"" + std::string(FERRY_CLI_PATH) +
-                              "\" " + args + "' 2>&1";
+  const std::string command = std::string("sh -c '") + kMemoryLimit + "exec timeout -s KILL 60 \"" +
+                              std::string(FERRY_CLI_PATH) + "\" " + args + "' 2>&1";
   Outcome r;
   FILE* pipe = ::popen(command.c_str(), "r");
   if (pipe == nullptr) return r;
