@@ -95,16 +95,15 @@ Listing inspect(const std::string& path, bool checksum) {
         r.file = listing.storage.emplace_back(file.string());
         r.dtype = e.dtype.empty() ? dtype_name(t.dtype) : e.dtype;
         r.shape = t.shape;
-        auto [ptr, n] = f.bytes(key);
-        r.bytes = n;
-        if (checksum) r.sha256 = io::sha256_hex(ptr, n);
+        r.bytes = t.nbytes();
+        if (checksum) r.sha256 = io::sha256_file_range(file.string(), f.header().data_offset + t.begin, t.nbytes());
       } else {
         r.file = listing.storage.emplace_back(io::offload_file_path(folder, name));
         r.dtype = e.dtype;
         r.shape = e.shape;
         const io::MappedOffloadedWeight dat = io::map_offloaded_bytes(std::string(r.file), e, "inspect");  // checks the size
         r.bytes = dat.map->size();
-        if (checksum) r.sha256 = io::sha256_hex(dat.map->data(), r.bytes);
+        if (checksum) r.sha256 = io::sha256_file_range(std::string(r.file), 0, r.bytes);
       }
       r.numel = numel_of(r.shape);
       rows.push_back(std::move(r));
@@ -123,10 +122,7 @@ Listing inspect(const std::string& path, bool checksum) {
       r.shape = t.shape;
       r.bytes = t.nbytes;
       r.numel = t.numel();
-      if (checksum) {
-        auto [ptr, n] = ckpt.shard(i).bytes(t.stored_name);
-        r.sha256 = io::sha256_hex(ptr, n);
-      }
+      if (checksum) r.sha256 = io::sha256_file_range(t.file, t.offset, t.nbytes);  // pread: no SIGBUS
       rows.push_back(std::move(r));
     }
   }

@@ -167,3 +167,25 @@ TEST_F(IoCliTest, OffloadIntoAFolderIsAllOrNothingWhenTheDiskFills) {
   EXPECT_NE(merged.find("model.layers.0.self_attn.q_proj.bias"), nullptr);  // Qwen2's
   EXPECT_EQ(siblings(out), around);
 }
+
+// Issue 13 (files that change under a run): checksums are read with pread, so a shard that is now
+// shorter than its header says ends in an error naming it, not in SIGBUS.
+TEST_F(IoCliTest, ChecksumOfAShardTruncatedAfterItsHeaderIsAnErrorNotABusError) {
+  TempDir dir;
+  save_safetensors(dir.file("model.safetensors"), {{"a", at::ones({1024})}, {"b", at::ones({1024})}});
+  std::filesystem::resize_file(dir.file("model.safetensors"), std::filesystem::file_size(dir.file("model.safetensors")) - 100);
+  // The header is intact but promises more bytes than the file has: the reader refuses it up front.
+  CliRun r = run_cli("inspect --checksum '" + dir.file("model.safetensors") + "'");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("model.safetensors"), std::string::npos) << r.output;
+  // Truncated between validation and reading (the race a run can meet): sha256_file_range.
+  save_safetensors(dir.file("ok.safetensors"), {{"a", at::ones({1024})}});
+  const uint64_t size = std::filesystem::file_size(dir.file("ok.safetensors"));
+  std::filesystem::resize_file(dir.file("ok.safetensors"), size - 1000);
+  try {
+    sha256_file_range(dir.file("ok.safetensors"), size - 4096, 4096);
+    FAIL() << "expected an error";
+  } catch (const ferry::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("was truncated or replaced while ferry read it"), std::string::npos) << e.what();
+  }
+}

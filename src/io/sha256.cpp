@@ -1,5 +1,15 @@
 #include "ferry/io/sha256.h"
 
+#include "ferry/core/error.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
 #include <cstring>
 
 namespace ferry::io {
@@ -105,6 +115,30 @@ std::string Sha256::hex_digest() {
 std::string sha256_hex(const void* data, size_t size) {
   Sha256 h;
   h.update(data, size);
+  return h.hex_digest();
+}
+
+std::string sha256_file_range(const std::string& path, uint64_t offset, uint64_t length) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  FERRY_CHECK(fd >= 0, path, ": cannot open: ", std::strerror(errno));
+  Sha256 h;
+  std::vector<uint8_t> buffer(std::min<uint64_t>(length, 4u << 20));
+  uint64_t done = 0;
+  while (done < length) {
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(buffer.size(), length - done));
+    const ssize_t n = ::pread(fd, buffer.data(), want, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = errno;
+      ::close(fd);
+      FERRY_CHECK(n == 0, path, ": read failed at byte ", offset + done, ": ", std::strerror(err));
+      FERRY_FAIL(path, " ends at byte ", offset + done, " but its header says a tensor ends at ", offset + length,
+                 ": the file was truncated or replaced while ferry read it");
+    }
+    h.update(buffer.data(), static_cast<size_t>(n));
+    done += static_cast<uint64_t>(n);
+  }
+  ::close(fd);
   return h.hex_digest();
 }
 

@@ -37,4 +37,9 @@ class Sha256 {
 /// SHA-256 of a buffer as hex.
 std::string sha256_hex(const void* data, size_t size);
 
+/// SHA-256 of bytes [offset, offset + length) of the file at `path`, read with pread (not through
+/// a mapping: a file truncated while it is read gives an error naming it, not SIGBUS). Throws
+/// ferry::Error when the file cannot be read or is now shorter than the range.
+std::string sha256_file_range(const std::string& path, uint64_t offset, uint64_t length);
+
 }  // namespace ferry::io
