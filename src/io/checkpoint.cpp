@@ -173,12 +173,7 @@ Checkpoint Checkpoint::with_name_prefix(const std::string& prefix) const {
   auto listing = std::make_shared<Listing>();
   listing->tensors = listing_->tensors;
   listing->shard_begin = listing_->shard_begin;
-  listing->by_name.reserve(listing->tensors.size());
-  for (size_t i = 0; i < listing->tensors.size(); ++i) {
-    CheckpointTensor& t = listing->tensors[i];
-    t.name = prefix + t.name;
-    listing->by_name.emplace(t.name, i);
-  }
+  for (CheckpointTensor& t : listing->tensors) t.name = prefix + t.name;
   out.listing_ = std::move(listing);
   return out;
 }
@@ -214,8 +209,7 @@ Checkpoint Checkpoint::open_checked(const std::string& path) {
   }
   auto listing = std::make_shared<Listing>();
   std::vector<CheckpointTensor>& tensors = listing->tensors;
-  tensors.reserve(total);  // never reallocates below: by_name views the names in place
-  listing->by_name.reserve(total);
+  tensors.reserve(total);
   for (size_t i = 0; i < shards->size(); ++i) {
     const SafetensorsFile& shard = (*shards)[i];
     const std::string& file = ckpt.files_[i];
@@ -230,31 +224,48 @@ Checkpoint Checkpoint::open_checked(const std::string& path) {
       t.shape = e.shape;
       t.offset = shard.header().data_offset + e.begin;
       t.nbytes = e.nbytes();
-      auto [found, inserted] = listing->by_name.emplace(t.name, tensors.size() - 1);
-      FERRY_CHECK(inserted, ckpt.source_, ": tensor '", e.name, "' is stored twice, in ",
-                  tensors[found->second].file, " and in ", file);
     }
   }
   listing->shard_begin.push_back(tensors.size());
   ckpt.shards_ = std::move(shards);
   ckpt.listing_ = std::move(listing);
 
-  // The index's claims, checked against the shards' headers.
+  // The index's claims, checked against the shards' headers, each shard's own (small, cache-sized)
+  // name table: every claim is in the shard it names. Claims are unique (the reader refuses a key
+  // given twice), so when the shards hold as many tensors as the index names, none is stored twice;
+  // otherwise the names are compared once (a shard may hold tensors its index leaves out, as
+  // Accelerate loads them too).
   for (const auto& [name, shard] : resolved.claimed) {
-    auto it = ckpt.listing_->by_name.find(name);
+    if ((*ckpt.shards_)[shard].header().find(std::string(name)) != nullptr) continue;
     const std::string& file = ckpt.files_[shard];
-    FERRY_CHECK(it != ckpt.listing_->by_name.end(), resolved.index_file, " names tensor '", name, "' in ", file,
+    const CheckpointTensor* t = ckpt.find(std::string(name));
+    FERRY_CHECK(t != nullptr, resolved.index_file, " names tensor '", name, "' in ", file,
                 ", but that shard holds no such tensor. Perhaps the index and shards come from different saves?");
-    const CheckpointTensor& t = ckpt.listing_->tensors[it->second];
-    FERRY_CHECK(t.shard == shard, resolved.index_file, " names tensor '", name, "' in ", file,
-                ", but it is stored in ", t.file);
+    FERRY_FAIL(resolved.index_file, " names tensor '", name, "' in ", file, ", but it is stored in ", t->file);
+  }
+  if (ckpt.files_.size() > 1 && tensors.size() != resolved.claimed.size()) {
+    std::unordered_map<std::string_view, size_t> seen;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      auto [found, inserted] = seen.emplace(tensors[i].name, i);
+      FERRY_CHECK(inserted, ckpt.source_, ": tensor '", tensors[i].name, "' is stored twice, in ",
+                  tensors[found->second].file, " and in ", tensors[i].file);
+    }
   }
   return ckpt;
 }
 
+const std::unordered_map<std::string_view, size_t>& Checkpoint::Listing::by_name() const {
+  std::call_once(built_, [this] {
+    by_name_.reserve(tensors.size());
+    for (size_t i = 0; i < tensors.size(); ++i) by_name_.emplace(tensors[i].name, i);
+  });
+  return by_name_;
+}
+
 const CheckpointTensor* Checkpoint::find(const std::string& name) const {
-  auto it = listing_->by_name.find(name);
-  return it == listing_->by_name.end() ? nullptr : &listing_->tensors[it->second];
+  const auto& by_name = listing_->by_name();
+  auto it = by_name.find(name);
+  return it == by_name.end() ? nullptr : &listing_->tensors[it->second];
 }
 
 const CheckpointTensor& Checkpoint::at(const std::string& name) const {

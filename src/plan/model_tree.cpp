@@ -407,10 +407,33 @@ ModelTree model_tree_from_names(size_t count, const std::function<std::string_vi
     ModuleId id;
   };
   std::vector<Open> stack;  // the modules of the previous tensor, outermost first
-  // Keys and paths view the callers' names, which outlive this function.
-  std::unordered_map<std::string_view, ModuleId> modules;  // full path -> module (consulted on entry only)
+  // Paths view the callers' names, which outlive this function.
   std::vector<std::string_view> module_path{std::string_view()};
-  modules.reserve(count / 2);
+  // A module entered again (its tensors are not contiguous, e.g. a layer split across shards) is
+  // found among its parent's children: by a scan while they are few, by a table of that parent's
+  // own once they are many (small tables: a global one of 100,000 paths missed the caches).
+  constexpr size_t kScanChildren = 16;
+  std::unordered_map<ModuleId, std::unordered_map<std::string_view, ModuleId>> child_tables;
+  auto local_name = [&](ModuleId m) {
+    const std::string_view path = module_path[static_cast<size_t>(m)];
+    const size_t dot = path.rfind('.');
+    return dot == std::string_view::npos ? path : path.substr(dot + 1);
+  };
+  auto find_child = [&](ModuleId parent, std::string_view name) -> ModuleId {
+    auto table = child_tables.find(parent);
+    if (table == child_tables.end()) {
+      const auto& children = tree.module(parent).children;
+      if (children.size() < kScanChildren) {
+        for (const auto& c : children)
+          if (c.name == name) return c.module;
+        return -1;
+      }
+      table = child_tables.emplace(parent, std::unordered_map<std::string_view, ModuleId>{}).first;
+      for (const auto& c : children) table->second.emplace(local_name(c.module), c.module);
+    }
+    auto it = table->second.find(name);
+    return it == table->second.end() ? -1 : it->second;
+  };
   std::string_view previous;
   for (size_t i = 0; i < count; ++i) {
     const std::string_view name = name_of(i);
@@ -431,14 +454,15 @@ ModelTree model_tree_from_names(size_t count, const std::function<std::string_vi
     while (true) {
       const size_t dot = name.find('.', start);
       if (dot == std::string_view::npos) break;
-      const std::string_view path = name.substr(0, dot);
-      auto it = modules.find(path);
-      if (it == modules.end()) {
-        ModuleId m = tree.add_submodule(parent, std::string(name.substr(start, dot - start)), "");
-        it = modules.emplace(path, m).first;
-        module_path.push_back(path);
+      const std::string_view local = name.substr(start, dot - start);
+      ModuleId m = find_child(parent, local);
+      if (m < 0) {
+        m = tree.add_submodule(parent, std::string(local), "");
+        module_path.push_back(name.substr(0, dot));
+        auto table = child_tables.find(parent);
+        if (table != child_tables.end()) table->second.emplace(local, m);
       }
-      parent = it->second;
+      parent = m;
       stack.push_back(Open{dot, parent});
       start = dot + 1;
     }

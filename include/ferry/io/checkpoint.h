@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -119,15 +120,20 @@ class Checkpoint {
   std::string name_prefix_;
   std::vector<std::string> files_;
   std::shared_ptr<const std::vector<SafetensorsFile>> shards_;  // shared by copies
-  // The tensors and their lookup, immutable once built and shared by copies (by_name views the
-  // names in `tensors`, so a Listing is never copied).
+  // The tensors and their lookup, immutable once built and shared by copies. The name table views
+  // the names in `tensors` (so a Listing is never copied) and is built on the first lookup: listing
+  // or planning 100,000 tensors never pays for it.
   struct Listing {
     Listing() = default;
     Listing(const Listing&) = delete;
     Listing& operator=(const Listing&) = delete;
     std::vector<CheckpointTensor> tensors;
-    std::unordered_map<std::string_view, size_t> by_name;
     std::vector<size_t> shard_begin;  // tensors[shard_begin[i], shard_begin[i + 1]) are in shard i
+    const std::unordered_map<std::string_view, size_t>& by_name() const;
+
+   private:
+    mutable std::once_flag built_;
+    mutable std::unordered_map<std::string_view, size_t> by_name_;
   };
   std::shared_ptr<const Listing> listing_ = std::make_shared<const Listing>();
 };
