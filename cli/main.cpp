@@ -2,6 +2,8 @@
 // See Note [Two programs, one command] in commands.h.
 #include "commands.h"
 
+#include "ferry/io/mapped_file_faults.h"
+
 #include <unistd.h>
 
 #include <cerrno>
@@ -45,6 +47,7 @@ int exec_torch_program(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (argc > 1 && is_torch_command(argv[1])) return exec_torch_program(argc, argv);
+  ferry::io::install_mapped_file_fault_handler();  // a file truncated under us: a message, not "Bus error"
   CLI::App app{"ferry: run LibTorch models larger than any single memory"};
   app.name("ferry");
   app.require_subcommand(1);

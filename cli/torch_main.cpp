@@ -2,7 +2,10 @@
 // `ferry` starts this program with the same arguments. See Note [Two programs, one command].
 #include "commands.h"
 
+#include "ferry/io/mapped_file_faults.h"
+
 int main(int argc, char** argv) {
+  ferry::io::install_mapped_file_fault_handler();  // a file truncated under us: a message, not "Bus error"
   CLI::App app{"ferry: run LibTorch models larger than any single memory"};
   app.name("ferry");
   app.require_subcommand(1);

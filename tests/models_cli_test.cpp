@@ -332,3 +332,49 @@ TEST(ModelsCli, OffloadFolderReceivesTheDiskWeights) {
   EXPECT_TRUE(fs::exists(fs::path(folder) / "index.json"));
   EXPECT_GT(std::distance(fs::directory_iterator(folder), fs::directory_iterator{}), 10);
 }
+
+// Issue 13 (files that change under a run): a shard truncated while `ferry run` reads its weights in
+// place ends the run with a message naming the file, status 1, and the tokens printed so far; not
+// "Bus error" (SIGBUS, status 135).
+TEST(ModelsCli, AShardTruncatedDuringARunIsNamedNotABusError) {
+  REQUIRE_CLI();
+  TempDir tmp("truncated");
+  const fs::path model = tmp.path() / "model";
+  fs::copy(fixture("tiny_llama"), model);
+  int out[2];
+  ASSERT_EQ(::pipe(out), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::dup2(out[1], STDOUT_FILENO);
+    ::dup2(out[1], STDERR_FILENO);
+    ::close(out[0]);
+    ::execl(cli_path().c_str(), "ferry", "run", model.c_str(), "--ids", "1 2 3", "--max-new-tokens", "4000",
+            "--device-map", "auto", "--max-memory", "cpu=1MiB", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::close(out[1]);
+  std::string text;
+  char buf[256];
+  bool truncated = false;
+  ssize_t n;
+  while ((n = ::read(out[0], buf, sizeof buf)) > 0) {
+    text.append(buf, static_cast<size_t>(n));
+    const size_t arrow = text.find("[1 2 3] ->");
+    if (!truncated && arrow != std::string::npos &&
+        std::count(text.begin() + static_cast<std::ptrdiff_t>(arrow), text.end(), ' ') >= 6) {
+      // Every decoder layer is read in place from these shards on every token.
+      for (const auto& e : fs::directory_iterator(model))
+        if (e.path().filename().string().rfind("model-", 0) == 0) fs::resize_file(e.path(), 64);
+      truncated = true;
+    }
+  }
+  ::close(out[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(truncated) << text;
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0) << "\n" << text;
+  EXPECT_EQ(WEXITSTATUS(status), 1) << text;
+  EXPECT_NE(text.find("changed while it was being read (truncated or replaced)"), std::string::npos) << text;
+  EXPECT_NE(text.find((model / "model-").string()), std::string::npos) << text;
+}

@@ -2,15 +2,20 @@
 
 #include "ferry/core/error.h"
 #include "ferry/io/io_counters.h"
+#include "ferry/io/mapped_file_faults.h"
 #include "ferry/io/regular_file.h"
 #include "ferry/core/host_memory.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <mutex>
 #include <cstring>
 
 namespace ferry::io {
@@ -63,7 +68,79 @@ void* map_aligned(int fd, size_t size) {
   return p;
 }
 
+// Note [Mapped-file faults]: a fixed table of the live mappings, written when a file is mapped or
+// unmapped and read by the SIGBUS handler with nothing but atomic loads (no locks, no allocation).
+// A slot's path is written before its range is published and the range cleared before the slot is
+// reused, so the handler sees a complete entry or none.
+constexpr size_t kFaultSlots = 4096;
+constexpr size_t kFaultPathBytes = 512;
+struct FaultSlot {
+  std::atomic<uintptr_t> begin{0};
+  std::atomic<uintptr_t> end{0};
+  char path[kFaultPathBytes] = {};
+};
+FaultSlot fault_slots[kFaultSlots];
+
+int register_mapping(const uint8_t* data, size_t size, const std::string& path) {
+  if (data == nullptr || size == 0) return -1;
+  for (size_t i = 0; i < kFaultSlots; ++i) {
+    uintptr_t expected = 0;
+    if (!fault_slots[i].begin.compare_exchange_strong(expected, 1)) continue;  // 1: being filled
+    const size_t n = std::min(path.size(), kFaultPathBytes - 1);
+    std::memcpy(fault_slots[i].path, path.data(), n);
+    fault_slots[i].path[n] = '\0';
+    fault_slots[i].end.store(reinterpret_cast<uintptr_t>(data) + size);
+    fault_slots[i].begin.store(reinterpret_cast<uintptr_t>(data));
+    return static_cast<int>(i);
+  }
+  return -1;  // more than kFaultSlots files mapped at once: this one gets the default SIGBUS
+}
+
+void unregister_mapping(int slot) {
+  if (slot < 0) return;
+  fault_slots[slot].end.store(0);
+  fault_slots[slot].begin.store(0);
+}
+
+void write_all(const char* text, size_t n) {
+  while (n > 0) {
+    const ssize_t w = ::write(STDERR_FILENO, text, n);
+    if (w <= 0) return;
+    text += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+extern "C" void on_bus_error(int sig, siginfo_t* info, void*) {
+  const auto address = reinterpret_cast<uintptr_t>(info->si_addr);
+  for (size_t i = 0; i < kFaultSlots; ++i) {
+    const uintptr_t begin = fault_slots[i].begin.load(), end = fault_slots[i].end.load();
+    if (begin <= 1 || address < begin || address >= end) continue;
+    static const char head[] = "ferry: error: ";
+    static const char tail[] =
+        " changed while it was being read (truncated or replaced); everything printed above is complete. "
+        "Stopping.\n";
+    write_all(head, sizeof head - 1);
+    write_all(fault_slots[i].path, std::strlen(fault_slots[i].path));
+    write_all(tail, sizeof tail - 1);
+    ::_exit(1);
+  }
+  ::signal(sig, SIG_DFL);  // not a mapped file of ferry's: the default action
+  ::raise(sig);
+}
+
 }  // namespace
+
+void install_mapped_file_fault_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction action {};
+    action.sa_sigaction = on_bus_error;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_SIGINFO;
+    ::sigaction(SIGBUS, &action, nullptr);
+  });
+}
 
 std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path) {
   check_regular_file(path, "MappedFile::open");  // a FIFO would block the open below
@@ -81,10 +158,13 @@ std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path) {
   }
   ++io_counters().files_mapped;
   // The mapping outlives the descriptor: closing fd here is fine.
-  return std::make_shared<const MappedFile>(Key{}, path, data, size);
+  auto file = std::make_shared<MappedFile>(Key{}, path, data, size);
+  file->fault_slot_ = register_mapping(data, size, path);
+  return file;
 }
 
 MappedFile::~MappedFile() {
+  unregister_mapping(fault_slot_);
   if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 

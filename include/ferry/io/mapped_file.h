@@ -58,6 +58,7 @@ class MappedFile {
   std::string path_;
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
+  int fault_slot_ = -1;  // its entry for the SIGBUS message (io/mapped_file_faults.h)
 };
 
 }  // namespace ferry::io
