@@ -25,9 +25,11 @@ void add_offload_command(CLI::App& app);  ///< ferry offload: checkpoint -> offl
 void add_run_command(CLI::App& app);      ///< ferry run: load, dispatch, generate (run_command.cpp)
 void add_demo_command(CLI::App& app);     ///< ferry demo: the built-in example (demo_command.cpp)
 
-/// Runs a parsed app and maps errors to exit codes: 0, 1 for a ferry::Error (one line on stderr),
-/// 2 for anything unexpected; CLI11's own codes for bad arguments.
-int run_app(CLI::App& app, int argc, char** argv);
+/// The main() of both programs: installs the SIGBUS message (io/mapped_file_faults.h), builds the
+/// `ferry` app with the subcommands `add_commands` registers, parses and runs, and maps errors to
+/// exit codes: 0, 1 for a ferry::Error (one line on stderr), 128 + signal after Ctrl-C, 2 for
+/// anything unexpected; CLI11's own codes for bad arguments.
+int run_app(int argc, char** argv, void (*add_commands)(CLI::App& app));
 
 /// Flushes stdout and stderr and ends the process with `code`, without destroying what the command
 /// built: freeing the 100,000-tensor listing and tree that `plan` and `inspect` just printed costs

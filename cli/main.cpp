@@ -2,7 +2,6 @@
 // See Note [Two programs, one command] in commands.h.
 #include "commands.h"
 
-#include "ferry/io/mapped_file_faults.h"
 
 #include <unistd.h>
 
@@ -47,16 +46,12 @@ int exec_torch_program(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (argc > 1 && is_torch_command(argv[1])) return exec_torch_program(argc, argv);
-  ferry::io::install_mapped_file_fault_handler();  // a file truncated under us: a message, not "Bus error"
-  CLI::App app{"ferry: run LibTorch models larger than any single memory"};
-  app.name("ferry");
-  app.require_subcommand(1);
-  app.fallthrough();
-  ferry::cli::add_plan_command(app);
-  ferry::cli::add_inspect_command(app);
-  // Listed here for `ferry --help`; main() hands them to ferry-torch before parsing.
-  app.add_subcommand("offload", ferry::cli::kOffloadDescription);
-  app.add_subcommand("run", ferry::cli::kRunDescription);
-  app.add_subcommand("demo", ferry::cli::kDemoDescription);
-  return ferry::cli::run_app(app, argc, argv);
+  return ferry::cli::run_app(argc, argv, [](CLI::App& app) {
+    ferry::cli::add_plan_command(app);
+    ferry::cli::add_inspect_command(app);
+    // Listed here for `ferry --help`; main() hands them to ferry-torch before parsing.
+    app.add_subcommand("offload", ferry::cli::kOffloadDescription);
+    app.add_subcommand("run", ferry::cli::kRunDescription);
+    app.add_subcommand("demo", ferry::cli::kDemoDescription);
+  });
 }

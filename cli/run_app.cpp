@@ -2,6 +2,7 @@
 #include "interrupt.h"
 
 #include "ferry/core/error.h"
+#include "ferry/io/mapped_file_faults.h"
 
 #include <c10/util/Exception.h>
 
@@ -18,7 +19,13 @@ void finish_now(int code) {
   std::_Exit(code);
 }
 
-int run_app(CLI::App& app, int argc, char** argv) {
+int run_app(int argc, char** argv, void (*add_commands)(CLI::App& app)) {
+  io::install_mapped_file_fault_handler();  // a file truncated under us: a message, not "Bus error"
+  CLI::App app{"ferry: run LibTorch models larger than any single memory"};
+  app.name("ferry");
+  app.require_subcommand(1);
+  app.fallthrough();
+  add_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -17,6 +17,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <sstream>
 
@@ -96,6 +97,46 @@ std::string write_map(const TempDir& dir, const std::string& json) {
   std::string path = (dir.path() / "map.json").string();
   std::ofstream(path) << json;
   return path;
+}
+
+// Runs `ferry ARGS...` with stdout and stderr in one pipe, calling `watch(output so far, pid)` after
+// each read (it may signal the child or change its files); returns the wait status and the output.
+std::pair<int, std::string> run_cli_watching(const std::vector<std::string>& args,
+                                             const std::function<void(const std::string&, pid_t)>& watch) {
+  int out[2];
+  if (::pipe(out) != 0) return {-1, ""};
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::dup2(out[1], STDOUT_FILENO);
+    ::dup2(out[1], STDERR_FILENO);
+    ::close(out[0]);
+    std::vector<char*> argv{const_cast<char*>("ferry")};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(cli_path().c_str(), argv.data());
+    ::_exit(127);
+  }
+  ::close(out[1]);
+  std::string text;
+  char buf[256];
+  ssize_t n;
+  while ((n = ::read(out[0], buf, sizeof buf)) > 0) {
+    text.append(buf, static_cast<size_t>(n));
+    watch(text, child);
+  }
+  ::close(out[0]);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  return {status, text};
+}
+
+// Spaces after "[1 2 3] ->": how many tokens a streamed run has printed so far.
+long tokens_streamed(const std::string& text) {
+  const size_t arrow = text.find("[1 2 3] ->");
+  if (arrow == std::string::npos) return -1;
+  const size_t end = text.find('\n', arrow);
+  return std::count(text.begin() + static_cast<std::ptrdiff_t>(arrow) + 10,
+                    end == std::string::npos ? text.end() : text.begin() + static_cast<std::ptrdiff_t>(end), ' ');
 }
 
 }  // namespace
@@ -277,43 +318,16 @@ TEST(ModelsCli, ArgumentsThatCannotWorkGetOneLineEach) {
 // as they are produced) and ends with the shell's status for SIGINT, not a lost run.
 TEST(ModelsCli, InterruptKeepsTheTokensGeneratedSoFar) {
   REQUIRE_CLI();
-  int out[2];
-  ASSERT_EQ(::pipe(out), 0);
-  const std::string model = fixture("tiny_llama");
-  const pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    ::dup2(out[1], STDOUT_FILENO);
-    ::dup2(out[1], STDERR_FILENO);
-    ::close(out[0]);
-    ::execl(cli_path().c_str(), "ferry", "run", model.c_str(), "--ids", "1 2 3", "--max-new-tokens", "4000",
-            static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  ::close(out[1]);
-  std::string text;
-  char buf[256];
-  // Wait for a few streamed tokens after "[1 2 3] ->", then interrupt.
-  while (true) {
-    const ssize_t n = ::read(out[0], buf, sizeof buf);
-    if (n <= 0) break;
-    text.append(buf, static_cast<size_t>(n));
-    const size_t arrow = text.find("[1 2 3] ->");
-    if (arrow != std::string::npos && std::count(text.begin() + static_cast<std::ptrdiff_t>(arrow), text.end(), ' ') >= 8) {
-      ::kill(child, SIGINT);
-      break;
-    }
-  }
-  ssize_t n;
-  while ((n = ::read(out[0], buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
-  ::close(out[0]);
-  int status = 0;
-  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  bool sent = false;
+  const auto [status, text] = run_cli_watching(
+      {"run", fixture("tiny_llama"), "--ids", "1 2 3", "--max-new-tokens", "4000"}, [&](const std::string& out, pid_t child) {
+        if (!sent && tokens_streamed(out) >= 8) sent = ::kill(child, SIGINT) == 0;  // after a few tokens
+      });
+  ASSERT_TRUE(sent) << text;
   ASSERT_TRUE(WIFEXITED(status)) << text;
   EXPECT_EQ(WEXITSTATUS(status), 130) << text;
   EXPECT_NE(text.find("interrupted by SIGINT"), std::string::npos) << text;
-  const std::string line = text.substr(text.find("[1 2 3] ->"));
-  EXPECT_GE(std::count(line.begin(), line.begin() + static_cast<std::ptrdiff_t>(line.find('\n')), ' '), 8) << text;
+  EXPECT_GE(tokens_streamed(text), 8) << text;
   EXPECT_EQ(text.find("timings:"), std::string::npos) << "the run should have stopped early:\n" << text;
 }
 
@@ -341,37 +355,16 @@ TEST(ModelsCli, AShardTruncatedDuringARunIsNamedNotABusError) {
   TempDir tmp("truncated");
   const fs::path model = tmp.path() / "model";
   fs::copy(fixture("tiny_llama"), model);
-  int out[2];
-  ASSERT_EQ(::pipe(out), 0);
-  const pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    ::dup2(out[1], STDOUT_FILENO);
-    ::dup2(out[1], STDERR_FILENO);
-    ::close(out[0]);
-    ::execl(cli_path().c_str(), "ferry", "run", model.c_str(), "--ids", "1 2 3", "--max-new-tokens", "4000",
-            "--device-map", "auto", "--max-memory", "cpu=1MiB", static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  ::close(out[1]);
-  std::string text;
-  char buf[256];
   bool truncated = false;
-  ssize_t n;
-  while ((n = ::read(out[0], buf, sizeof buf)) > 0) {
-    text.append(buf, static_cast<size_t>(n));
-    const size_t arrow = text.find("[1 2 3] ->");
-    if (!truncated && arrow != std::string::npos &&
-        std::count(text.begin() + static_cast<std::ptrdiff_t>(arrow), text.end(), ' ') >= 6) {
-      // Every decoder layer is read in place from these shards on every token.
-      for (const auto& e : fs::directory_iterator(model))
-        if (e.path().filename().string().rfind("model-", 0) == 0) fs::resize_file(e.path(), 64);
-      truncated = true;
-    }
-  }
-  ::close(out[0]);
-  int status = 0;
-  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  const auto [status, text] = run_cli_watching(
+      {"run", model.string(), "--ids", "1 2 3", "--max-new-tokens", "4000", "--device-map", "auto", "--max-memory", "cpu=1MiB"},
+      [&](const std::string& out, pid_t) {
+        if (truncated || tokens_streamed(out) < 6) return;
+        // Every decoder layer is read in place from these shards on every token.
+        for (const auto& e : fs::directory_iterator(model))
+          if (e.path().filename().string().rfind("model-", 0) == 0) fs::resize_file(e.path(), 64);
+        truncated = true;
+      });
   ASSERT_TRUE(truncated) << text;
   ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0) << "\n" << text;
   EXPECT_EQ(WEXITSTATUS(status), 1) << text;
