@@ -11,6 +11,7 @@
 #include "ferry/models/pretrained.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <chrono>
 #include <cstdio>

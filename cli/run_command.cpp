@@ -7,6 +7,7 @@
 #include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
 #include "ferry/core/log.h"
+#include "ferry/core/torch_compat.h"
 #include "ferry/io/checkpoint.h"
 #include "ferry/io/io_counters.h"
 #include "ferry/io/safetensors.h"
@@ -15,7 +16,11 @@
 #include "ferry/models/pretrained.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <nlohmann/json.hpp>
+#if defined(FERRY_WITH_CUDA)
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 #include <sys/resource.h>
 #include <unistd.h>
@@ -37,6 +42,7 @@ struct RunOptions {
   std::string max_memory;
   std::string offload_folder;
   std::string dtype;
+  std::string attention;
   bool greedy = false;
   double temperature = 1.0;
   int64_t top_k = 0;
@@ -105,6 +111,14 @@ int64_t peak_rss_bytes() {
   return static_cast<int64_t>(u.ru_maxrss) * 1024;
 }
 
+// The most GPU memory LibTorch's allocator held for tensors at once on cuda:0; -1 without a GPU.
+int64_t peak_gpu_bytes() {
+#if defined(FERRY_WITH_CUDA)
+  if (at::hasCUDA()) return c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].peak;  // [0]: all pools
+#endif
+  return -1;
+}
+
 // A loading status line on stderr, only when stderr is a terminal: load_checkpoint_in_model reports
 // only its start and end, so this shows what is being loaded and then how long it took.
 class ProgressLine {
@@ -153,7 +167,8 @@ void run(const RunOptions& o) {
   // Everything the user can get wrong is checked before any weight is read.
   // config.json is read once, the meta model built once and the checkpoint opened once (shards
   // mapped, headers parsed), then all three are handed down.
-  const ModelConfig config = load_config(o.model_dir);
+  ModelConfig config = load_config(o.model_dir);
+  if (!o.attention.empty()) config.attn_implementation = o.attention;
   const c10::optional<c10::ScalarType> weight_dtype =
       o.dtype.empty() ? c10::nullopt : c10::optional<c10::ScalarType>(parse_dtype(o.dtype));
   std::shared_ptr<CausalLM> empty = create_empty_model(config, weight_dtype);
@@ -265,6 +280,8 @@ void run(const RunOptions& o) {
     j["model"] = o.model_dir;
     j["architecture"] = c.architecture;
     j["dtype"] = dtype;
+    j["attention"] = c.attn_implementation;
+    j["libtorch"] = torch_version();
     j["device_map"] = nlohmann::json::parse(loaded.device_map.to_json());
     nlohmann::json per = nlohmann::json::object();
     for (const auto& [p, b] : loaded.bytes_per_placement) per[p.str()] = b;
@@ -284,6 +301,7 @@ void run(const RunOptions& o) {
                     {"decode_ms_per_token", decode_ms},
                     {"decode_steps", out.decode_steps},
                     {"peak_rss_bytes", peak_rss_bytes()},
+                    {"peak_gpu_bytes", peak_gpu_bytes() >= 0 ? nlohmann::json(peak_gpu_bytes()) : nlohmann::json()},
                     {"rss_anon_bytes", rss_anon_bytes()},
                     {"offloaded_bytes_per_token", moved_per_token}};
     j["io"] = {{"files_mapped", io::io_counters().files_mapped.load()},
@@ -320,6 +338,8 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--max-memory", o->max_memory, "Budgets for the planner, e.g. 0=4GiB,cpu=8GiB");
   cmd->add_option("--offload-folder", o->offload_folder, "Write disk-placed weights to this folder first, as Accelerate does (default: read them in place from the checkpoint)");
   cmd->add_option("--dtype", o->dtype, "float32 | bfloat16 | float16 (default: the config's)");
+  cmd->add_option("--attention", o->attention,
+                  "sdpa | eager: fused at::scaled_dot_product_attention (the default with LibTorch 2.x) or the explicit math");
   cmd->add_flag("--greedy", o->greedy, "Greedy decoding (the default unless sampling options are given)");
   cmd->add_option("--temperature", o->temperature, "Sampling temperature");
   cmd->add_option("--top-k", o->top_k, "Sample among the k most likely tokens");

@@ -1,6 +1,7 @@
 // The `ferry run` and `ferry demo` commands, run as a user runs them: the real binary, its exit
 // status, its output.
 
+#include "ferry/core/torch_compat.h"
 #include "ferry/io/safetensors.h"
 #include "ferry/models/load_model.h"
 #include "models_test_util.h"
@@ -261,18 +262,33 @@ TEST(ModelsCli, DemoRunsResidentAndOffloadedWithTheSameTokens) {
   EXPECT_NE(r.out.find("disk"), std::string::npos) << r.out;
 }
 
-TEST(ModelsCli, Float16EitherRunsOrSaysWhy) {
+TEST(ModelsCli, Float16RunsOrSaysWhatItNeeds) {
   REQUIRE_CLI();
-  // LibTorch 1.13 has no float16 matmul on the CPU; 2.x does. Either way the user gets tokens or a
-  // ferry error with a remedy, never an unexplained LibTorch failure.
+  // LibTorch 1.13 has no float16 matmul on the CPU; 2.x does. On 1.13 the user gets one line that says
+  // what to do before anything loads, never an unexplained LibTorch failure.
   Result r = run_cli("run " + fixture("tiny_llama") + " --ids \"1 2 3\" --max-new-tokens 3 --dtype float16");
-  if (r.status == 0) {
-    EXPECT_NE(r.out.find("float16"), std::string::npos) << r.out;
-    EXPECT_NE(r.out.find("[1 2 3] -> "), std::string::npos) << r.out;
-  } else {
-    EXPECT_EQ(r.status, 1) << r.out;
-    EXPECT_NE(r.out.find("Try --dtype float32 or bfloat16"), std::string::npos) << r.out;
-  }
+#if defined(FERRY_HAS_CPU_FLOAT16)
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("float16"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("[1 2 3] -> "), std::string::npos) << r.out;
+#else
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("in float16 (bfloat16 and float32 work with this build) needs LibTorch 2.1 or later"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("FERRY_TORCH=pypi"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("loading"), std::string::npos) << "refused before loading: " << r.out;
+#endif
+  // The attention kernel is chosen the same way: sdpa needs 2.x, eager works everywhere.
+  Result eager = run_cli("run " + fixture("tiny_llama") + " --ids \"1 2 3\" --max-new-tokens 2 --attention eager --json");
+  EXPECT_EQ(eager.status, 0) << eager.out;
+  EXPECT_NE(eager.out.find("\"attention\":\"eager\""), std::string::npos) << eager.out;
+  Result sdpa = run_cli("run " + fixture("tiny_llama") + " --ids \"1 2 3\" --max-new-tokens 2 --attention sdpa --json");
+#if defined(FERRY_HAS_SDPA)
+  EXPECT_EQ(sdpa.status, 0) << sdpa.out;
+  EXPECT_NE(sdpa.out.find("\"attention\":\"sdpa\""), std::string::npos) << sdpa.out;
+#else
+  EXPECT_EQ(sdpa.status, 1) << sdpa.out;
+  EXPECT_NE(sdpa.out.find("attn_implementation 'sdpa' needs LibTorch 2.1 or later"), std::string::npos) << sdpa.out;
+#endif
 }
 
 // Issue 13: bad arguments end in one line that names the argument, exit status 1, never a LibTorch

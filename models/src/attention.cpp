@@ -1,5 +1,7 @@
 #include "attention.h"
 
+#include "ferry/core/torch_compat.h"
+
 #include <ATen/ATen.h>
 
 #include <limits>
@@ -43,6 +45,21 @@ at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   at::Tensor keys = repeat_kv(k, q.size(1) / k.size(1));
   at::Tensor scores = at::matmul(q, keys.transpose(2, 3)) * scale;
   return attend(scores, v, mask, q.scalar_type());
+}
+
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                     const at::Tensor& mask, bool sdpa) {
+  if (!sdpa) return eager_attention(q, k, v, scale, mask);
+#if defined(FERRY_HAS_SDPA)
+  int64_t n_rep = q.size(1) / k.size(1);
+  c10::optional<at::Tensor> additive;
+  if (mask.defined()) additive = mask;
+  return at::scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), additive, /*dropout_p=*/0.0,
+                                          /*is_causal=*/false, scale);
+#else
+  require_torch(TorchFeature::ScaledDotProductAttention, "attn_implementation 'sdpa'");
+  return {};
+#endif
 }
 
 at::Tensor attend(const at::Tensor& scores, const at::Tensor& v, const at::Tensor& mask, c10::ScalarType dtype) {

@@ -23,6 +23,11 @@ at::Tensor causal_mask(int64_t q_len, int64_t kv_len, int64_t sliding_window, c1
 at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                            const at::Tensor& mask);
 
+/// The same through at::scaled_dot_product_attention when `sdpa` (LibTorch 2.1 on; refused before),
+/// else eager_attention. Equal within float rounding (the fixtures' 1e-4 hold for both).
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                     const at::Tensor& mask, bool sdpa);
+
 /// softmax(scores + mask) in float32, cast to `dtype`, times v (repeated to the score heads).
 at::Tensor attend(const at::Tensor& scores, const at::Tensor& v, const at::Tensor& mask, c10::ScalarType dtype);
 

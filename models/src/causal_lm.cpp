@@ -2,6 +2,7 @@
 
 #include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
+#include "ferry/core/torch_compat.h"
 #include "ferry/models/gpt2.h"
 #include "ferry/models/llama.h"
 
@@ -90,6 +91,13 @@ std::shared_ptr<CausalLM> create_model(const ModelConfig& config, c10::optional<
   // Integer or complex weights would be value-cast from the checkpoint's floats: silently wrong.
   FERRY_CHECK(is_floating_dtype(t) && !c10::isComplexType(t), "a ", config.architecture, " computes in floating point, not ",
               dtype_name(t), "; choose float32, bfloat16 or float16", dtype ? "" : " (the config's dtype)");
+  // A CPU-only LibTorch 1.13 has no float16 matmuls: refuse now rather than after loading.
+#if !defined(FERRY_WITH_CUDA)
+  if (t == c10::kHalf) require_torch(TorchFeature::CpuFloat16Compute, "computing a " + config.architecture + " in float16 (bfloat16 and float32 work with this build)");
+#endif
+  const std::string& impl = config.attn_implementation;
+  FERRY_CHECK(impl == "sdpa" || impl == "eager", "attn_implementation '", impl, "' is not known; choose sdpa or eager");
+  if (impl == "sdpa") require_torch(TorchFeature::ScaledDotProductAttention, "attn_implementation 'sdpa'");
   const std::string& a = config.architecture;
   if (a == "LlamaForCausalLM" || a == "MistralForCausalLM" || a == "Qwen2ForCausalLM")
     return std::make_shared<LlamaForCausalLM>(config, t);

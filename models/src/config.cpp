@@ -2,6 +2,7 @@
 
 #include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
+#include "ferry/core/torch_compat.h"
 #include "ferry/io/json.h"
 #include "ferry/io/regular_file.h"
 
@@ -254,6 +255,10 @@ void parse_gpt2(const JsonValue& j, ModelConfig& c, const std::string& source) {
 }
 
 }  // namespace
+
+std::string default_attn_implementation() {
+  return torch_has(TorchFeature::ScaledDotProductAttention) ? "sdpa" : "eager";
+}
 
 const std::vector<std::string>& supported_architectures() {
   static const std::vector<std::string> names = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",

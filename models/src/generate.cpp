@@ -3,6 +3,7 @@
 #include "ferry/core/error.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <chrono>

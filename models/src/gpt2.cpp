@@ -18,7 +18,8 @@ GPT2Attention::GPT2Attention(const ModelConfig& c, int64_t layer_idx, c10::Scala
       num_heads(c.num_attention_heads),
       head_dim(c.head_dim),
       scale_attn_weights(c.scale_attn_weights),
-      scale_attn_by_inverse_layer_idx(c.scale_attn_by_inverse_layer_idx) {
+      scale_attn_by_inverse_layer_idx(c.scale_attn_by_inverse_layer_idx),
+      sdpa(c.attn_implementation == "sdpa") {
   c_attn = register_module("c_attn", std::make_shared<Conv1D>(3 * c.hidden_size, c.hidden_size, dtype));
   c_proj = register_module("c_proj", std::make_shared<Conv1D>(c.hidden_size, c.hidden_size, dtype));
 }
@@ -33,11 +34,18 @@ c10::IValue GPT2Attention::forward(Args& args) {
   if (KVCache* cache = KVCache::from_ivalue(detail::keyword_or_none(args, "past_key_values"))) {
     std::tie(k, v) = cache->update(layer_idx, k, v);
   }
-  at::Tensor scores = at::matmul(q, k.transpose(-1, -2));
-  if (scale_attn_weights) scores = scores / std::sqrt(static_cast<double>(head_dim));
-  if (scale_attn_by_inverse_layer_idx) scores = scores / static_cast<double>(layer_idx + 1);
-  at::Tensor mask = detail::causal_mask(s, k.size(2), 0, scores.scalar_type(), scores.device());
-  at::Tensor out = detail::attend(scores, v, mask, v.scalar_type());
+  at::Tensor mask = detail::causal_mask(s, k.size(2), 0, q.scalar_type(), q.device());
+  at::Tensor out;
+  if (sdpa) {
+    double scale = (scale_attn_weights ? 1.0 / std::sqrt(static_cast<double>(head_dim)) : 1.0) /
+                   (scale_attn_by_inverse_layer_idx ? static_cast<double>(layer_idx + 1) : 1.0);
+    out = detail::attention(q, k, v, scale, mask, /*sdpa=*/true);
+  } else {  // transformers' GPT-2 order of operations: divide the scores, not scale q
+    at::Tensor scores = at::matmul(q, k.transpose(-1, -2));
+    if (scale_attn_weights) scores = scores / std::sqrt(static_cast<double>(head_dim));
+    if (scale_attn_by_inverse_layer_idx) scores = scores / static_cast<double>(layer_idx + 1);
+    out = detail::attend(scores, v, mask, v.scalar_type());
+  }
   out = out.transpose(1, 2).reshape({b, s, -1}).contiguous();
   return (*c_proj)(out);
 }

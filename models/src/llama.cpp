@@ -69,7 +69,8 @@ LlamaAttention::LlamaAttention(const std::string& prefix, const ModelConfig& c, 
       layer_idx(layer_idx),
       num_heads(c.num_attention_heads),
       num_kv_heads(c.num_key_value_heads),
-      head_dim(c.head_dim) {
+      head_dim(c.head_dim),
+      sdpa(c.attn_implementation == "sdpa") {
   auto dtype = c.dtype;
   bool qkv_bias = c.attention_bias || c.qkv_bias;
   q_proj = register_module("q_proj", std::make_shared<Linear>(c.hidden_size, num_heads * head_dim, qkv_bias, dtype));
@@ -98,7 +99,7 @@ c10::IValue LlamaAttention::forward(Args& args) {
     std::tie(k, v) = cache->update(layer_idx, k, v);
   }
   at::Tensor mask = detail::causal_mask(s, k.size(2), sliding_window, q.scalar_type(), q.device());
-  at::Tensor out = detail::eager_attention(q, k, v, 1.0 / std::sqrt(static_cast<double>(head_dim)), mask);
+  at::Tensor out = detail::attention(q, k, v, 1.0 / std::sqrt(static_cast<double>(head_dim)), mask, sdpa);
   out = out.transpose(1, 2).contiguous().reshape({b, s, -1});
   return (*o_proj)(out);
 }

@@ -149,7 +149,9 @@ io::Checkpoint check_checkpoint_matches(CausalLM& model, const io::Checkpoint& c
 }
 
 std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, const PretrainedOptions& options) {
-  std::shared_ptr<CausalLM> model = create_empty_model(dir, options.dtype);
+  ModelConfig config = load_config(dir);
+  if (!options.attn_implementation.empty()) config.attn_implementation = options.attn_implementation;
+  std::shared_ptr<CausalLM> model = create_empty_model(config, options.dtype);
   const io::Checkpoint checkpoint = check_checkpoint_matches(*model, open_model_checkpoint(dir));
   LoadCheckpointOptions load;
   load.device_map = DeviceMap{{"", Placement(options.device)}};

@@ -60,6 +60,7 @@ c10::ScalarType parse_dtype(const std::string& name) {
   if (key.rfind(prefix, 0) == 0) key = key.substr(prefix.size());
   for (const auto& e : dtype_table())
     if (key == e.name) return e.dtype;
+  if (key == "float8_e4m3fn" || key == "float8_e5m2") require_torch(TorchFeature::Float8, "dtype '" + name + "'");
   std::string known;
   for (const auto& e : dtype_table()) known += (known.empty() ? "" : ", ") + std::string(e.name);
   FERRY_FAIL("unknown dtype '", name, "'; expected one of: ", known);

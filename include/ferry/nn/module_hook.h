@@ -11,6 +11,7 @@
 #include "ferry/nn/args.h"
 
 #include <ATen/core/ivalue.h>
+#include <c10/core/GradMode.h>
 
 namespace ferry {
 

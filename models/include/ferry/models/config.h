@@ -34,6 +34,9 @@ struct RopeConfig {
   int64_t original_max_position_embeddings = 8192;
 };
 
+/// "sdpa" where LibTorch has at::scaled_dot_product_attention, else "eager".
+std::string default_attn_implementation();
+
 /// The parsed configuration. Fields not used by an architecture keep their defaults.
 struct ModelConfig {
   /// `architectures[0]`: "LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM" or "GPT2LMHeadModel".
@@ -73,6 +76,9 @@ struct ModelConfig {
   c10::optional<int64_t> pad_token_id;
   /// The storage dtype the config declares (`dtype` or `torch_dtype`), float32 when absent.
   c10::ScalarType dtype = c10::kFloat;
+  /// Attention kernel, transformers' `attn_implementation`: "sdpa" (at::scaled_dot_product_attention,
+  /// the default where LibTorch has it, 2.1 on) or "eager" (softmax(q k^T) v spelled out; 1.13's only one).
+  std::string attn_implementation = default_attn_implementation();
 };
 
 /// Parses config.json text. `source` names it in messages. Throws ferry::Error for malformed JSON, a

@@ -25,6 +25,8 @@ class GPT2Attention : public Module {
   c10::IValue forward(Args& args) override;
   int64_t layer_idx, num_heads, head_dim;
   bool scale_attn_weights, scale_attn_by_inverse_layer_idx;
+  /// at::scaled_dot_product_attention rather than the explicit math (config.attn_implementation).
+  bool sdpa;
   std::shared_ptr<Conv1D> c_attn, c_proj;
 };
 

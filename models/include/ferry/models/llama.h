@@ -42,6 +42,8 @@ class LlamaAttention : public Module {
   int64_t layer_idx, num_heads, num_kv_heads, head_dim;
   /// Attend only to the last `sliding_window` positions (0: everything before).
   int64_t sliding_window = 0;
+  /// at::scaled_dot_product_attention rather than the explicit math (config.attn_implementation).
+  bool sdpa = false;
   std::shared_ptr<Linear> q_proj, k_proj, v_proj, o_proj;
 };
 

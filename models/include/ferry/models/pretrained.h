@@ -29,6 +29,8 @@ namespace ferry::models {
 struct PretrainedOptions {
   /// The dtype of the model's floating-point weights (default: the config's `dtype`).
   c10::optional<c10::ScalarType> dtype;
+  /// "sdpa" or "eager" (default: ModelConfig's, sdpa where LibTorch has it).
+  std::string attn_implementation;
   /// Where every weight goes.
   c10::Device device = c10::Device(c10::kCPU);
   /// Called with (0, 1) before the weights load and (1, 1) after (load_checkpoint_in_model has no
