@@ -20,6 +20,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include "bench_util.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -37,12 +39,9 @@
 using namespace ferry;
 using namespace ferry::models;
 namespace fs = std::filesystem;
+using namespace ferry::bench;
 
 namespace {
-
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 // A "Key:   N kB" field of a /proc file (status, smaps_rollup), in KiB; -1 when absent.
 int64_t proc_kib(const char* file, const std::string& key) {
@@ -57,58 +56,6 @@ int64_t status_kib(const std::string& key) { return proc_kib("/proc/self/status"
 // FilePmdMapped: file pages mapped as 2 MiB huge pages.
 int64_t smaps_kib(const std::string& key) { return proc_kib("/proc/self/smaps_rollup", key); }
 
-std::vector<std::string> shard_files(const std::string& dir) {
-  std::vector<std::string> files;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.path().extension() == ".safetensors") files.push_back(e.path().string());
-  std::sort(files.begin(), files.end());
-  return files;
-}
-
-void evict(const std::vector<std::string>& files) {
-  for (const auto& f : files) {
-    int fd = ::open(f.c_str(), O_RDONLY);
-    if (fd < 0) continue;
-    ::fdatasync(fd);
-    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-    ::close(fd);
-  }
-}
-
-// Sequential read of every shard with large reads: the disk's (or page cache's) bandwidth.
-double read_bandwidth(const std::vector<std::string>& files) {
-  std::vector<char> buffer(16 << 20);
-  uint64_t total = 0;
-  double start = now();
-  for (const auto& f : files) {
-    int fd = ::open(f.c_str(), O_RDONLY);
-    FERRY_CHECK(fd >= 0, "cannot open ", f);
-    ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-    ssize_t n;
-    while ((n = ::read(fd, buffer.data(), buffer.size())) > 0) total += static_cast<uint64_t>(n);
-    ::close(fd);
-  }
-  return static_cast<double>(total) / (now() - start);
-}
-
-// The same read with O_DIRECT: bypasses the page cache, so it measures the device (or, on a
-// virtual machine, whatever caches the virtual disk) even where evicting the cache is not allowed.
-double read_bandwidth_direct(const std::vector<std::string>& files) {
-  constexpr size_t kBuffer = 16 << 20;
-  void* raw = nullptr;
-  FERRY_CHECK(::posix_memalign(&raw, 4096, kBuffer) == 0, "cannot allocate an aligned read buffer");
-  std::unique_ptr<void, decltype(&std::free)> buffer(raw, &std::free);
-  uint64_t total = 0;
-  double start = now();
-  for (const auto& f : files) {
-    int fd = ::open(f.c_str(), O_RDONLY | O_DIRECT);
-    if (fd < 0) return 0;  // the file system does not support O_DIRECT
-    ssize_t n;
-    while ((n = ::read(fd, buffer.get(), kBuffer)) > 0) total += static_cast<uint64_t>(n);
-    ::close(fd);
-  }
-  return static_cast<double>(total) / (now() - start);
-}
 
 struct StepTimes {
   double first_ms = 0;   // the prompt's forward (cold when the cache was evicted)
@@ -138,11 +85,6 @@ double decode_ms(LoadedModel& loaded, int64_t prompt, int64_t steps) {
   g.max_new_tokens = steps + 1;
   GenerationOutput out = generate(*loaded.model, ids, g);
   return out.decode_seconds * 1e3 / static_cast<double>(std::max<int64_t>(1, out.decode_steps));
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
 std::string join(const std::vector<double>& v) {

@@ -1,30 +1,60 @@
 #!/usr/bin/env bash
-# The streamer's GPU checks, as one run on a machine with an NVIDIA GPU and PyTorch 2.x (CUDA):
-#   1. builds ferry against the PyTorch wheel's LibTorch (dependencies from .gpu-deps, which
-#      scripts/gpu_deps.sh fills on a Debian machine; carry it),
-#   2. runs the CUDA tests and the streamer tests, then the CUDA tests under compute-sanitizer,
-#   3. generates a 4.1 GB bfloat16 Llama (10 layers, hidden 4096) and runs bench_cuda_offload on it
-#      (CPU-RAM and disk offload, streamer vs synchronous, beside pinned/pageable H2D bandwidth).
-# Logs go to $OUT (or /tmp/ferry-gpu). With the device tool:
+# The GPU checks in one run, on a machine with an NVIDIA GPU, PyTorch 2.x (CUDA) and the CUDA
+# toolkit, but no Debian -dev packages and no network (prepare .gpu-deps with scripts/gpu_deps.sh here
+# and carry it). Within 10 minutes on a fresh machine:
+#   1. builds ferry against that PyTorch's LibTorch (build-cuda/);
+#   2. runs the CUDA tests and the streamer, dispatch, model and LibTorch-2.x tests on the GPU machine;
+#   3. runs the CUDA tests under compute-sanitizer --tool memcheck, then --tool racecheck;
+#   4. bench_cuda_offload on a 4.1 GB bfloat16 Llama (10 layers, hidden 4096): pinned and pageable
+#      host-to-device bandwidth, decode with the decoder layers in CPU RAM and on disk (streamer vs
+#      synchronous, warm), disk cold cache vs the disk's sequential read, the resident decode;
+#   5. the real Accelerate beside `ferry run` on the same checkpoint and device maps (bench/vs_accelerate.py:
+#      resident on the GPU, layers in CPU RAM, layers on disk), transformers and accelerate installed
+#      from .gpu-deps/wheels into a venv that sees the machine's torch.
+# Every step's log goes to $OUT (or /tmp/ferry-gpu); summary.txt has one line per step. With the device tool:
 #   bash scripts/gpu_deps.sh; run(command="bash scripts/gpu_check.sh", carry=[".gpu-deps"], timeout_s=600)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/ferry-gpu}
 mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 start=$(date +%s)
-cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DFERRY_BUILD_FUZZERS=OFF \
-  -DCMAKE_PREFIX_PATH="$torch_prefix;$PWD/.gpu-deps/usr" -DTORCH_CUDA_ARCH_LIST=9.0 >"$out/configure.log" 2>&1 \
-  && cmake --build build-cuda -j"$(nproc)" --target ferry_tests bench_cuda_offload make_big_llama >"$out/build.log" 2>&1
-status=$?
-echo "build: exit $status, $(( $(date +%s) - start )) s" | tee "$out/summary.txt"
-if [ $status -ne 0 ]; then tail -40 "$out/configure.log" "$out/build.log"; exit $status; fi
-./build-cuda/tests/ferry_tests --gtest_filter='DispatchCuda*:Streamer*:Dispatch*' 2>&1 | tee "$out/tests.log" | tail -5
-echo "tests: exit ${PIPESTATUS[0]}" | tee -a "$out/summary.txt"
-compute-sanitizer --tool memcheck --error-exitcode 3 ./build-cuda/tests/ferry_tests --gtest_filter='DispatchCuda*' \
-  >"$out/memcheck.log" 2>&1
-echo "compute-sanitizer memcheck: exit $?" | tee -a "$out/summary.txt"
-tail -3 "$out/memcheck.log"
-./build-cuda/make_big_llama /tmp/ferry-gpu-llama --layers 10 --hidden 4096 --dtype bfloat16 >/dev/null
-./build-cuda/bench_cuda_offload /tmp/ferry-gpu-llama --steps 8 --rounds 3 2>&1 | tee "$out/bench.txt"
+step() {  # step NAME SECONDS COMMAND...: runs COMMAND with a time limit, logs to $out/NAME.log
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  local status=$?
+  echo "$name: exit $status after $(( $(date +%s) - start )) s" | tee -a "$out/summary.txt"
+  return $status
+}
+python=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+torch_dir=$("$python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+"$python" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)' | tee -a "$out/gpu.txt"
+generator=Ninja; command -v ninja >/dev/null || generator="Unix Makefiles"
+
+step configure 120 cmake -S . -B build-cuda -G "$generator" -DCMAKE_BUILD_TYPE=Release -DFERRY_BUILD_FUZZERS=OFF \
+  -DCMAKE_PREFIX_PATH="$torch_dir;$torch_dir/share/cmake;$PWD/.gpu-deps/usr" -DTORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" \
+  || { tail -30 "$out/configure.log"; exit 1; }
+step build 300 cmake --build build-cuda -j"$(nproc)" --target ferry_tests ferry_cli ferry_torch_cli bench_cuda_offload make_big_llama \
+  || { grep -m5 -A5 "error" "$out/build.log"; exit 1; }
+
+tests='DispatchCuda*:Streamer*:Dispatch*:TorchFeatures*:ModelsFixture*'
+step tests 120 ./build-cuda/tests/ferry_tests --gtest_filter="$tests"
+tail -3 "$out/tests.log"
+step memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 3 ./build-cuda/tests/ferry_tests --gtest_filter='DispatchCuda*'
+tail -2 "$out/memcheck.log"
+step racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 3 ./build-cuda/tests/ferry_tests --gtest_filter='DispatchCuda*'
+tail -2 "$out/racecheck.log"
+
+model=/tmp/ferry-gpu-llama
+step make_model 120 ./build-cuda/make_big_llama "$model" --layers 10 --hidden 4096 --dtype bfloat16
+step bench_cuda_offload 240 ./build-cuda/bench_cuda_offload "$model" --steps 8 --rounds 3
+cat "$out/bench_cuda_offload.log"
+
+venv=/tmp/ferry-gpu-venv
+"$python" -m venv --system-site-packages "$venv" &&
+  step install_accelerate 120 "$venv/bin/pip" install --no-index --find-links .gpu-deps/wheels transformers accelerate ||
+  echo "transformers + accelerate could not be installed offline (see install_accelerate.log): no side-by-side" | tee -a "$out/summary.txt"
+step vs_accelerate 240 "$venv/bin/python" bench/vs_accelerate.py "$model" --ferry build-cuda/ferry --rounds 2 --max-new-tokens 16 \
+  --rows gpu,cpu-offload,disk-gpu --out "$out/vs_accelerate.json"
+tail -12 "$out/vs_accelerate.log"
+cat "$out/summary.txt"
