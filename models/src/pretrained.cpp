@@ -5,6 +5,7 @@
 #include "ferry/dispatch/load_checkpoint.h"
 #include "ferry/io/safetensors.h"
 #include "ferry/io/atomic_file.h"
+#include "ferry/io/atomic_folder.h"
 #include "ferry/io/checkpoint.h"
 #include "ferry/nn/init_on_device.h"
 #include "ferry/nn/module_tensors.h"
@@ -74,9 +75,6 @@ void write_text_atomically(const std::filesystem::path& path, const std::string&
 void save_pretrained(CausalLM& model, const std::string& dir, uint64_t max_shard_bytes,
                      c10::optional<c10::ScalarType> storage_dtype) {
   namespace fs = std::filesystem;
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  FERRY_CHECK(!ec, "cannot create the model folder ", dir, ": ", ec.message());
   std::set<std::string> tied = tied_names(model);
   std::vector<io::NamedTensors> shards(1);
   uint64_t shard_bytes = 0, total = 0;
@@ -95,20 +93,32 @@ void save_pretrained(CausalLM& model, const std::string& dir, uint64_t max_shard
   }
   ModelConfig config = model.config();
   if (storage_dtype) config.dtype = *storage_dtype;
-  nlohmann::json weight_map = nlohmann::json::object();
-  if (shards.size() == 1) {
-    io::save_safetensors((fs::path(dir) / "model.safetensors").string(), shards[0], {{"format", "pt"}});
-  } else {
-    for (size_t i = 0; i < shards.size(); ++i) {
-      char file[64];
-      std::snprintf(file, sizeof file, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
-      io::save_safetensors((fs::path(dir) / file).string(), shards[i], {{"format", "pt"}});
-      for (const auto& [name, t] : shards[i]) weight_map[name] = file;
-    }
-    nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    write_text_atomically(fs::path(dir) / "model.safetensors.index.json", index.dump(2));
-  }
-  write_text_atomically(fs::path(dir) / "config.json", config_to_json(config));
+  // All or nothing (io/atomic_folder.h): a full disk part-way leaves the old checkpoint whole. Files
+  // that are not weights or config (a tokenizer, a README) are kept; old weight files are not, as
+  // transformers removes the shards a new save does not write.
+  auto is_checkpoint_file = [](const std::string& name) {
+    return name == "config.json" || name == "model.safetensors.index.json" ||
+           (name.rfind("model", 0) == 0 && fs::path(name).extension() == ".safetensors");
+  };
+  io::replace_folder(
+      dir,
+      [&](const std::string& staging) {
+        nlohmann::json weight_map = nlohmann::json::object();
+        if (shards.size() == 1) {
+          io::save_safetensors((fs::path(staging) / "model.safetensors").string(), shards[0], {{"format", "pt"}});
+        } else {
+          for (size_t i = 0; i < shards.size(); ++i) {
+            char file[64];
+            std::snprintf(file, sizeof file, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+            io::save_safetensors((fs::path(staging) / file).string(), shards[i], {{"format", "pt"}});
+            for (const auto& [name, t] : shards[i]) weight_map[name] = file;
+          }
+          nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+          write_text_atomically(fs::path(staging) / "model.safetensors.index.json", index.dump(2));
+        }
+        write_text_atomically(fs::path(staging) / "config.json", config_to_json(config));
+      },
+      [&](const std::string& name) { return !is_checkpoint_file(name); });
 }
 
 std::shared_ptr<CausalLM> create_empty_model(const std::string& dir, c10::optional<c10::ScalarType> dtype) {
@@ -155,9 +165,8 @@ std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, const Pretrain
   const io::Checkpoint checkpoint = check_checkpoint_matches(*model, open_model_checkpoint(dir));
   LoadCheckpointOptions load;
   load.device_map = DeviceMap{{"", Placement(options.device)}};
-  if (options.on_progress) options.on_progress(0, 1);
+  load.on_progress = options.on_progress;
   load_checkpoint_in_model(*model, checkpoint, load);
-  if (options.on_progress) options.on_progress(1, 1);
   // Non-persistent buffers (rotary inv_freq) were built on the CPU; bring them along.
   for (auto& [name, t] : model->named_buffers())
     if (t.device() != options.device) set_module_tensor_to_device(*model, name, options.device);

@@ -5,6 +5,7 @@
 #include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
 #include "ferry/io/atomic_file.h"
+#include "ferry/io/atomic_folder.h"
 #include "ferry/io/json.h"
 #include "ferry/io/regular_file.h"
 
@@ -257,87 +258,26 @@ void save_offload_index(const OffloadIndex& index, const std::string& folder) {
   write_file_atomically((fs::path(folder) / "index.json").string(), merged.to_json());
 }
 
-namespace {
-
-// A folder beside `folder`, removed at scope exit unless released.
-struct StagingFolder {
-  fs::path path;
-  bool keep = false;
-  ~StagingFolder() {
-    if (keep || path.empty()) return;
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
-std::string unique_sibling(const fs::path& folder, const char* what) {
-  static std::atomic<unsigned> counter{0};
-  return folder.string() + "." + what + "." + std::to_string(::getpid()) + "." + std::to_string(counter++);
-}
-
-}  // namespace
-
 OffloadIndex update_offload_folder(const std::string& folder,
                                    const std::function<void(const std::string& staging, OffloadIndex& index)>& write) {
-  const fs::path target = fs::path(folder).lexically_normal();
-  FERRY_CHECK(!target.empty() && target.filename() != "", "offload folder '", folder, "' has no name");
-  std::error_code ec;
-  const bool exists = fs::exists(target, ec);
-  FERRY_CHECK(!exists || fs::is_directory(target, ec), "offload folder ", folder, " exists and is not a folder");
-  if (!target.parent_path().empty()) {
-    fs::create_directories(target.parent_path(), ec);
-    FERRY_CHECK(!ec, "cannot create ", target.parent_path().string(), ": ", ec.message());
-  }
-  StagingFolder staging{unique_sibling(target, "tmp")};
-  fs::create_directory(staging.path, ec);
-  FERRY_CHECK(!ec, "cannot create the staging folder ", staging.path.string(), ": ", ec.message());
-
-  OffloadIndex written;
-  write(staging.path.string(), written);
-
-  // The old folder's files that the new index does not replace come along, linked (no copy).
   OffloadIndex merged;
-  if (exists && has_offload_index(folder)) merged = read_offload_index(folder);
-  if (exists) {
-    for (const auto& entry : fs::directory_iterator(target, ec)) {
-      const std::string name = entry.path().filename().string();
-      if (name == "index.json" || fs::exists(staging.path / name)) continue;
-      fs::create_hard_link(entry.path(), staging.path / name, ec);
-      if (ec) fs::copy(entry.path(), staging.path / name, fs::copy_options::recursive, ec);
-      FERRY_CHECK(!ec, "cannot carry ", entry.path().string(), " into the updated offload folder: ", ec.message());
-    }
-  }
-  merged.update(written);
-  if (!merged.empty()) {
-    // Every .dat must be durable before the index that names it (one syncfs for all of them).
-    const int fd = ::open(staging.path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-      (void)::syncfs(fd);
-      ::close(fd);
-    }
-    write_file_atomically((staging.path / "index.json").string(), merged.to_json());
-  }
-
-  // Swap: old -> backup, staging -> folder, then drop the backup. Between the two renames a crash
-  // leaves the old folder whole under the backup name.
-  if (exists) {
-    const fs::path backup = unique_sibling(target, "old");
-    fs::rename(target, backup, ec);
-    FERRY_CHECK(!ec, "cannot move ", folder, " aside to update it: ", ec.message());
-    fs::rename(staging.path, target, ec);
-    if (ec) {
-      std::error_code restore;
-      fs::rename(backup, target, restore);
-      FERRY_FAIL("cannot move the updated offload folder into place (", ec.message(), "); ", folder,
-                 restore ? " is left whole at " + backup.string() : " is unchanged");
-    }
-    staging.keep = true;
-    fs::remove_all(backup, ec);  // best effort: the update itself is complete
-  } else {
-    fs::rename(staging.path, target, ec);
-    FERRY_CHECK(!ec, "cannot move the new offload folder into place: ", ec.message());
-    staging.keep = true;
-  }
+  replace_folder(
+      folder,
+      [&](const std::string& staging) {
+        OffloadIndex written;
+        write(staging, written);
+        if (has_offload_index(folder)) merged = read_offload_index(folder);  // the entries the update keeps
+        merged.update(written);
+        if (merged.empty()) return;
+        // Every .dat must be durable before the index that names it (one syncfs for all of them).
+        const int fd = ::open(staging.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd >= 0) {
+          (void)::syncfs(fd);
+          ::close(fd);
+        }
+        write_file_atomically((fs::path(staging) / "index.json").string(), merged.to_json());
+      },
+      [](const std::string& name) { return name != "index.json"; });  // old .dat files the index still names
   return merged;
 }
 

@@ -33,8 +33,7 @@ struct PretrainedOptions {
   std::string attn_implementation;
   /// Where every weight goes.
   c10::Device device = c10::Device(c10::kCPU);
-  /// Called with (0, 1) before the weights load and (1, 1) after (load_checkpoint_in_model has no
-  /// finer progress report).
+  /// Called after each weight loads with (bytes done, bytes in all); throwing from it stops the load.
   std::function<void(uint64_t, uint64_t)> on_progress;
 };
 
@@ -49,7 +48,8 @@ std::shared_ptr<CausalLM> load_pretrained(const std::string& dir, const Pretrain
 /// shards of at most `max_shard_bytes` each (one tensor per shard at least) named like transformers'
 /// `model-00001-of-00003.safetensors`, with `model.safetensors.index.json` when there is more than
 /// one shard. Tied copies (lm_head.weight under tie_word_embeddings) are left out, as transformers
-/// does. `storage_dtype` casts floating-point weights on the way out. Files are written atomically.
+/// does. `storage_dtype` casts floating-point weights on the way out. The folder is replaced all or
+/// nothing (io/atomic_folder.h): other files in it (a tokenizer) are kept, old weight files are not.
 void save_pretrained(CausalLM& model, const std::string& dir, uint64_t max_shard_bytes = 2ull << 30,
                      c10::optional<c10::ScalarType> storage_dtype = c10::nullopt);
 
