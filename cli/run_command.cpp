@@ -210,7 +210,12 @@ void run(const RunOptions& o) {
   ProgressLine progress(isatty(STDERR_FILENO) && !o.json,
                         format_bytes(static_cast<double>(checkpoint.total_bytes())) + " in " +
                             std::to_string(checkpoint.files().size()) + " shard(s) from " + o.model_dir);
-  lo.on_progress = [&](uint64_t done, uint64_t total) { progress.update(done, total); };
+  // Ctrl-C while loading stops after the weight being loaded (a large model takes minutes).
+  install_interrupt_handlers();
+  lo.on_progress = [&](uint64_t done, uint64_t total) {
+    progress.update(done, total);
+    throw_if_interrupted();
+  };
   LoadedModel loaded = load_model(std::move(empty), checkpoint, lo);
 
   const ModelConfig& c = loaded.model->config();
@@ -231,7 +236,6 @@ void run(const RunOptions& o) {
   const bool stream = !o.json && batch == 1;
   std::vector<std::vector<int64_t>> produced(static_cast<size_t>(batch));
   if (stream) std::cout << "  [" << join_ids(ids[0]) << "] ->" << std::flush;
-  install_interrupt_handlers();
   g.on_step = [&](int64_t, const at::Tensor& next) {
     for (int64_t b = 0; b < batch; ++b) produced[static_cast<size_t>(b)].push_back(next[b].item<int64_t>());
     if (stream) std::cout << ' ' << produced[0].back() << std::flush;

@@ -327,3 +327,43 @@ TEST(CheckpointLoadTest, LoadOffloadedWeightsIntoModel) {
   load_offloaded_weights(*model, index, dir.str());
   for (const auto& [k, v] : sd) EXPECT_TRUE(same_bits(get(*model, k), v)) << k;
 }
+
+// Progress after every tensor, and a throw from it (ferry run's Ctrl-C while loading) stops the load
+// there, with the staging folder of offload_state_dict removed.
+TEST(CheckpointLoadTest, ProgressAfterEachTensorAndAThrowStopsTheLoad) {
+  TempDir dir;
+  const auto sd = reference_state_dict();
+  const std::string index = write_layouts(sd, dir)[1];
+  uint64_t total_bytes = 0;
+  for (const auto& [k, v] : sd) total_bytes += static_cast<uint64_t>(v.numel()) * v.element_size();
+  LoadCheckpointOptions o;
+  o.device_map = DeviceMap{{"linear1", Placement::cpu()}, {"batchnorm", Placement::disk()}, {"linear2", Placement::cpu()}};
+  o.offload_state_dict = true;
+  std::vector<std::pair<uint64_t, uint64_t>> calls;
+  o.on_progress = [&](uint64_t done, uint64_t total) { calls.emplace_back(done, total); };
+  auto model = make_model_for_test();
+  load_checkpoint_in_model(*model, index, o);
+  ASSERT_EQ(calls.size(), sd.size() + 1) << "once before the first tensor and once after each";
+  EXPECT_EQ(calls.front().first, 0u);
+  for (size_t i = 1; i < calls.size(); ++i) {
+    EXPECT_GT(calls[i].first, calls[i - 1].first);
+    EXPECT_EQ(calls[i].second, total_bytes);
+  }
+  EXPECT_EQ(calls.back().first, total_bytes);
+
+  auto staging_folders = [] {
+    size_t n = 0;
+    for (const auto& e : fs::directory_iterator(fs::temp_directory_path()))
+      n += e.path().filename().string().rfind("ferry_state_dict_", 0) == 0;
+    return n;
+  };
+  const size_t before = staging_folders();
+  int seen = 0;
+  o.on_progress = [&](uint64_t, uint64_t) {
+    if (++seen == 3) throw std::runtime_error("interrupted");
+  };
+  auto second = make_model_for_test();
+  EXPECT_THROW(load_checkpoint_in_model(*second, index, o), std::runtime_error);
+  EXPECT_EQ(seen, 3) << "nothing is loaded after the throw";
+  EXPECT_EQ(staging_folders(), before) << "the staging folder is removed when the load stops";
+}

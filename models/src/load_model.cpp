@@ -71,9 +71,8 @@ LoadedModel load_model(std::shared_ptr<CausalLM> empty_model, const io::Checkpoi
     }
   }
 
-  if (o.on_progress) o.on_progress(0, 1);
+  options.load.on_progress = o.on_progress;
   DispatchResult r = load_checkpoint_and_dispatch(model, checkpoint, options);
-  if (o.on_progress) o.on_progress(1, 1);
   out.device_map = r.device_map;
   out.dispatch = r.state;
   if (!o.offload_folder.empty() && r.load.disk_keys.empty())

@@ -169,6 +169,16 @@ LoadCheckpointResult load_checkpoint_in_model(Module& model, const io::Checkpoin
   };
 
   // 2. Stream shard by shard.
+  uint64_t progress_total = 0, progress_done = 0;
+  if (options.on_progress) {
+    for (const auto& t : ckpt.tensors())
+      if (placement_of.count(t.name)) progress_total += t.nbytes;
+    options.on_progress(0, progress_total);
+  }
+  auto report = [&](uint64_t bytes) {
+    progress_done += bytes;
+    if (options.on_progress) options.on_progress(progress_done, progress_total);
+  };
   for (size_t shard_index = 0; shard_index < ckpt.files().size(); ++shard_index) {
     const io::SafetensorsFile& shard = ckpt.shard(shard_index);
     shard.mapping()->advise_sequential(0, shard.mapping()->size());  // read once, front to back
@@ -188,12 +198,14 @@ LoadCheckpointResult load_checkpoint_in_model(Module& model, const io::Checkpoin
           io::offload_weight(shard.view(t.stored_name), t.name, options.offload_folder, &result.offload_index);
           shard.mapping()->advise_dontneed(begin, t.nbytes);
         }
+        report(t.nbytes);
         continue;
       }
       if (p.is_device() && p.is_cpu() && options.offload_state_dict) {
         set_module_tensor_to_device(model, t.name, c10::kMeta, c10::nullopt, dtype);
         io::offload_weight(shard.view(t.stored_name), t.name, staging.path, &staging_index);
         shard.mapping()->advise_dontneed(begin, t.nbytes);
+        report(t.nbytes);
         continue;
       }
       // A device (disk buffers without offload_buffers land on the CPU). The model gets its own copy,
@@ -203,6 +215,7 @@ LoadCheckpointResult load_checkpoint_in_model(Module& model, const io::Checkpoin
       set_module_tensor_to_device(model, t.name, device, value, dtype);
       shard.mapping()->advise_dontneed(begin, t.nbytes);
       result.loaded_bytes += t.nbytes;
+      report(t.nbytes);
     }
   }
 

@@ -39,6 +39,7 @@
 
 #include <c10/core/ScalarType.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -71,6 +72,10 @@ struct LoadCheckpointOptions {
   /// Put before every checkpoint name (Checkpoint::with_name_prefix), e.g. "transformer." for a
   /// GPT-2 checkpoint saved from the base model.
   std::string name_prefix;
+  /// Called after each tensor with (checkpoint bytes handled, bytes the model takes in all). An
+  /// exception thrown from it stops the load there (ferry run's Ctrl-C); what was half-done is undone
+  /// as on any error.
+  std::function<void(uint64_t done, uint64_t total)> on_progress;
 };
 
 /// What load_checkpoint_in_model did.

@@ -49,7 +49,7 @@ struct LoadModelOptions {
   /// Page-lock CPU-offloaded weights when the model executes on an accelerator (default true;
   /// false gives Accelerate's pageable copies, for comparison).
   bool pin_cpu_weights = true;
-  /// Called while weights load with (bytes done, bytes in all).
+  /// Called after each weight loads with (bytes done, bytes in all); throwing from it stops the load.
   std::function<void(uint64_t, uint64_t)> on_progress;
   /// Called with each planner decision when planning.
   std::function<void(const std::string&)> explain;
