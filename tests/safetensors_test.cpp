@@ -2,6 +2,7 @@
 
 #include "ferry/core/error.h"
 #include "ferry/core/torch_compat.h"
+#include "ferry/io/mapped_file_faults.h"
 #include "ferry/io/safetensors.h"
 #include "io_test_util.h"
 #include "test_util.h"
@@ -10,6 +11,10 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
 #include <filesystem>
 
 using namespace ferry::io;
@@ -350,4 +355,43 @@ TEST(SafetensorsParseTest, ParsesFromMemoryWithoutReadingPastTheBuffer) {
   EXPECT_EQ(h.tensors[0].dtype, at::kBFloat16);
   EXPECT_EQ(h.tensors[0].numel(), 2);
   EXPECT_FERRY_ERROR(parse_safetensors_header(copy.data(), 5, 5, "mem"), "mem: the file is only 5 bytes long");
+}
+
+// Issue 13 (files that change under a run): a resident load copies weights out of the mapping; a
+// shard truncated between opening and copying ends in one line naming the file and status 1 (the
+// SIGBUS handler ferry's programs install), never "Bus error". In a child process, since it exits.
+TEST(SafetensorsTruncatedTest, CopyingFromAShardTruncatedAfterOpeningNamesTheFile) {
+  TempDir dir;
+  const std::string path = dir.file("model.safetensors");
+  save_safetensors(path, {{"a", at::ones({64 * 1024})}});  // 256 KiB of data after the header
+  int err[2];
+  ASSERT_EQ(::pipe(err), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::dup2(err[1], STDERR_FILENO);
+    ferry::io::install_mapped_file_fault_handler();
+    try {
+      SafetensorsFile file = SafetensorsFile::open(path);
+      std::filesystem::resize_file(path, file.header().data_offset);  // the data is gone
+      at::Tensor t = file.load("a");
+      std::fprintf(stderr, "loaded %f\n", t.sum().item<double>());
+      ::_exit(0);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ferry: error: %s\n", e.what());
+      ::_exit(1);
+    }
+  }
+  ::close(err[1]);
+  std::string text;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(err[0], buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
+  ::close(err[0]);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0) << ": " << text;
+  EXPECT_EQ(WEXITSTATUS(status), 1) << text;
+  EXPECT_NE(text.find(path), std::string::npos) << text;
+  EXPECT_NE(text.find("changed while it was being read"), std::string::npos) << text;
 }
