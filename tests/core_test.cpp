@@ -5,11 +5,11 @@
 #include "ferry/core/host_memory.h"
 #include "ferry/core/log.h"
 #include "ferry/core/placement.h"
+#include "ferry/plan/max_memory.h"
+#include "test_util.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
-
-#include "test_util.h"
 
 #include <string>
 #include <sstream>
@@ -61,6 +61,23 @@ TEST(CoreTest, PlacementParsesAccelerateSpellings) {
 
   EXPECT_EQ(ferry::Placement::parse("cuda").str(), "cuda");
   EXPECT_TRUE(ferry::Placement::parse("mps").is_accelerator());
+}
+
+// Issue 18: every accelerator name PyTorch uses parses (as Accelerate's maps may hold them) and is
+// refused with a clear message where it would be used, since ferry runs on CPU, disk and CUDA only.
+TEST(CoreTest, OtherAcceleratorsParseAndAreRefusedWhereUsed) {
+  for (const std::string text : {"mps", "mps:0", "xpu", "xpu:1", "hpu:0"}) {
+    ferry::Placement p = ferry::Placement::parse(text);
+    EXPECT_TRUE(p.is_accelerator()) << text;
+    EXPECT_EQ(ferry::Placement::parse(p.str()), p) << text;
+    const std::string msg = ferry_test::error_of([&] { ferry::check_placement_available(p, "module 'x'"); });
+    EXPECT_NE(msg.find("module 'x' is " + p.str() + ": ferry runs weights on the CPU, disk and CUDA GPUs"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("devices here: cpu, disk"), std::string::npos) << msg;
+  }
+  const std::string npu = ferry_test::error_of([] { ferry::Placement::parse("npu:0"); });
+  EXPECT_NE(npu.find("device 'npu:0' belongs to a PyTorch extension (e.g. torch_npu"), std::string::npos) << npu;
+  const std::string bad = ferry_test::error_of([] { ferry::Placement::parse("xpu:one"); });
+  EXPECT_NE(bad.find("invalid device 'xpu:one': 'one' is not a device index"), std::string::npos) << bad;
 }
 
 TEST(CoreTest, PlacementPrintsAndRoundTrips) {

@@ -541,3 +541,51 @@ TEST(DispatchTest, LoadCheckpointAndDispatchRefusesABadStrategy) {
     EXPECT_NE(std::string(e.what()).find("fastest"), std::string::npos) << e.what();
   }
 }
+
+// Issue 18: the layers Accelerate casts (Linear and the convolutions), matched as isinstance does:
+// a user's subclass of ferry::Linear is cast; an Embedding or a norm keeps its dtype.
+TEST(DispatchTest, LayerwiseCastingCastsWhatAccelerateCasts) {
+  class MyProjection : public Linear {
+   public:
+    MyProjection() : Linear(4, 4) { set_class_name("MyProjection"); }
+  };
+  class Block : public Module {
+   public:
+    Block() : Module("Block") {
+      embed = register_module("embed", std::make_shared<Embedding>(10, 4));
+      proj = register_module("proj", std::make_shared<MyProjection>());
+      norm = register_module("norm", std::make_shared<LayerNorm>(4));
+    }
+    c10::IValue forward(Args& args) override { return (*norm)((*proj)((*embed)(args.tensor(0)))); }
+    std::shared_ptr<Embedding> embed;
+    std::shared_ptr<MyProjection> proj;
+    std::shared_ptr<LayerNorm> norm;
+  };
+  Block block;
+  attach_layerwise_casting_hooks(block, at::kBFloat16, at::kFloat);
+  EXPECT_EQ(block.proj->weight->scalar_type(), at::kBFloat16) << "a subclass of Linear is a Linear";
+  EXPECT_EQ(block.embed->weight->scalar_type(), at::kFloat) << "Accelerate does not cast embeddings";
+  EXPECT_EQ(block.norm->weight->scalar_type(), at::kFloat);
+  at::Tensor out = block(at::tensor({1, 2, 3}, at::kLong));
+  EXPECT_EQ(out.scalar_type(), at::kFloat);
+}
+
+// Issue 18: a device-map key that names no module is a warning, as in Accelerate (the model is
+// dispatched by its other entries); with strict it is an error.
+TEST(DispatchTest, UnknownDeviceMapKeysWarnOrFailWhenStrict) {
+  ModelForTest model;
+  const DeviceMap map{{"linear1", Placement::cpu()}, {"batchnorm", Placement::cpu()}, {"linear2", Placement::cpu()},
+                      {"linear3", Placement::cpu()}};
+  {
+    ScopedLogCapture capture;
+    dispatch_model(model, map);
+    EXPECT_TRUE(capture.contains(LogLevel::Warning,
+                                 "the device map names 'linear3', which is not a module or tensor of this ModelForTest"));
+    EXPECT_TRUE(capture.contains(LogLevel::Warning, "the entry is ignored"));
+  }
+  remove_hook_from_submodules(model);
+  DispatchOptions strict;
+  strict.strict = true;
+  const std::string msg = ferry_test::error_of([&] { dispatch_model(model, map, strict); });
+  EXPECT_NE(msg.find("the device map names 'linear3'"), std::string::npos) << msg;
+}

@@ -2,7 +2,9 @@
 
 #include "ferry/core/error.h"
 
+#include <algorithm>
 #include <cctype>
+#include <iterator>
 
 namespace ferry {
 namespace {
@@ -25,11 +27,11 @@ int rank(const Placement& p) {
 }  // namespace
 
 Placement Placement::parse(const std::string& text) {
-  const char* hint = "; expected \"cpu\", \"disk\", \"meta\", \"mps\", \"cuda\", \"cuda:N\" or an accelerator index N >= 0";
+  const char* hint = "; expected \"cpu\", \"disk\", \"meta\", \"cuda\", \"cuda:N\", an accelerator index N >= 0, "
+                     "or another accelerator's name (\"mps\", \"xpu:N\", ...)";
   if (text == "disk") return disk();
   if (text == "cpu") return cpu();
   if (text == "meta") return meta();
-  if (text == "mps") return Placement(c10::Device(c10::kMPS));
   if (text == "cuda") return Placement(c10::Device(c10::kCUDA));
   if (all_digits(text)) {
     FERRY_CHECK(text.size() <= 4, "accelerator index '", text, "' is out of range");
@@ -44,6 +46,22 @@ Placement Placement::parse(const std::string& text) {
   }
   FERRY_CHECK(!(text.size() > 1 && text[0] == '-' && all_digits(text.substr(1))), "invalid device '", text,
               "': accelerator indices cannot be negative", hint);
+  // Other accelerators, as PyTorch spells them ("mps", "xpu:1", "hpu"): parsed here, refused where
+  // they would be used when this build cannot use them (check_placement_available).
+  const std::string type = text.substr(0, text.find(':'));
+  static const char* const others[] = {"mps", "xpu", "hpu", "xla", "ipu", "mtia", "npu", "privateuseone"};
+  if (std::find(std::begin(others), std::end(others), type) != std::end(others)) {
+    const std::string index = text.size() > type.size() ? text.substr(type.size() + 1) : "";
+    FERRY_CHECK(text.size() == type.size() || (all_digits(index) && index.size() <= 4), "invalid device '", text,
+                "': '", index, "' is not a device index", hint);
+    try {
+      return Placement(c10::Device(text));
+    } catch (const c10::Error&) {
+      // "npu" and other out-of-tree backends exist only once their extension registers them.
+      FERRY_FAIL("device '", text, "' belongs to a PyTorch extension (e.g. torch_npu for \"npu\") that this ferry's LibTorch "
+                 "does not have; ferry runs weights on \"cpu\", \"disk\" and CUDA GPUs");
+    }
+  }
   FERRY_FAIL("invalid device '", text, "'", hint);
 }
 

@@ -1,5 +1,7 @@
 #include "ferry/dispatch/big_modeling.h"
 
+#include "dispatch_validated.h"
+
 #include "ferry/core/error.h"
 #include "ferry/core/log.h"
 #include "ferry/io/offload.h"
@@ -209,7 +211,7 @@ std::string what_exists_near(Module& model, const std::unordered_set<std::string
 
 }  // namespace
 
-void validate_device_map(Module& model, const DeviceMap& device_map) {
+void validate_device_map(Module& model, const DeviceMap& device_map, bool strict) {
   for (const auto& [name, placement] : device_map)
     check_placement_available(placement, "device map entry '" + name + "'");
   std::unordered_set<std::string> modules;
@@ -220,14 +222,34 @@ void validate_device_map(Module& model, const DeviceMap& device_map) {
     std::string owner = dot == std::string::npos ? "" : name.substr(0, dot);
     Module* m = modules.count(owner) ? &model.submodule(owner) : nullptr;
     std::string leaf = dot == std::string::npos ? name : name.substr(dot + 1);
-    FERRY_CHECK(m && (m->has_parameter(leaf) || m->has_buffer(leaf)), "the device map names '", name,
-                "', which is not a module or tensor of this ", model.class_name(), what_exists_near(model, modules, name));
+    if (!m || !(m->has_parameter(leaf) || m->has_buffer(leaf))) {
+      // Accelerate ignores such keys with a warning; strict makes them the error they usually are.
+      const std::string problem = detail::concat("the device map names '", name, "', which is not a module or tensor of this ",
+                                                 model.class_name(), what_exists_near(model, modules, name));
+      FERRY_CHECK(!strict, problem);
+      log_warning(problem + "; the entry is ignored");
+      continue;
+    }
     // Offloading works module by module: a tensor alone on disk inside a module placed elsewhere would
     // leave that module half-placed (a split module's own tensors may go anywhere).
     const auto owner_placement = device_map.placement_of(owner);
     FERRY_CHECK(!placement.is_disk() || !owner_placement || *owner_placement == placement, "device map entry '", name,
                 "' puts one tensor on disk, but weights are offloaded module by module: place its module '", owner,
                 "' on disk instead");
+  }
+  // A module offloaded to disk brings all its weights in when it runs (one hook, as in Accelerate):
+  // none of its submodules can be placed elsewhere.
+  for (const auto& [name, placement] : device_map) {
+    if (name.empty() || placement.is_disk()) continue;
+    for (std::string up = name; !up.empty();) {
+      auto dot = up.rfind('.');
+      up = dot == std::string::npos ? "" : up.substr(0, dot);
+      if (!device_map.contains(up)) continue;
+      FERRY_CHECK(!device_map.at(up).is_disk(), "device map entry '", name, "' (", placement.str(), ") is inside '", up,
+                  "', which is placed on disk: a disk-offloaded module loads all of its weights when it runs, so its "
+                  "submodules cannot go elsewhere. Place the other submodules of '", up, "' on disk one by one instead");
+      break;
+    }
   }
   std::vector<std::string> uncovered;
   for (const auto& [name, tensor] : model.state_dict())
@@ -258,7 +280,12 @@ std::shared_ptr<DispatchState> disk_offload(Module& model, const std::string& of
 
 std::shared_ptr<DispatchState> dispatch_model(Module& model, const DeviceMap& device_map,
                                               const DispatchOptions& options) {
-  validate_device_map(model, device_map);
+  validate_device_map(model, device_map, options.strict);
+  return detail::dispatch_validated(model, device_map, options);
+}
+
+std::shared_ptr<DispatchState> detail::dispatch_validated(Module& model, const DeviceMap& device_map,
+                                                          const DispatchOptions& options) {
   undo_previous_dispatch(model);
   auto state = std::make_shared<DispatchState>();
   state->device_map = device_map;

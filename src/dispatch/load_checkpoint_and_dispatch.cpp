@@ -1,5 +1,7 @@
 #include "ferry/dispatch/load_checkpoint_and_dispatch.h"
 
+#include "dispatch_validated.h"
+
 #include "ferry/core/error.h"
 #include "ferry/plan/max_memory.h"
 #include "ferry/plan/module_tree.h"
@@ -18,7 +20,7 @@ DispatchResult load_checkpoint_and_dispatch(Module& model, const io::Checkpoint&
   std::optional<DeviceMap> device_map = options.device_map;
   // Validated once, here, before any weight is read: the map (or the budgets it will be planned
   // from) against the model and the devices this machine has.
-  if (device_map) validate_device_map(model, *device_map);
+  if (device_map) validate_device_map(model, *device_map, options.dispatch.strict);
   if (!device_map && !options.strategy.empty()) {
     check_budgets_available(options.plan.max_memory);
     PlanOptions plan = options.plan;
@@ -40,7 +42,7 @@ DispatchResult load_checkpoint_and_dispatch(Module& model, const io::Checkpoint&
   dispatch.disk_weights = result.load.disk_weights;
   dispatch.offload_dir = options.offload_folder;
   dispatch.offload_buffers = options.offload_buffers;
-  result.state = dispatch_model(model, *device_map, dispatch);
+  result.state = detail::dispatch_validated(model, *device_map, dispatch);  // validated above
   return result;
 }
 

@@ -1,5 +1,7 @@
 #include "ferry/hooks/layerwise_casting_hook.h"
 
+#include "ferry/nn/layers.h"
+
 #include <algorithm>
 #include <regex>
 
@@ -42,10 +44,12 @@ void LayerwiseCastingHook::abort_forward(Module& module) {
 
 namespace {
 
-bool castable(const std::string& class_name) {
-  static const char* kinds[] = {"Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
-                                "ConvTranspose3d", "Conv1D", "Embedding"};
-  return std::find(std::begin(kinds), std::end(kinds), class_name) != std::end(kinds);
+// Accelerate's SUPPORTED_PYTORCH_LAYERS_FOR_UPCASTING, matched as isinstance does: ferry::Linear and
+// its subclasses by type; the convolutions (which ferry does not define) by their PyTorch class name.
+bool castable(Module& module) {
+  if (dynamic_cast<Linear*>(&module) != nullptr) return true;
+  static const char* kinds[] = {"Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"};
+  return std::find(std::begin(kinds), std::end(kinds), module.class_name()) != std::end(kinds);
 }
 
 void visit(Module& module, const std::string& name, c10::ScalarType storage, c10::ScalarType compute,
@@ -53,7 +57,7 @@ void visit(Module& module, const std::string& name, c10::ScalarType storage, c10
   if (std::find(classes.begin(), classes.end(), module.class_name()) != classes.end()) return;
   for (const auto& pattern : patterns)
     if (std::regex_search(name, pattern)) return;
-  if (castable(module.class_name())) {
+  if (castable(module)) {
     add_hook_to_module(module, std::make_shared<LayerwiseCastingHook>(storage, compute, non_blocking), true);
     return;
   }

@@ -91,6 +91,8 @@ void check_placement_available(const Placement& p, const std::string& what) {
     if (a == p) return;
   std::string here = "cpu, disk";
   for (const auto& a : accelerators) here += ", " + a.str();
+  FERRY_CHECK(p.device().type() == c10::kCUDA, what, " is ", p.str(), ": ferry runs weights on the CPU, disk and CUDA GPUs, "
+              "not on ", c10::DeviceTypeName(p.device().type(), /*lower_case=*/true), " devices; devices here: ", here);
   FERRY_FAIL(what, " is ", p.str(), ", but ",
 #if defined(FERRY_WITH_CUDA)
              "this machine has: ", here,

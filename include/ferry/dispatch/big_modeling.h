@@ -79,14 +79,16 @@ struct DispatchOptions {
   std::vector<std::string> preload_module_classes;
   /// Attach hooks even when everything is on one device.
   bool force_hooks = false;
+  /// Device-map keys that name no module or tensor are an error instead of a warning.
+  bool strict = false;
   StreamerOptions streamer;
 };
 
 /// What dispatch_model checks before anything moves: every placement exists on this machine (no
-/// cuda:7 on a machine with one GPU, no 'meta'), every tensor of the model gets one, every key names
-/// a module or tensor of the model, and no tensor is put on disk apart from its module. Throws
-/// ferry::Error naming the entry.
-void validate_device_map(Module& model, const DeviceMap& device_map);
+/// cuda:7 on a machine with one GPU, no 'meta'), every tensor of the model gets one, and no tensor
+/// is put on disk apart from its module. Throws ferry::Error naming the entry. A key that names no
+/// module or tensor of the model is ignored with a warning, as Accelerate does (an error if `strict`).
+void validate_device_map(Module& model, const DeviceMap& device_map, bool strict = false);
 
 /// Places `model` as `device_map` says and attaches the hooks that run it there. The map is
 /// checked completely first: a tensor without a placement is an error before anything moves.

@@ -33,9 +33,10 @@ class LayerwiseCastingHook : public ModelHook {
   std::vector<std::pair<std::shared_ptr<TensorSlot>, at::Tensor>> stored_;  // storage tensors during forward
 };
 
-/// Hooks every Linear and Conv* module of `module` (Accelerate's supported layers; ferry also
-/// counts Conv1D and Embedding as castable), skipping subtrees whose qualified name matches
-/// a regex of `skip_modules_pattern` (std::regex_search) or whose class is in `skip_modules_classes`.
+/// Hooks the modules Accelerate casts: every ferry::Linear (subclasses included, as isinstance
+/// matches) and every module whose class is Conv1d/2d/3d or ConvTranspose1d/2d/3d, skipping subtrees
+/// whose qualified name matches a regex of `skip_modules_pattern` (std::regex_search) or whose
+/// class is in `skip_modules_classes`. Embeddings and norms keep their dtype, as in Accelerate.
 void attach_layerwise_casting_hooks(Module& module, c10::ScalarType storage_dtype, c10::ScalarType compute_dtype,
                                     const std::vector<std::string>& skip_modules_pattern = {},
                                     const std::vector<std::string>& skip_modules_classes = {},
