@@ -89,8 +89,8 @@ TEST(DispatchCudaTest, CpuOffloadWithHookSharesOneGpu) {
   Linear model1(4, 5), model2(5, 5);
   at::Tensor x = at::randn({2, 4});
   at::Tensor expected = model2(model1(x));
-  auto hook1 = cpu_offload_with_hook(model1, kCuda);
-  auto hook2 = cpu_offload_with_hook(model2, kCuda, hook1);
+  auto hook1 = cpu_offload_with_hook(model1, kCuda).hook;
+  auto hook2 = cpu_offload_with_hook(model2, kCuda, hook1).hook;
   EXPECT_TRUE(model1.weight->device().is_cpu());
   at::Tensor out = model2(model1(x));
   EXPECT_TRUE(model1.weight->device().is_cpu()) << "model1 goes back to the CPU when model2 runs";

@@ -387,9 +387,10 @@ TEST(DispatchTest, CpuOffloadWithHookChainsModels) {
   Linear model1(4, 5), model2(5, 5);
   at::Tensor x = at::randn({2, 4});
   at::Tensor expected = model2(model1(x));
-  auto hook1 = cpu_offload_with_hook(model1, c10::Device(c10::kCPU));
-  auto hook2 = cpu_offload_with_hook(model2, c10::Device(c10::kCPU), hook1);
-  EXPECT_TRUE(at::equal(model2(model1(x)), expected));
+  auto [m1, hook1] = cpu_offload_with_hook(model1, c10::Device(c10::kCPU));  // Accelerate's (model, hook)
+  auto [m2, hook2] = cpu_offload_with_hook(model2, c10::Device(c10::kCPU), hook1);
+  EXPECT_EQ(&m1, &model1);
+  EXPECT_TRUE(at::equal(m2(m1(x)), expected));
   hook1->offload();
   hook2->offload();
   EXPECT_TRUE(model1.weight->device().is_cpu());
@@ -588,4 +589,27 @@ TEST(DispatchTest, UnknownDeviceMapKeysWarnOrFailWhenStrict) {
   strict.strict = true;
   const std::string msg = ferry_test::error_of([&] { dispatch_model(model, map, strict); });
   EXPECT_NE(msg.find("the device map names 'linear3'"), std::string::npos) << msg;
+}
+
+// Issue 18: Accelerate's get_state_dict_from_offload and check_tied_parameters_on_same_device.
+TEST(DispatchTest, StateDictFromOffloadAndTiedParametersOnDifferentDevices) {
+  at::manual_seed(15);
+  ModelForTest model;
+  const at::Tensor w1 = model.linear1->weight->clone();
+  cpu_offload(model);
+  ASSERT_TRUE(model.linear1->weight->is_meta());
+  NamedTensors sd = {{"linear1.weight", at::Tensor()}, {"linear1.bias", at::Tensor()}, {"linear2.weight", at::Tensor()}};
+  get_state_dict_from_offload(*model.linear1, "linear1.weight", sd);
+  EXPECT_TRUE(at::equal(sd[0].second, w1)) << "loaded from the offloaded weights";
+  EXPECT_TRUE(sd[1].second.defined());
+  EXPECT_FALSE(sd[2].second.defined()) << "another module's entry is left alone";
+  EXPECT_TRUE(model.linear1->weight->is_meta()) << "offloaded again afterwards";
+  remove_hook_from_submodules(model);
+
+  ScopedLogCapture capture;
+  const std::vector<std::vector<std::string>> tied = {{"lm_head.weight", "embed.weight"}};
+  check_tied_parameters_on_same_device(tied, DeviceMap{{"embed", Placement::cpu()}, {"lm_head", Placement::cpu()}});
+  EXPECT_FALSE(capture.contains("Tied parameters"));
+  check_tied_parameters_on_same_device(tied, DeviceMap{{"embed", Placement::cpu()}, {"lm_head", Placement::disk()}});
+  EXPECT_TRUE(capture.contains(LogLevel::Warning, "Tied parameters are on different devices (lm_head.weight: disk, embed.weight: cpu)"));
 }

@@ -423,6 +423,19 @@ NamedTensors get_state_dict_offloaded_model(Module& model) {
   return out;
 }
 
+NamedTensors& get_state_dict_from_offload(Module& module, const std::string& module_name, NamedTensors& state_dict,
+                                          c10::Device device) {
+  const auto dot = module_name.rfind('.');
+  const std::string root = dot == std::string::npos ? "" : module_name.substr(0, dot);  // without .weight
+  AlignModuleDevice aligned(module, device);
+  for (const auto& [key, value] : module.state_dict()) {
+    const std::string full = join_name(root, key);
+    for (auto& [name, tensor] : state_dict)
+      if (name == full) tensor = value.to(device);
+  }
+  return state_dict;
+}
+
 NamedTensors extract_submodules_state_dict(const NamedTensors& state_dict, const std::vector<std::string>& names) {
   NamedTensors out;
   for (const auto& [key, tensor] : state_dict)

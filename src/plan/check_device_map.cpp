@@ -2,8 +2,10 @@
 
 #include "ferry/core/error.h"
 #include "ferry/core/log.h"
+#include "ferry/plan/tied_parameters.h"
 #include "plan_tree.h"
 
+#include <optional>
 #include <unordered_set>
 
 namespace ferry {
@@ -191,6 +193,25 @@ DeviceMap clean_device_map(const DeviceMap& device_map, const std::string& modul
     if (!deleted[i]) out.set(entries[i].first, entries[i].second);
   for (const auto& [name, value] : merged) out.set(name, value);
   return out;
+}
+
+void check_tied_parameters_on_same_device(const std::vector<std::vector<std::string>>& tied_params,
+                                          const DeviceMap& device_map) {
+  for (const auto& group : tied_params) {
+    std::string where;
+    std::optional<Placement> first;
+    bool differ = false;
+    for (const auto& name : group) {
+      const std::optional<Placement> p = device_map.placement_of(name);
+      if (!p) continue;
+      if (first && *p != *first) differ = true;
+      if (!first) first = p;
+      where += (where.empty() ? "" : ", ") + name + ": " + p->str();
+    }
+    if (differ)
+      log_warning("Tied parameters are on different devices (" + where +
+                  "). Please modify your custom device map or set device_map='auto'.");
+  }
 }
 
 }  // namespace ferry

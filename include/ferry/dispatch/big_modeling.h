@@ -123,6 +123,13 @@ class AlignModuleDevice {
 /// Accelerate, the root module's own tensors are included.
 NamedTensors get_state_dict_offloaded_model(Module& model);
 
+/// Accelerate's get_state_dict_from_offload: `module` is the module that owns the tensor
+/// `module_name` ("layers.0.linear.weight"); every entry of `state_dict` named after one of its
+/// tensors is replaced by that tensor's value, loaded from wherever it is offloaded and put on
+/// `device`. Returns `state_dict`.
+NamedTensors& get_state_dict_from_offload(Module& module, const std::string& module_name, NamedTensors& state_dict,
+                                          c10::Device device = c10::Device(c10::kCPU));
+
 /// Accelerate's extract_submodules_state_dict: the entries of `state_dict` equal to or under
 /// one of `names` ("a.1" does not catch "a.10").
 NamedTensors extract_submodules_state_dict(const NamedTensors& state_dict, const std::vector<std::string>& names);

@@ -53,9 +53,14 @@ class UserCpuOffloadHook {
 
 /// Attaches a CpuOffloadHook (appended to any hook there) and returns the user handle.
 /// `model` must outlive the handle.
-std::shared_ptr<UserCpuOffloadHook> cpu_offload_with_hook(Module& model,
-                                                          std::optional<c10::Device> execution_device = std::nullopt,
-                                                          std::shared_ptr<UserCpuOffloadHook> prev_module_hook = nullptr);
+/// What cpu_offload_with_hook returns, as Accelerate's `(model, hook)`: `auto [m, hook] = ...`.
+struct ModelWithOffloadHook {
+  Module& model;
+  std::shared_ptr<UserCpuOffloadHook> hook;
+};
+
+ModelWithOffloadHook cpu_offload_with_hook(Module& model, std::optional<c10::Device> execution_device = std::nullopt,
+                                           std::shared_ptr<UserCpuOffloadHook> prev_module_hook = nullptr);
 
 /// Accelerator 0 when LibTorch was built with CUDA and a device is present, else the CPU.
 c10::Device default_execution_device();
