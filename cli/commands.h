@@ -6,8 +6,9 @@
 /// Note [Two programs, one command]: loading LibTorch's kernels costs about 0.4 s and 160 MB before
 /// main() runs, more than `ferry plan` needs to plan a 100,000-tensor checkpoint. So `ferry` itself
 /// (main.cpp) links only c10 and ferry's planning and file layers, and runs `plan` and `inspect`;
-/// the commands that run a model (`run`, `offload`, `demo`) live in `ferry-torch` (torch_main.cpp),
-/// which `ferry` replaces itself with (execv, same arguments, same exit status) when one is asked.
+/// the commands that build a model or read PyTorch pickles (`run`, `offload`, `demo`, `convert`,
+/// `estimate-memory`) live in `ferry-torch` (torch_main.cpp), which `ferry` replaces itself with
+/// (execv, same arguments, same exit status) when one is asked.
 
 #include <CLI/CLI.hpp>
 
@@ -16,6 +17,10 @@ namespace ferry::cli {
 inline constexpr const char* kRunDescription = "Load a Hugging Face checkpoint folder and generate from token ids";
 inline constexpr const char* kOffloadDescription =
     "Write a checkpoint's tensors as an Accelerate offload folder (index.json + one .dat per tensor)";
+inline constexpr const char* kConvertDescription =
+    "Write a checkpoint (PyTorch .bin/.pt/.pth or safetensors) as a sharded safetensors checkpoint";
+inline constexpr const char* kEstimateMemoryDescription =
+    "Memory a model needs per dtype, resident and offloaded, from its config.json alone (no weights)";
 inline constexpr const char* kDemoDescription =
     "Write a tiny Llama checkpoint and run it resident and offloaded to disk";
 
@@ -24,6 +29,8 @@ void add_inspect_command(CLI::App& app);  ///< ferry inspect: checkpoint content
 void add_offload_command(CLI::App& app);  ///< ferry offload: checkpoint -> offload folder (offload_command.cpp)
 void add_run_command(CLI::App& app);      ///< ferry run: load, dispatch, generate (run_command.cpp)
 void add_demo_command(CLI::App& app);     ///< ferry demo: the built-in example (demo_command.cpp)
+void add_convert_command(CLI::App& app);  ///< ferry convert: .bin or safetensors -> safetensors (convert_command.cpp)
+void add_estimate_memory_command(CLI::App& app);  ///< ferry estimate-memory (estimate_memory_command.cpp)
 
 /// The main() of both programs: installs the SIGBUS message (io/mapped_file_faults.h), builds the
 /// `ferry` app with the subcommands `add_commands` registers, parses and runs, and maps errors to

@@ -15,7 +15,7 @@ namespace {
 
 bool is_torch_command(const char* name) {
   const std::string n = name;
-  return n == "run" || n == "offload" || n == "demo";
+  return n == "run" || n == "offload" || n == "demo" || n == "convert" || n == "estimate-memory";
 }
 
 // ferry-torch next to this program (the build tree, a bin/ install), or in ../libexec/ferry/.
@@ -53,5 +53,7 @@ int main(int argc, char** argv) {
     app.add_subcommand("offload", ferry::cli::kOffloadDescription);
     app.add_subcommand("run", ferry::cli::kRunDescription);
     app.add_subcommand("demo", ferry::cli::kDemoDescription);
+    app.add_subcommand("convert", ferry::cli::kConvertDescription);
+    app.add_subcommand("estimate-memory", ferry::cli::kEstimateMemoryDescription);
   });
 }

@@ -1,4 +1,4 @@
-// `ferry-torch`: the ferry commands that run LibTorch (run, offload, demo). Users type `ferry run ...`;
+// `ferry-torch`: the ferry commands that run LibTorch (run, offload, demo, convert). Users type `ferry run ...`;
 // `ferry` starts this program with the same arguments. See Note [Two programs, one command].
 #include "commands.h"
 
@@ -7,5 +7,7 @@ int main(int argc, char** argv) {
     ferry::cli::add_offload_command(app);
     ferry::cli::add_run_command(app);
     ferry::cli::add_demo_command(app);
+    ferry::cli::add_convert_command(app);
+    ferry::cli::add_estimate_memory_command(app);
   });
 }

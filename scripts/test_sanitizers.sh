@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test suite with AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/) and runs it.
 # CI runs this after scripts/test.sh. With a number of seconds as argument, each libFuzzer target
-# (safetensors header parser, offload index, model tree, device map) then gets a run of that length
+# (safetensors header parser, offload index, model tree, device map, torch.save checkpoints) then gets a run of that length
 # (scripts/fuzz.sh, clang).
 # With `thread` as argument it builds and runs the suite under ThreadSanitizer instead (build-tsan/;
 # OpenBLAS's own thread pool is suppressed, tests/tsan.supp); CI does not, for time.
@@ -26,4 +26,5 @@ if [ -n "${1:-}" ]; then
   bash scripts/fuzz.sh "$1" offload_index_fuzzer
   bash scripts/fuzz.sh "$1" model_tree_fuzzer
   bash scripts/fuzz.sh "$1" device_map_fuzzer
+  bash scripts/fuzz.sh "$1" torch_checkpoint_fuzzer
 fi

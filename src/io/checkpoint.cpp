@@ -20,9 +20,11 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 std::string bin_refusal(const std::string& path) {
   return ::ferry::detail::concat(
       path,
-      " is a PyTorch pickle checkpoint (.bin). ferry reads safetensors only: LibTorch cannot load Python "
-      "pickles of state dicts reliably. Convert it once, e.g.\n  python -c \"import torch; from safetensors.torch "
-      "import save_file; sd = torch.load('",
+      " is a PyTorch pickle checkpoint (.bin). ferry runs safetensors checkpoints; convert it once with\n  ferry "
+      "convert '",
+      path,
+      "' OUT_FOLDER\n(a restricted reader that runs nothing from the file), or in Python:\n  python -c \"import "
+      "torch; from safetensors.torch import save_file; sd = torch.load('",
       path,
       "', map_location='cpu'); save_file({k: v.contiguous() for k, v in sd.items()}, 'model.safetensors', "
       "metadata={'format': 'pt'})\"\nor, for a transformers model folder, "

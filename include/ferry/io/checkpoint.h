@@ -17,8 +17,8 @@
 /// file is the checkpoint itself; a folder holding `model.safetensors` is that file; otherwise the
 /// folder must hold exactly one `*.index.json`. An index maps tensor names to shard files (entries
 /// may be wrapped in "weight_map"); its shards are opened relative to the index's folder. PyTorch
-/// pickles (`.bin`) are refused with instructions to convert them: LibTorch cannot read Python
-/// pickles of arbitrary state dicts reliably.
+/// pickles (`.bin`) are refused with instructions to convert them once (`ferry convert`, which reads
+/// them with io/torch_checkpoint.h): a checkpoint is mapped and read in place, a pickle cannot be.
 
 #include "ferry/io/safetensors.h"
 
