@@ -613,3 +613,23 @@ TEST(DispatchTest, StateDictFromOffloadAndTiedParametersOnDifferentDevices) {
   check_tied_parameters_on_same_device(tied, DeviceMap{{"embed", Placement::cpu()}, {"lm_head", Placement::disk()}});
   EXPECT_TRUE(capture.contains(LogLevel::Warning, "Tied parameters are on different devices (lm_head.weight: disk, embed.weight: cpu)"));
 }
+
+// Issue 18: dispatch_model's offload_index, as Accelerate's: the folder's entries come from the
+// index given (here the folder has no index.json at all), not from the folder's own index.
+TEST(DispatchTest, DispatchModelWithAnOffloadIndex) {
+  at::manual_seed(16);
+  ModelForTest model;
+  at::Tensor x = at::randn({2, 3});
+  at::Tensor expected = run(model, x);
+  TempDir dir;
+  io::OffloadIndex index;
+  for (const auto& [name, t] : model.state_dict()) io::offload_weight(t, name, dir.str(), &index);
+  ASSERT_FALSE(io::has_offload_index(dir.str()));
+  DispatchOptions options;
+  options.offload_dir = dir.str();
+  options.offload_index = index;
+  dispatch_model(model, DeviceMap{{"", Placement::disk()}}, options);
+  EXPECT_TRUE(all_parameters_meta(model));
+  EXPECT_TRUE(at::equal(run(model, x), expected));
+  EXPECT_FALSE(io::has_offload_index(dir.str())) << "nothing written: the index given was used";
+}

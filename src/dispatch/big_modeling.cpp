@@ -332,16 +332,20 @@ std::shared_ptr<DispatchState> detail::dispatch_validated(Module& model, const D
       FERRY_CHECK(!options.offload_dir.empty(), "the device map places ", disk_modules.size(),
                   " module(s) on disk (e.g. '", disk_modules.front(),
                   "') but no offload folder was given; set DispatchOptions::offload_dir");
-      if (!io::has_offload_index(options.offload_dir)) {
-        io::NamedTensors disk_part;
-        for (auto& [name, tensor] : extract_submodules_state_dict(model.state_dict(), disk_modules)) {
-          FERRY_CHECK(!tensor.is_meta(), "'", name, "' is on the meta device: it has no value to write to the offload "
-                      "folder ", options.offload_dir, "; load the checkpoint first (load_checkpoint_and_dispatch)");
-          disk_part.emplace_back(name, tensor);
+      if (options.offload_index) {
+        sources.push_back(io::make_offload_folder_weights_map(options.offload_dir, *options.offload_index));
+      } else {
+        if (!io::has_offload_index(options.offload_dir)) {
+          io::NamedTensors disk_part;
+          for (auto& [name, tensor] : extract_submodules_state_dict(model.state_dict(), disk_modules)) {
+            FERRY_CHECK(!tensor.is_meta(), "'", name, "' is on the meta device: it has no value to write to the offload "
+                        "folder ", options.offload_dir, "; load the checkpoint first (load_checkpoint_and_dispatch)");
+            disk_part.emplace_back(name, tensor);
+          }
+          io::offload_state_dict(options.offload_dir, disk_part);
         }
-        io::offload_state_dict(options.offload_dir, disk_part);
+        sources.push_back(io::make_offload_folder_weights_map(options.offload_dir));
       }
-      sources.push_back(io::make_offload_folder_weights_map(options.offload_dir));
     }
   }
   io::WeightsMapPtr weights;

@@ -72,6 +72,9 @@ struct DispatchOptions {
   io::WeightsMapPtr state_dict;
   /// Folder for disk-placed modules' weights (written if it holds no index.json yet).
   std::string offload_dir;
+  /// Accelerate's offload_index: the entries of `offload_dir` to use instead of its index.json (as
+  /// load_checkpoint_in_model returns them, LoadCheckpointResult::offload_index).
+  std::optional<io::OffloadIndex> offload_index;
   /// Weights of disk-placed modules already elsewhere (e.g. the checkpoint read in place).
   io::WeightsMapPtr disk_weights;
   bool offload_buffers = false;
