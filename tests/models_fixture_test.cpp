@@ -21,15 +21,6 @@ using namespace ferry::models::testing;
 
 namespace {
 
-struct Reference {
-  at::Tensor input_ids, logits, generated;
-};
-
-Reference read_reference(const std::string& dir) {
-  auto file = ferry::io::SafetensorsFile::open(dir + "/reference.safetensors");
-  return {file.load("input_ids"), file.load("logits"), file.load("generated")};
-}
-
 void expect_matches_transformers(const std::string& name) {
   std::string dir = fixture(name);
   Reference ref = read_reference(dir);

@@ -3,6 +3,7 @@
 // Helpers shared by the models tests.
 
 #include "ferry/core/error.h"
+#include "ferry/io/safetensors.h"
 
 #include <ATen/ATen.h>
 
@@ -26,6 +27,16 @@ std::string error_of(F&& f) {
 using ferry_test::TempDir;  // test_util.h
 
 inline std::string fixture(const std::string& name) { return std::string(FERRY_TEST_DATA_DIR) + "/" + name; }
+
+/// A fixture's reference.safetensors (FIXTURES.md): transformers' input ids, float32 logits and
+/// greedy tokens for the checkpoint in `dir`.
+struct Reference {
+  at::Tensor input_ids, logits, generated;
+};
+inline Reference read_reference(const std::string& dir) {
+  auto file = ferry::io::SafetensorsFile::open(dir + "/reference.safetensors");
+  return {file.load("input_ids"), file.load("logits"), file.load("generated")};
+}
 
 inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();

@@ -22,19 +22,10 @@ using namespace ferry::models::testing;
 
 namespace {
 
-struct Reference {
-  at::Tensor input_ids, logits, generated;
-};
-
-Reference read_reference(const std::string& name) {
-  auto file = ferry::io::SafetensorsFile::open(fixture(name) + "/reference.safetensors");
-  return {file.load("input_ids"), file.load("logits"), file.load("generated")};
-}
-
 at::Tensor logits_of(const std::string& name, const PretrainedOptions& options) {
   auto model = load_pretrained(fixture(name), options);
   c10::NoGradGuard no_grad;
-  return model->logits(read_reference(name).input_ids);
+  return model->logits(read_reference(fixture(name)).input_ids);
 }
 
 void expect_needs_torch2(const std::string& message, const std::string& what) {
@@ -61,7 +52,7 @@ class LinearStack : public ferry::Module {
 
 TEST(TorchFeatures, ScaledDotProductAttentionMatchesTransformers) {
   for (const char* name : {"tiny_llama", "tiny_qwen2"}) {
-    Reference ref = read_reference(name);
+    Reference ref = read_reference(fixture(name));
     double eager = max_abs_diff(logits_of(name, {at::kFloat, "eager"}), ref.logits);
     EXPECT_LT(eager, 1e-4) << name;
     if (!ferry::torch_has(ferry::TorchFeature::ScaledDotProductAttention)) {
@@ -90,7 +81,7 @@ TEST(TorchFeatures, Float16ComputeOnTheCpu) {
 #if defined(FERRY_HAS_CPU_FLOAT16)
   // Stored float32, run in float16: the logits track transformers' float32 ones to half precision,
   // and greedy decoding runs.
-  Reference ref = read_reference("tiny_llama");
+  Reference ref = read_reference(fixture("tiny_llama"));
   auto model = load_pretrained(fixture("tiny_llama"), {at::kHalf});
   EXPECT_EQ(model->submodule("model.layers.0.mlp.up_proj").parameter("weight").scalar_type(), at::kHalf);
   c10::NoGradGuard no_grad;
@@ -112,7 +103,7 @@ TEST(TorchFeatures, Float16ComputeOnTheCpu) {
 
 TEST(TorchFeatures, Bfloat16ComputeOnTheCpu) {
   // LibTorch 1.13 computes in bfloat16 on the CPU too; both builds must track float32.
-  Reference ref = read_reference("tiny_llama");
+  Reference ref = read_reference(fixture("tiny_llama"));
   auto model = load_pretrained(fixture("tiny_llama"), {at::kBFloat16});
   c10::NoGradGuard no_grad;
   at::Tensor logits = model->logits(ref.input_ids);
