@@ -6,16 +6,14 @@
 
 #include "ferry/core/byte_size.h"
 #include "ferry/core/error.h"
-#include "ferry/io/atomic_file.h"
 #include "ferry/io/atomic_folder.h"
 #include "ferry/io/checkpoint.h"
 #include "ferry/io/safetensors.h"
+#include "ferry/io/sharded_safetensors.h"
 #include "ferry/io/torch_checkpoint.h"
 
 #include <ATen/core/Tensor.h>
-#include <nlohmann/json.hpp>
 
-#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -113,24 +111,9 @@ void add_convert_command(CLI::App& app) {
     const auto& entries = source.entries();
     FERRY_CHECK(!entries.empty(), *src, ": the checkpoint holds no tensors");
 
-    // Shards as save_pretrained cuts them: in order, a new one when the next tensor would overflow.
-    std::vector<std::vector<size_t>> shards(1);
-    uint64_t shard_bytes = 0, total = 0;
-    for (size_t i = 0; i < entries.size(); ++i) {
-      if (!shards.back().empty() && shard_bytes + entries[i].nbytes > static_cast<uint64_t>(limit)) {
-        shards.emplace_back();
-        shard_bytes = 0;
-      }
-      shards.back().push_back(i);
-      shard_bytes += entries[i].nbytes;
-      total += entries[i].nbytes;
-    }
-    std::vector<std::string> names;
-    for (size_t s = 0; s < shards.size(); ++s) {
-      char name[64];
-      std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
-      names.push_back(shards.size() == 1 ? "model.safetensors" : name);
-    }
+    std::vector<uint64_t> bytes;
+    for (const auto& e : entries) bytes.push_back(e.nbytes);
+    const io::ShardPlan plan = io::plan_shards(bytes, static_cast<uint64_t>(limit));  // as save_pretrained cuts them
 
     const std::string folder = model_folder(*src);
     std::vector<std::string> copied;
@@ -138,20 +121,10 @@ void add_convert_command(CLI::App& app) {
     io::replace_folder(
         *dst,
         [&](const std::string& staging) {
-          nlohmann::json weight_map = nlohmann::json::object();
-          for (size_t s = 0; s < shards.size(); ++s) {
-            io::NamedTensors tensors;
-            for (size_t i : shards[s]) {
-              throw_if_interrupted();
-              tensors.emplace_back(entries[i].name, source.tensor(entries[i]));
-              weight_map[entries[i].name] = names[s];
-            }
-            io::save_safetensors((fs::path(staging) / names[s]).string(), tensors, {{"format", "pt"}});
-          }
-          if (shards.size() > 1) {
-            const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-            io::write_file_atomically((fs::path(staging) / "model.safetensors.index.json").string(), index.dump(2) + "\n");
-          }
+          io::save_sharded_safetensors(staging, plan, [&](size_t i) {
+            throw_if_interrupted();
+            return std::make_pair(entries[i].name, source.tensor(entries[i]));
+          });
           if (folder.empty()) return;
           std::error_code ec;
           for (const auto& entry : fs::directory_iterator(folder)) {
@@ -168,9 +141,9 @@ void add_convert_command(CLI::App& app) {
     std::sort(copied.begin(), copied.end());
     std::cout << "read " << source.format() << " checkpoint " << *src << ": " << entries.size() << " tensors in "
               << source.files().size() << (source.files().size() == 1 ? " file" : " files") << " ("
-              << format_bytes(static_cast<double>(total)) << ")\n"
-              << "wrote " << shards.size() << " safetensors " << (shards.size() == 1 ? "file" : "shards")
-              << (shards.size() > 1 ? " and model.safetensors.index.json" : "") << " to " << *dst << '\n';
+              << format_bytes(static_cast<double>(plan.total_bytes)) << ")\n"
+              << "wrote " << plan.shards.size() << " safetensors " << (plan.shards.size() == 1 ? "file" : "shards")
+              << (plan.shards.size() > 1 ? " and model.safetensors.index.json" : "") << " to " << *dst << '\n';
     if (!copied.empty()) {
       std::cout << "copied along:";
       for (const std::string& name : copied) std::cout << ' ' << name;

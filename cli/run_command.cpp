@@ -300,12 +300,13 @@ void run(const RunOptions& o) {
       j["generated"].push_back(gen);
     }
     j["new_tokens"] = out.new_tokens;
+    const int64_t gpu_peak = peak_gpu_bytes();
     j["timings"] = {{"load_s", loaded.load_seconds},
                     {"prefill_s", out.prefill_seconds},
                     {"decode_ms_per_token", decode_ms},
                     {"decode_steps", out.decode_steps},
                     {"peak_rss_bytes", peak_rss_bytes()},
-                    {"peak_gpu_bytes", peak_gpu_bytes() >= 0 ? nlohmann::json(peak_gpu_bytes()) : nlohmann::json()},
+                    {"peak_gpu_bytes", gpu_peak >= 0 ? nlohmann::json(gpu_peak) : nlohmann::json()},
                     {"rss_anon_bytes", rss_anon_bytes()},
                     {"offloaded_bytes_per_token", moved_per_token}};
     j["io"] = {{"files_mapped", io::io_counters().files_mapped.load()},

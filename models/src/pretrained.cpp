@@ -4,6 +4,7 @@
 #include "ferry/core/error.h"
 #include "ferry/dispatch/load_checkpoint.h"
 #include "ferry/io/safetensors.h"
+#include "ferry/io/sharded_safetensors.h"
 #include "ferry/io/atomic_file.h"
 #include "ferry/io/atomic_folder.h"
 #include "ferry/io/checkpoint.h"
@@ -13,7 +14,6 @@
 
 #include <ATen/ATen.h>
 
-#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cstdio>
@@ -76,21 +76,16 @@ void save_pretrained(CausalLM& model, const std::string& dir, uint64_t max_shard
                      c10::optional<c10::ScalarType> storage_dtype) {
   namespace fs = std::filesystem;
   std::set<std::string> tied = tied_names(model);
-  std::vector<io::NamedTensors> shards(1);
-  uint64_t shard_bytes = 0, total = 0;
+  io::NamedTensors tensors;
+  std::vector<uint64_t> bytes;
   for (auto& [name, tensor] : model.state_dict()) {
     if (tied.count(name)) continue;
     FERRY_CHECK(!tensor.is_meta(), "'", name, "' is on the meta device: there is nothing to save");
     at::Tensor t = storage_dtype && is_floating_dtype(tensor.scalar_type()) ? tensor.to(*storage_dtype) : tensor;
-    uint64_t bytes = static_cast<uint64_t>(t.numel()) * t.element_size();
-    if (!shards.back().empty() && shard_bytes + bytes > max_shard_bytes) {
-      shards.emplace_back();
-      shard_bytes = 0;
-    }
-    shards.back().emplace_back(name, t);
-    shard_bytes += bytes;
-    total += bytes;
+    bytes.push_back(static_cast<uint64_t>(t.numel()) * t.element_size());
+    tensors.emplace_back(name, t);
   }
+  const io::ShardPlan plan = io::plan_shards(bytes, max_shard_bytes);
   ModelConfig config = model.config();
   if (storage_dtype) config.dtype = *storage_dtype;
   // All or nothing (io/atomic_folder.h): a full disk part-way leaves the old checkpoint whole. Files
@@ -103,19 +98,7 @@ void save_pretrained(CausalLM& model, const std::string& dir, uint64_t max_shard
   io::replace_folder(
       dir,
       [&](const std::string& staging) {
-        nlohmann::json weight_map = nlohmann::json::object();
-        if (shards.size() == 1) {
-          io::save_safetensors((fs::path(staging) / "model.safetensors").string(), shards[0], {{"format", "pt"}});
-        } else {
-          for (size_t i = 0; i < shards.size(); ++i) {
-            char file[64];
-            std::snprintf(file, sizeof file, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
-            io::save_safetensors((fs::path(staging) / file).string(), shards[i], {{"format", "pt"}});
-            for (const auto& [name, t] : shards[i]) weight_map[name] = file;
-          }
-          nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-          write_text_atomically(fs::path(staging) / "model.safetensors.index.json", index.dump(2));
-        }
+        io::save_sharded_safetensors(staging, plan, [&](size_t i) { return tensors[i]; });
         write_text_atomically(fs::path(staging) / "config.json", config_to_json(config));
       },
       [&](const std::string& name) { return !is_checkpoint_file(name); });
