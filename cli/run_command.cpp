@@ -29,6 +29,7 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <sstream>
 
 namespace ferry::cli {
@@ -51,6 +52,8 @@ struct RunOptions {
   bool json = false;
   std::string logits_out;
   int64_t prefetch_bytes = -1;
+  std::string disk_read = "auto";
+  std::string direct_read_budget;
 };
 
 // --seed as an unsigned 64-bit integer: out of range is an error, not a silent wrap.
@@ -206,6 +209,12 @@ void run(const RunOptions& o) {
   lo.offload_folder = o.offload_folder;
   lo.dtype = weight_dtype;
   if (o.prefetch_bytes >= 0) lo.prefetch_bytes = o.prefetch_bytes;
+  lo.disk_read = parse_disk_read(o.disk_read);
+  if (!o.direct_read_budget.empty()) {
+    lo.direct_read_budget_bytes = parse_byte_size(o.direct_read_budget);
+    FERRY_CHECK(lo.direct_read_budget_bytes > 0, "--direct-read-budget must be more than 0, got '",
+                o.direct_read_budget, "'");
+  }
   FERRY_CHECK(!(!o.max_memory.empty() && o.device_map.empty()), "--max-memory needs --device-map (e.g. auto)");
   ProgressLine progress(isatty(STDERR_FILENO) && !o.json,
                         format_bytes(static_cast<double>(checkpoint.total_bytes())) + " in " +
@@ -220,6 +229,10 @@ void run(const RunOptions& o) {
 
   const ModelConfig& c = loaded.model->config();
   std::string dtype = dtype_name(c.dtype);
+  // Decided now, with the model loaded: the free memory it measures counts the resident weights.
+  std::shared_ptr<WeightStreamer> streamer = loaded.dispatch ? loaded.dispatch->streamer : nullptr;
+  const std::optional<DiskReadPlan> disk_reads =
+      streamer ? std::optional<DiskReadPlan>(streamer->disk_read_plan()) : std::nullopt;
   if (!o.json) {
     std::cout << "model: " << c.architecture << " (" << c.num_hidden_layers << " layers, hidden " << c.hidden_size
               << ", vocab " << c.vocab_size << ") " << dtype << " from " << o.model_dir << "\n";
@@ -228,6 +241,7 @@ void run(const RunOptions& o) {
     std::cout << "\n";
     if (loaded.device_map.size() > 1 || !loaded.device_map.contains(""))
       std::cout << "device map: " << loaded.device_map.to_json() << "\n";
+    if (disk_reads && disk_reads->file_bytes > 0) std::cout << "disk reads: " << disk_reads->reason << "\n";
     std::cout << "generated:\n";
   }
   // Tokens are written as they are produced (one prompt: on its line; several: each line at the
@@ -309,6 +323,18 @@ void run(const RunOptions& o) {
                     {"peak_gpu_bytes", gpu_peak >= 0 ? nlohmann::json(gpu_peak) : nlohmann::json()},
                     {"rss_anon_bytes", rss_anon_bytes()},
                     {"offloaded_bytes_per_token", moved_per_token}};
+    if (disk_reads) {
+      const StreamerStats s = streamer->stats();
+      j["disk_read"] = {{"mode", disk_read_name(disk_reads->mode)},
+                        {"reason", disk_reads->reason},
+                        {"file_bytes", disk_reads->file_bytes},
+                        {"available_bytes", disk_reads->available_bytes},
+                        {"window_bytes", disk_reads->window_bytes},
+                        {"buffer_bytes", disk_reads->buffer_bytes},
+                        {"buffer_peak_bytes", streamer->read_buffer_peak_bytes()},
+                        {"direct_reads", s.direct_reads},
+                        {"direct_bytes_read", s.direct_bytes_read}};
+    }
     j["io"] = {{"files_mapped", io::io_counters().files_mapped.load()},
                {"safetensors_headers_parsed", io::io_counters().safetensors_headers_parsed.load()}};
     if (!o.logits_out.empty()) j["logits_out"] = o.logits_out;
@@ -353,6 +379,12 @@ void add_run_command(CLI::App& app) {
   cmd->add_flag("--json", o->json, "Print one JSON object instead of text");
   cmd->add_option("--logits-out", o->logits_out, "Write the prompt's float32 logits (key \"logits\") to this .safetensors file");
   cmd->add_option("--prefetch-bytes", o->prefetch_bytes, "Weight streamer prefetch budget in bytes (0: load on demand)");
+  cmd->add_option("--disk-read", o->disk_read,
+                  "How disk-placed weights are read: auto (direct when they do not fit in free memory or the "
+                  "cgroup limit), mapped (in place, through the page cache) or direct (O_DIRECT into bounded buffers)")
+      ->check(CLI::IsMember({"auto", "mapped", "direct"}));
+  cmd->add_option("--direct-read-budget", o->direct_read_budget,
+                  "Memory direct reads may hold, e.g. 1GiB (default: what is free less 512 MiB)");
   cmd->callback([o] { run(*o); });
 }
 

@@ -36,6 +36,9 @@ class AliasedWeightsMap : public io::WeightsMap {
   at::Tensor load(const std::string& name, c10::Device device, c10::optional<c10::ScalarType> dtype) const override {
     return base_->load(resolve(name), device, dtype);
   }
+  std::optional<io::FileExtent> file_extent(const std::string& name) const override {
+    return base_->file_extent(resolve(name));
+  }
 
  private:
   const std::string& resolve(const std::string& name) const {

@@ -143,22 +143,27 @@ void AlignDevicesHook::init_hook(Module& module) {
 void AlignDevicesHook::load_weights(Module& module) {
   if (loaded_) return;
   const c10::Device device = options_.execution_device.value_or(c10::Device(c10::kCPU));
-  for (size_t i = 0; i < offloaded_.size(); ++i) {
-    OffloadedTensor& t = offloaded_[i];
-    at::Tensor value;
-    if (t.tie_group) value = options_.tied_cache->find(*t.tie_group, device);
-    if (!value.defined()) {
-      value = streamed() ? options_.streamer->fetch(streamed_, i, device)
-                         : options_.weights_map->load(t.name, device, t.meta.scalar_type());
-      if (t.tie_group) {
-        at::Tensor kept = options_.tied_cache->put(*t.tie_group, device, value);
-        if (kept.is_same(value)) tied_to_release_.emplace_back(*t.tie_group, device);
-        value = kept;
+  loaded_ = true;  // from the first tensor on: a load that fails half way is undone in full
+  try {
+    for (size_t i = 0; i < offloaded_.size(); ++i) {
+      OffloadedTensor& t = offloaded_[i];
+      at::Tensor value;
+      if (t.tie_group) value = options_.tied_cache->find(*t.tie_group, device);
+      if (!value.defined()) {
+        value = streamed() ? options_.streamer->fetch(streamed_, i, device)
+                           : options_.weights_map->load(t.name, device, t.meta.scalar_type());
+        if (t.tie_group) {
+          at::Tensor kept = options_.tied_cache->put(*t.tie_group, device, value);
+          if (kept.is_same(value)) tied_to_release_.emplace_back(*t.tie_group, device);
+          value = kept;
+        }
       }
+      t.slot->tensor = std::move(value);
     }
-    t.slot->tensor = std::move(value);
+  } catch (...) {
+    unload_weights(module);  // no weight of this module stays in it
+    throw;
   }
-  loaded_ = true;
 }
 
 void AlignDevicesHook::unload_weights(Module& module) {

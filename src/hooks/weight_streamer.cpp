@@ -1,6 +1,9 @@
 #include "ferry/hooks/weight_streamer.h"
 
+#include "ferry/core/byte_size.h"
 #include "ferry/core/error.h"
+#include "ferry/core/host_memory.h"
+#include "ferry/core/memory_available.h"
 #include "host_to_device_copier.h"
 
 #include <ATen/ATen.h>
@@ -10,6 +13,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <exception>
 
 namespace ferry {
 namespace {
@@ -47,7 +51,23 @@ void touch_pages(const at::Tensor& tensor) {
 
 }  // namespace
 
-WeightStreamer::WeightStreamer(StreamerOptions options) : options_(options) {
+const char* disk_read_name(DiskRead mode) {
+  switch (mode) {
+    case DiskRead::automatic: return "auto";
+    case DiskRead::mapped: return "mapped";
+    case DiskRead::direct: return "direct";
+  }
+  return "?";
+}
+
+DiskRead parse_disk_read(const std::string& text) {
+  if (text == "auto" || text == "automatic") return DiskRead::automatic;
+  if (text == "mapped") return DiskRead::mapped;
+  if (text == "direct") return DiskRead::direct;
+  FERRY_FAIL("unknown disk read mode '", text, "'; expected auto, mapped or direct");
+}
+
+WeightStreamer::WeightStreamer(StreamerOptions options) : options_(options), window_bytes_(options.prefetch_bytes) {
   if (options_.prefetch_bytes > 0)
     for (int i = 0; i < std::max(1, options_.io_threads); ++i) threads_.emplace_back([this] { worker(); });
 }
@@ -99,8 +119,19 @@ HostToDeviceCopier& WeightStreamer::copier() {
   return *copier_;
 }
 
+WeightStreamer::Loaded WeightStreamer::finish_load(at::Tensor host, c10::ScalarType dtype, c10::Device device) {
+  if (device.is_cpu()) {
+    if (host.scalar_type() == dtype) return {std::move(host), nullptr};
+    return {copy_to_host(host, dtype), nullptr};
+  }
+  HostToDeviceCopier::Copy copy = copier().copy(host, device, dtype);
+  return {std::move(copy.tensor), std::move(copy.done)};
+}
+
 WeightStreamer::Loaded WeightStreamer::load_now(const io::WeightsMapPtr& weights, const std::string& name,
-                                                c10::ScalarType dtype, c10::Device device, bool on_io_thread) {
+                                                c10::ScalarType dtype, c10::Device device, bool on_io_thread,
+                                                const io::FileExtent* direct_extent) {
+  if (direct_extent != nullptr) return finish_load(reader_->read_tensor(*direct_extent), dtype, device);
   if (device.is_cpu()) {
     // Loaded ahead, a mapped weight's pages are brought in here; loaded on demand, compute's own
     // faults do it (OpenBLAS's threads fault in parallel, which beats one thread touching).
@@ -113,15 +144,58 @@ WeightStreamer::Loaded WeightStreamer::load_now(const io::WeightsMapPtr& weights
   return {std::move(copy.tensor), std::move(copy.done)};
 }
 
-void WeightStreamer::start_prefetch(StreamedModuleId id, const StreamedModule& module) {
+void WeightStreamer::start_direct_reads(const Registered& registered, const std::vector<size_t>& indices,
+                                        Pending& pending) {
+  const c10::Device device = registered.module.device;
+  std::vector<io::FileExtent> extents;
+  for (size_t i : indices) extents.push_back(*registered.extents[i]);
+  for (io::ReadRun& run : io::coalesce_reads(extents)) {
+    struct Job {
+      io::ReadRun run;
+      std::vector<io::FileExtent> extents;
+      std::vector<c10::ScalarType> dtypes;
+      std::vector<std::promise<Loaded>> promises;
+    };
+    auto job = std::make_shared<Job>();
+    for (size_t k : run.extents) {
+      const size_t i = indices[k];
+      job->extents.push_back(extents[k]);
+      job->dtypes.push_back(registered.module.tensors[i].dtype);
+      job->promises.emplace_back();
+      pending.tensors[i] = job->promises.back().get_future().share();
+    }
+    job->run = std::move(run);
+    ++stats_.io_jobs;
+    submit([this, job, device] {
+      size_t done = 0;
+      try {
+        const io::ReadRun& r = job->run;
+        io::DirectReader::Bytes bytes = reader_->read(r.path, r.begin, r.end - r.begin);
+        for (; done < job->extents.size(); ++done)
+          job->promises[done].set_value(
+              finish_load(io::DirectReader::tensor_in(bytes, r.begin, job->extents[done]), job->dtypes[done], device));
+      } catch (...) {  // every tensor of the run not delivered gets the error; fetch() rethrows it
+        for (; done < job->promises.size(); ++done) job->promises[done].set_exception(std::current_exception());
+      }
+    });
+  }
+}
+
+void WeightStreamer::start_prefetch(StreamedModuleId id, const Registered& registered) {
+  const StreamedModule& module = registered.module;
   Pending pending;
   pending.device = module.device;
   pending.bytes = module.bytes;
+  pending.tensors.resize(module.tensors.size());
   const c10::Device device = module.device;
   const io::WeightsMapPtr& weights = module.weights;
-  for (const auto& t : module.tensors) {
-    if (!t.streamed) {  // loaded elsewhere (tied tensors go through a shared cache at fetch time)
-      pending.tensors.emplace_back();
+  const bool direct = plan_.mode == DiskRead::direct;
+  std::vector<size_t> direct_reads;
+  for (size_t i = 0; i < module.tensors.size(); ++i) {
+    const StreamedTensor& t = module.tensors[i];
+    if (!t.streamed) continue;  // loaded elsewhere (tied tensors go through a shared cache at fetch time)
+    if (direct && registered.extents[i]) {
+      direct_reads.push_back(i);
       continue;
     }
     const c10::ScalarType dtype = t.dtype;
@@ -133,19 +207,20 @@ void WeightStreamer::start_prefetch(StreamedModuleId id, const StreamedModule& m
       if (pages_resident(view)) {
         std::promise<Loaded> ready;
         ready.set_value(Loaded{std::move(view), nullptr});
-        pending.tensors.push_back(ready.get_future().share());
+        pending.tensors[i] = ready.get_future().share();
       } else {
-        pending.tensors.push_back(enqueue([view] {
+        pending.tensors[i] = enqueue([view] {
           touch_pages(view);
           return Loaded{view, nullptr};
-        }));
+        });
       }
       continue;
     }
     // The job holds what it needs by value: the module may be removed while it runs.
-    pending.tensors.push_back(
-        enqueue([this, weights, name = t.name, dtype, device] { return load_now(weights, name, dtype, device, true); }));
+    pending.tensors[i] =
+        enqueue([this, weights, name = t.name, dtype, device] { return load_now(weights, name, dtype, device, true); });
   }
+  if (!direct_reads.empty()) start_direct_reads(registered, direct_reads, pending);
   pending_bytes_ += pending.bytes;
   pending_.emplace(id, std::move(pending));
 }
@@ -165,7 +240,7 @@ void WeightStreamer::schedule_after(size_t position) {
     if (pending_.count(next)) continue;
     auto module = modules_.find(next);
     if (module == modules_.end()) continue;  // not reached: removing a module clears the order
-    if (pending_bytes_ + module->second.bytes > options_.prefetch_bytes) break;
+    if (pending_bytes_ + module->second.module.bytes > window_bytes_) break;
     start_prefetch(next, module->second);
   }
 }
@@ -177,9 +252,15 @@ StreamedModuleId WeightStreamer::add_module(StreamedModule module) {
     FERRY_CHECK(t.dtype != c10::ScalarType::Undefined, "no dtype for '", t.name, "'");
     FERRY_CHECK(module.weights->contains(t.name), "the weights map has no '", t.name, "'");
   }
+  Registered registered;
+  for (const auto& t : module.tensors) {
+    registered.extents.push_back(module.weights->file_extent(t.name));
+    if (registered.extents.back()) registered.file_bytes += static_cast<int64_t>(registered.extents.back()->length);
+  }
+  registered.module = std::move(module);
   std::lock_guard<std::mutex> lock(mutex_);
   const auto id = static_cast<StreamedModuleId>(next_id_++);
-  modules_.emplace(id, std::move(module));
+  modules_.emplace(id, std::move(registered));
   return id;
 }
 
@@ -197,7 +278,7 @@ void WeightStreamer::set_device(StreamedModuleId id, c10::Device device) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = modules_.find(id);
   FERRY_CHECK(it != modules_.end(), "module ", static_cast<uint64_t>(id), " is not registered");
-  it->second.device = device;
+  it->second.module.device = device;
 }
 
 size_t WeightStreamer::module_count() const {
@@ -209,6 +290,7 @@ void WeightStreamer::on_forward(StreamedModuleId id) {
   if (options_.prefetch_bytes <= 0) return;
   std::lock_guard<std::mutex> lock(mutex_);
   FERRY_CHECK(modules_.count(id), "module ", static_cast<uint64_t>(id), " is not registered");
+  if (!decided_) decide_disk_read();
   if (!learned_) {
     if (recording_.empty() || recording_.front() != id) {
       recording_.push_back(id);
@@ -241,28 +323,38 @@ at::Tensor WeightStreamer::fetch(StreamedModuleId id, size_t index, c10::Device 
   std::shared_future<Loaded> ready;
   io::WeightsMapPtr weights;  // for a load now
   StreamedTensor tensor;
+  std::optional<io::FileExtent> direct_extent;
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (!decided_) decide_disk_read();
     auto it = pending_.find(id);
     if (it != pending_.end() && it->second.device == device && index < it->second.tensors.size())
       ready = it->second.tensors[index];
-    if (!ready.valid()) {
-      auto module = modules_.find(id);
-      FERRY_CHECK(module != modules_.end(), "module ", static_cast<uint64_t>(id), " is not registered");
-      FERRY_CHECK(index < module->second.tensors.size(), "no tensor ", index, " in module ",
-                  static_cast<uint64_t>(id), ", which has ", module->second.tensors.size());
-      weights = module->second.weights;
-      tensor = module->second.tensors[index];
-    }
+    auto module = modules_.find(id);
+    FERRY_CHECK(module != modules_.end(), "module ", static_cast<uint64_t>(id), " is not registered");
+    const Registered& r = module->second;
+    FERRY_CHECK(index < r.module.tensors.size(), "no tensor ", index, " in module ", static_cast<uint64_t>(id),
+                ", which has ", r.module.tensors.size());
+    weights = r.module.weights;
+    tensor = r.module.tensors[index];
+    if (plan_.mode == DiskRead::direct) direct_extent = r.extents[index];
   }
   Loaded loaded;
   int64_t waited_ns = 0;
   if (ready.valid()) {
     auto start = std::chrono::steady_clock::now();
-    loaded = ready.get();
+    try {
+      loaded = ready.get();
+    } catch (...) {
+      // The load ahead failed (a file that went bad, perhaps since fixed): load it now, which
+      // throws the error as it stands.
+      ready = {};
+    }
     waited_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
-  } else {
-    loaded = load_now(weights, tensor.name, tensor.dtype, device, /*on_io_thread=*/false);
+  }
+  if (!ready.valid()) {
+    loaded = load_now(weights, tensor.name, tensor.dtype, device, /*on_io_thread=*/false,
+                      direct_extent ? &*direct_extent : nullptr);
   }
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -288,14 +380,85 @@ void WeightStreamer::drop_prefetched() {
   pending_bytes_ = 0;
 }
 
+void WeightStreamer::decide_disk_read() {
+  decided_ = true;
+  DiskReadPlan plan;
+  int64_t largest = 0;
+  for (const auto& [id, r] : modules_) {
+    plan.file_bytes += r.file_bytes;
+    largest = std::max(largest, r.module.bytes);
+  }
+  const std::string in_files = format_bytes(static_cast<double>(plan.file_bytes)) + " of weights in files";
+  HostMemory memory;
+  if (options_.disk_read != DiskRead::mapped && plan.file_bytes > 0) {
+    try {
+      memory = host_memory();
+      plan.available_bytes = memory.available;
+    } catch (const Error& e) {
+      if (options_.disk_read == DiskRead::automatic) {
+        plan_ = plan;
+        plan_.reason = "mapped: the free memory could not be measured (" + e.message() + ")";
+        return;
+      }
+    }
+  }
+  if (options_.disk_read == DiskRead::mapped) {
+    plan.reason = "mapped, as asked";
+  } else if (options_.disk_read == DiskRead::direct) {
+    plan.mode = DiskRead::direct;
+    plan.reason = "direct, as asked";
+  } else if (plan.file_bytes == 0) {
+    plan.reason = "mapped: no weights are read from files";
+  } else if (plan.file_bytes + kDiskReadReserveBytes <= plan.available_bytes) {
+    plan.reason = "mapped: the " + in_files + " fit in memory with room to spare (" + memory.describe() + ")";
+  } else {
+    plan.mode = DiskRead::direct;
+    plan.reason = "direct: the " + in_files + " do not fit in memory beside " +
+                  format_bytes(static_cast<double>(kDiskReadReserveBytes)) + " for the rest (" + memory.describe() + ")";
+  }
+  if (plan.mode == DiskRead::direct) {
+    // The buffers hold the window read ahead and the module that runs: the window is what the
+    // budget leaves after one module, and never less than one module (or nothing could be read ahead).
+    int64_t budget = options_.direct_read_budget_bytes;
+    if (budget <= 0 && plan.available_bytes >= 0) budget = std::max<int64_t>(plan.available_bytes - kDiskReadReserveBytes, 0);
+    int64_t window = options_.prefetch_bytes;
+    if (budget > 0) window = std::min(window, budget - largest);
+    if (options_.prefetch_bytes > 0) window = std::max(window, largest);
+    plan.window_bytes = std::max<int64_t>(window, 0);
+    plan.buffer_bytes = plan.window_bytes + largest;
+    window_bytes_ = plan.window_bytes;
+    reader_ = std::make_unique<io::DirectReader>(io::ReadBufferPool::create(plan.buffer_bytes));
+    plan.reason += "; reading ahead at most " + format_bytes(static_cast<double>(plan.window_bytes));
+  }
+  plan_ = std::move(plan);
+}
+
+DiskReadPlan WeightStreamer::disk_read_plan() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!decided_) decide_disk_read();
+  return plan_;
+}
+
+int64_t WeightStreamer::read_buffer_peak_bytes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return reader_ ? reader_->pool()->peak_bytes_held() : 0;
+}
+
 StreamerStats WeightStreamer::stats() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return stats_;
+  StreamerStats s = stats_;
+  if (reader_) {
+    const io::DirectReadStats d = reader_->stats();
+    s.direct_reads = d.reads - direct_baseline_.reads;
+    s.direct_bytes_read = d.bytes_read - direct_baseline_.bytes_read;
+  }
+  return s;
 }
 
 void WeightStreamer::reset_stats() {
   std::lock_guard<std::mutex> lock(mutex_);
   stats_ = StreamerStats{};
+  if (reader_) direct_baseline_ = reader_->stats();
 }
 
 size_t WeightStreamer::learned_length() const {

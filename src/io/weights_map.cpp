@@ -28,6 +28,12 @@ at::Tensor from_view(const at::Tensor& view, c10::Device device, c10::optional<c
   return view.to(device, target, /*non_blocking=*/false, /*copy=*/true);
 }
 
+// Where tensor `name` of an open safetensors file is stored.
+FileExtent extent_in(const SafetensorsFile& file, const std::string& name) {
+  const TensorEntry& t = file.entry(name);
+  return FileExtent{file.path(), file.header().data_offset + t.begin, t.nbytes(), t.dtype, t.shape};
+}
+
 // Shards (or safetensors-form offload entries) mapped on first use, shared by all threads.
 class FileCache {
  public:
@@ -106,6 +112,17 @@ class OffloadFolderWeightsMap final : public WeightsMap {
     return {dtype, t.shape, nbytes_of(dtype, t.shape)};
   }
 
+  std::optional<FileExtent> file_extent(const std::string& name) const override {
+    const OffloadEntry& e = entry(name);
+    if (!e.is_safetensors()) {
+      if (folder_.empty()) return std::nullopt;
+      const c10::ScalarType dtype = parse_offload_dtype_tag(e.dtype);
+      return FileExtent{offload_file_path(folder_, name), 0, nbytes_of(dtype, e.shape), dtype, e.shape};
+    }
+    SafetensorsFile file = files_.get(safetensors_path(e));
+    return extent_in(file, weight_name(name, e));
+  }
+
   at::Tensor load(const std::string& name, c10::Device device, c10::optional<c10::ScalarType> dtype) const override {
     const OffloadEntry& e = entry(name);
     if (!e.is_safetensors()) {
@@ -166,6 +183,10 @@ class CheckpointWeightsMap final : public WeightsMap {
     const CheckpointTensor& t = get(name);
     return from_view(ckpt_.shard(t.shard).view(t.stored_name), device, dtype);
   }
+  std::optional<FileExtent> file_extent(const std::string& name) const override {
+    const CheckpointTensor& t = get(name);
+    return extent_in(ckpt_.shard(t.shard), t.stored_name);
+  }
 
  private:
   const CheckpointTensor& get(const std::string& name) const {
@@ -195,6 +216,9 @@ class PrefixedWeightsMap final : public WeightsMap {
   at::Tensor load(const std::string& name, c10::Device device, c10::optional<c10::ScalarType> dtype) const override {
     return base_->load(prefix_ + name, device, dtype);
   }
+  std::optional<FileExtent> file_extent(const std::string& name) const override {
+    return base_->file_extent(prefix_ + name);
+  }
 
  private:
   WeightsMapPtr base_;
@@ -221,6 +245,7 @@ class UnionWeightsMap final : public WeightsMap {
   at::Tensor load(const std::string& name, c10::Device device, c10::optional<c10::ScalarType> dtype) const override {
     return get(name).load(name, device, dtype);
   }
+  std::optional<FileExtent> file_extent(const std::string& name) const override { return get(name).file_extent(name); }
 
  private:
   const WeightsMap* owner(const std::string& name) const {

@@ -2,6 +2,7 @@
 
 #include "ferry/core/byte_size.h"
 #include "ferry/core/error.h"
+#include "ferry/core/memory_available.h"
 
 #include <algorithm>
 #include <fstream>
@@ -19,18 +20,6 @@ std::string trim(const std::string& s) {
   if (b == std::string::npos) return "";
   size_t e = s.find_last_not_of(" \t\n");
   return s.substr(b, e - b + 1);
-}
-
-int64_t available_host_memory() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  int64_t value = 0;
-  std::string unit;
-  while (in >> key >> value) {
-    std::getline(in, unit);
-    if (key == "MemAvailable:") return value * 1024;
-  }
-  FERRY_FAIL("cannot read MemAvailable from /proc/meminfo; pass max_memory explicitly (e.g. --max-memory cpu=64GiB)");
 }
 
 bool is_budget_device(const Placement& p) {
@@ -119,7 +108,7 @@ MaxMemory get_max_memory() {
     }
   }
 #endif
-  out.push_back(DeviceBudget{Placement::cpu(), available_host_memory()});
+  out.push_back(DeviceBudget{Placement::cpu(), host_memory().available});
   return out;
 }
 

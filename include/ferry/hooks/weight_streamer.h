@@ -39,10 +39,20 @@
 /// weights are pinned at dispatch; mapped files go through pinned staging chunks), and each copy
 /// ends with an event that the compute stream waits on, on the device, just before the module runs.
 ///
+/// Models larger than RAM: weights stored in files (disk-offloaded) are read one of two ways.
+/// Mapped (the default while they fit in memory): used in place from the mapped file, their pages
+/// kept by the page cache, the fastest way once warm. Direct (when they do not fit: a model larger
+/// than the machine's RAM or the container's memory limit): read with O_DIRECT (io/direct_reader.h),
+/// a module's adjacent tensors in one large read, into a pool of reused buffers bounded by a window
+/// of memory, so the page cache is neither filled nor thrashed and the process's memory stays
+/// inside the limit. StreamerOptions::disk_read chooses, or leaves it to disk_read_plan(), which
+/// decides once, at the first forward, from the bytes in files and host_memory().
+///
 /// Correctness first: a prefetched tensor is exactly what the module would have loaded itself
 /// (the same WeightsMap::load call), a fetch never returns another module's weights, and when the
 /// order changes (another code path) the streamer falls back to loading on demand and relearns.
 
+#include "ferry/io/direct_reader.h"
 #include "ferry/io/weights_map.h"
 
 #include <ATen/core/Tensor.h>
@@ -57,6 +67,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -65,6 +76,39 @@
 namespace ferry {
 
 class HostToDeviceCopier;
+
+/// How weights stored in files are read (see the file comment).
+enum class DiskRead {
+  automatic,  ///< direct when they do not fit in the memory the process may use, else mapped
+  mapped,     ///< in place from mapped files, through the page cache
+  direct,     ///< O_DIRECT reads into a bounded pool of buffers, bypassing the page cache
+};
+
+/// "auto", "mapped", "direct".
+const char* disk_read_name(DiskRead mode);
+/// The inverse of disk_read_name (also "automatic"); throws ferry::Error naming the choices.
+DiskRead parse_disk_read(const std::string& text);
+
+/// What a streamer does with weights stored in files, and why (WeightStreamer::disk_read_plan()).
+struct DiskReadPlan {
+  /// mapped or direct (never automatic).
+  DiskRead mode = DiskRead::mapped;
+  /// Stored bytes of the registered modules' weights that live in files.
+  int64_t file_bytes = 0;
+  /// Host memory this process could still use when it decided (host_memory().available); -1 when
+  /// it was not measured (a forced mapped mode).
+  int64_t available_bytes = -1;
+  /// Direct: the bytes read ahead at most (the prefetch window) and the buffer pool's bound
+  /// (window + the largest module, which must fit while it runs).
+  int64_t window_bytes = 0;
+  int64_t buffer_bytes = 0;
+  /// One sentence: why this mode.
+  std::string reason;
+};
+
+/// Memory kept free beside the weights when deciding (activations, the KV cache, the process's own
+/// pages): weights stored in files are read mapped only when they fit in what is available less this.
+constexpr int64_t kDiskReadReserveBytes = int64_t{512} << 20;
 
 /// Tuning of a WeightStreamer.
 struct StreamerOptions {
@@ -81,6 +125,11 @@ struct StreamerOptions {
   /// reach the device at the link's full speed (read by dispatch_model, cpu_offload and
   /// load_checkpoint_and_dispatch).
   bool pin_cpu_weights = true;
+  /// How weights stored in files are read.
+  DiskRead disk_read = DiskRead::automatic;
+  /// Direct reads: the memory their buffers may take (the window read ahead plus the module that
+  /// runs). 0: what host_memory() has available less kDiskReadReserveBytes.
+  int64_t direct_read_budget_bytes = 0;
 };
 
 /// Counters since construction (or the last reset_stats()).
@@ -91,6 +140,8 @@ struct StreamerStats {
   int64_t relearns = 0;          ///< times the recorded order did not match and was relearned
   int64_t wait_ns = 0;           ///< time fetch() waited for a prefetch still in flight
   int64_t io_jobs = 0;           ///< loads handed to I/O threads (a warm CPU pass needs none)
+  int64_t direct_reads = 0;      ///< direct reads (several adjacent tensors of a module share one)
+  int64_t direct_bytes_read = 0; ///< bytes they read, alignment padding included
 };
 
 /// One weight of a StreamedModule.
@@ -161,6 +212,13 @@ class WeightStreamer {
   /// file mappings; prefetching resumes at the next forward.
   void drop_prefetched();
 
+  /// What happens to weights stored in files, and why. Decided once, at the first call of this,
+  /// on_forward() or fetch() (after the model is loaded, so the measure of free memory counts its
+  /// resident weights), from the modules registered then.
+  DiskReadPlan disk_read_plan();
+  /// Direct reads: the most memory their buffers held at once (0 in mapped mode).
+  int64_t read_buffer_peak_bytes() const;
+
   /// Counters since construction or reset_stats().
   StreamerStats stats() const;
   /// Zeroes the counters.
@@ -171,7 +229,7 @@ class WeightStreamer {
   /// first module of a pass ran again).
   size_t learned_length() const;
   /// Bytes (StreamedModule::bytes) of the modules loaded or being loaded ahead and not yet
-  /// released; never more than options().prefetch_bytes.
+  /// released; never more than options().prefetch_bytes (in direct mode, the plan's window).
   int64_t prefetched_bytes() const;
 
  private:
@@ -185,13 +243,25 @@ class WeightStreamer {
     c10::Device device = c10::kCPU;
     int64_t bytes = 0;
   };
+  /// A registered module and where its tensors are stored (nullopt: not in a file).
+  struct Registered {
+    StreamedModule module;
+    std::vector<std::optional<io::FileExtent>> extents;
+    int64_t file_bytes = 0;
+  };
+  void decide_disk_read();  // with mutex_ held
   void schedule_after(size_t position);
-  void start_prefetch(StreamedModuleId id, const StreamedModule& module);
+  void start_prefetch(StreamedModuleId id, const Registered& registered);
+  /// Direct mode: reads `indices` of `registered` (tensors stored in files) with one read per run
+  /// of adjacent tensors, filling their slots of `pending`.
+  void start_direct_reads(const Registered& registered, const std::vector<size_t>& indices, Pending& pending);
+  /// A tensor read from a file (on the CPU, stored dtype) made into what fetch() returns.
+  Loaded finish_load(at::Tensor host, c10::ScalarType dtype, c10::Device device);
   /// Drops `id`'s pending loads, if any.
   void drop_pending(StreamedModuleId id);
   /// Loads one weight for `device`: see the file comment.
   Loaded load_now(const io::WeightsMapPtr& weights, const std::string& name, c10::ScalarType dtype,
-                  c10::Device device, bool on_io_thread);
+                  c10::Device device, bool on_io_thread, const io::FileExtent* direct_extent = nullptr);
   HostToDeviceCopier& copier();
   /// Runs `load` on an I/O thread.
   std::shared_future<Loaded> enqueue(std::function<Loaded()> load);
@@ -200,7 +270,12 @@ class WeightStreamer {
 
   StreamerOptions options_;
   mutable std::mutex mutex_;
-  std::unordered_map<StreamedModuleId, StreamedModule> modules_;  // registered modules
+  std::unordered_map<StreamedModuleId, Registered> modules_;  // registered modules
+  bool decided_ = false;
+  DiskReadPlan plan_;
+  int64_t window_bytes_ = 0;                   // prefetch budget in use (options or the plan's window)
+  std::unique_ptr<io::DirectReader> reader_;   // direct mode only
+  io::DirectReadStats direct_baseline_;        // reader_'s counters at the last reset_stats()
   uint64_t next_id_ = 1;
   std::vector<StreamedModuleId> order_;      // learned order of one pass
   std::vector<StreamedModuleId> recording_;  // order being recorded

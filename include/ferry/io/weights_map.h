@@ -16,6 +16,7 @@
 /// once (the streamer loads on I/O threads); lazily opened files are cached under a mutex.
 
 #include "ferry/io/checkpoint.h"
+#include "ferry/io/file_extent.h"
 #include "ferry/io/offload.h"
 #include "ferry/io/safetensors.h"
 
@@ -26,6 +27,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -63,6 +65,15 @@ class WeightsMap {
   /// ferry::Error for an unknown name.
   virtual at::Tensor load(const std::string& name, c10::Device device = c10::kCPU,
                           c10::optional<c10::ScalarType> dtype = c10::nullopt) const = 0;
+
+  /// Where `name`'s stored bytes are in a file (a safetensors shard, an offload folder's `.dat`
+  /// file), so that they can be read without mapping it (io::DirectReader; the streamer's direct
+  /// reads). nullopt for a weight held in memory. The extent's dtype is the stored one, which may
+  /// differ from info().dtype where the map casts on load. Throws ferry::Error for an unknown name.
+  virtual std::optional<FileExtent> file_extent(const std::string& name) const {
+    (void)info(name);  // unknown names throw, as everywhere
+    return std::nullopt;
+  }
 };
 
 using WeightsMapPtr = std::shared_ptr<const WeightsMap>;

@@ -46,6 +46,10 @@ struct LoadModelOptions {
   c10::optional<c10::ScalarType> dtype;
   /// Prefetch budget of the weight streamer (bytes; 0 loads on demand).
   c10::optional<int64_t> prefetch_bytes;
+  /// How weights stored in files are read (the streamer's StreamerOptions::disk_read), and the
+  /// memory direct reads may take (0: derived from what is available).
+  DiskRead disk_read = DiskRead::automatic;
+  int64_t direct_read_budget_bytes = 0;
   /// Page-lock CPU-offloaded weights when the model executes on an accelerator (default true;
   /// false gives Accelerate's pageable copies, for comparison).
   bool pin_cpu_weights = true;
