@@ -8,7 +8,9 @@
 /// (main.cpp) links only c10 and ferry's planning and file layers, and runs `plan` and `inspect`;
 /// the commands that build a model or read PyTorch pickles (`run`, `offload`, `demo`, `convert`,
 /// `estimate-memory`) live in `ferry-torch` (torch_main.cpp), which `ferry` replaces itself with
-/// (execv, same arguments, same exit status) when one is asked.
+/// (execv, same arguments, same exit status) when one is asked. `plan` and `inspect` of a PyTorch .bin
+/// checkpoint are handed over the same way, when the checkpoint they open turns out to be one (its
+/// zip reader is LibTorch's); ferry-torch registers them too.
 
 #include <CLI/CLI.hpp>
 

@@ -37,7 +37,7 @@ struct Row {
 };
 
 struct Listing {
-  std::string format;  // "safetensors" or "offload_folder"
+  std::string format;  // "safetensors", "pytorch" (a torch.save .bin checkpoint) or "offload_folder"
   std::optional<io::Checkpoint> checkpoint;
   std::deque<std::string> storage;  // strings the rows view, for offload folders
   std::vector<Row> rows;
@@ -110,8 +110,13 @@ Listing inspect(const std::string& path, bool checksum) {
     }
     return listing;
   }
-  listing.format = "safetensors";
+  // A .bin checkpoint is listed from its pickles (in ferry-torch: see main.cpp).
   const io::Checkpoint& ckpt = listing.checkpoint.emplace(io::Checkpoint::open(path));
+  listing.format = io::checkpoint_format_name(ckpt.format());
+  FERRY_CHECK(!checksum || ckpt.format() == io::CheckpointFormat::safetensors, path,
+              " is a PyTorch .bin checkpoint: --checksum hashes each tensor's stored byte range, and a .bin's tensors "
+              "are zip records described by a pickle, not byte ranges; convert it (ferry convert) and inspect the result "
+              "with --checksum");
   rows.reserve(ckpt.tensors().size());
   for (size_t i = 0; i < ckpt.files().size(); ++i) {
     for (const io::CheckpointTensor& t : ckpt.tensors_in(i)) {
@@ -187,7 +192,8 @@ void add_inspect_command(CLI::App& app) {
   auto path = std::make_shared<std::string>();
   auto json = std::make_shared<bool>(false);
   auto checksum = std::make_shared<bool>(false);
-  cmd->add_option("PATH", *path, "a .safetensors file, a checkpoint folder, an index .json, or an offload folder")
+  cmd->add_option("PATH", *path,
+                  "a .safetensors or PyTorch .bin/.pt/.pth file, a checkpoint folder, an index .json, or an offload folder")
       ->required();
   cmd->add_flag("--json", *json, "machine-readable output");
   cmd->add_flag("--checksum", *checksum, "add the SHA-256 of each tensor's stored bytes");

@@ -2,10 +2,13 @@
 // See Note [Two programs, one command] in commands.h.
 #include "commands.h"
 
+#include "ferry/core/error.h"
+#include "ferry/io/checkpoint.h"
 
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
@@ -42,10 +45,27 @@ int exec_torch_program(int argc, char** argv) {
   return 1;
 }
 
+char** command_line = nullptr;
+
+// The lister of .bin checkpoints in this program, which has no zip reader (LibTorch's is in
+// ferry-torch): `plan` and `inspect` open their checkpoint before printing anything, so when it
+// turns out to be a .bin, the command is handed to ferry-torch, which runs it with the same arguments.
+ferry::io::internal::TorchCheckpointContents hand_bin_checkpoint_to_torch_program(const std::string& path) {
+  const std::string program = find_torch_program();
+  FERRY_CHECK(!program.empty(), path, " is a PyTorch .bin checkpoint, which ferry-torch reads, but ferry-torch was not "
+              "found next to this program or in ../libexec/ferry/; reinstall ferry (cmake --install)");
+  std::cout.flush();
+  std::fflush(nullptr);
+  ::execv(program.c_str(), command_line);
+  FERRY_FAIL("cannot start ", program, " to read the PyTorch checkpoint ", path, ": ", std::strerror(errno));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc > 1 && is_torch_command(argv[1])) return exec_torch_program(argc, argv);
+  command_line = argv;
+  ferry::io::internal::set_torch_checkpoint_lister(&hand_bin_checkpoint_to_torch_program);
   return ferry::cli::run_app(argc, argv, [](CLI::App& app) {
     ferry::cli::add_plan_command(app);
     ferry::cli::add_inspect_command(app);

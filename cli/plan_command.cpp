@@ -102,7 +102,7 @@ void add_plan_command(CLI::App& app) {
   auto args = std::make_shared<PlanArgs>();
   CLI::App* cmd = app.add_subcommand("plan", "Plan where each part of a model goes (GPU, CPU, disk)");
   cmd->add_option("model", args->model,
-                  "Checkpoint folder (safetensors, sharded or not), a .safetensors file, or a model tree JSON file");
+                  "Checkpoint folder (safetensors or PyTorch .bin, sharded or not), a .safetensors/.bin file, or a model tree JSON file");
   cmd->add_option("--cases", args->cases, "Run the planner conformance cases of FILE and print the results as JSON");
   cmd->add_option("--max-memory", args->max_memory,
                   "Budgets, e.g. 0=20GiB,1=20GiB,cpu=64GiB (default: free GPU memory and available RAM)");

@@ -103,15 +103,22 @@ TEST(CheckpointTest, IndexWithoutWeightMapWrapper) {
 
 // ---- refused and damaged checkpoints ------------------------------------------------------------
 
-TEST(CheckpointHostileTest, BinCheckpointsAreRefusedWithTheConversionCommand) {
+TEST(CheckpointHostileTest, BinCheckpointsOpenThroughTheRestrictedReaderWhichRefusesDamagedOnes) {
+  // .bin checkpoints open (tests/torch_checkpoint_test.cpp); a damaged one is refused by the
+  // restricted reader, naming the file, and a missing shard by the index's name.
   TempDir dir;
   write_bytes(dir.file("pytorch_model.bin"), "PK\x03\x04 not really");
-  EXPECT_FERRY_ERROR(Checkpoint::open(dir.file("pytorch_model.bin")), "PyTorch pickle checkpoint (.bin)",
-                     "from safetensors.torch import save_file", "safe_serialization=True");
-  EXPECT_FERRY_ERROR(Checkpoint::open(dir.str()), "pytorch_model.bin", "safetensors.torch");
+  EXPECT_FERRY_ERROR(Checkpoint::open(dir.file("pytorch_model.bin")), "[Checkpoint::open]", dir.file("pytorch_model.bin"));
+  EXPECT_FERRY_ERROR(Checkpoint::open(dir.str()), dir.file("pytorch_model.bin"));
   TempDir sharded;
   write_bytes(sharded.file("pytorch_model.bin.index.json"), R"({"weight_map": {"a": "pytorch_model-00001-of-00002.bin"}})");
-  EXPECT_FERRY_ERROR(Checkpoint::open(sharded.str()), "pytorch_model-00001-of-00002.bin", "save_file");
+  EXPECT_FERRY_ERROR(Checkpoint::open(sharded.str()), "pytorch_model-00001-of-00002.bin", "does not exist");
+  EXPECT_EQ(checkpoint_format(sharded.str()), CheckpointFormat::torch);
+  EXPECT_EQ(checkpoint_format(dir.file("pytorch_model.bin")), CheckpointFormat::torch);
+  // A folder with only a Trainer's pickles holds no weights.
+  TempDir training;
+  write_bytes(training.file("training_args.bin"), "PK");
+  EXPECT_FERRY_ERROR(Checkpoint::open(training.str()), "without model.safetensors, a *.index.json file or PyTorch weights");
 }
 
 TEST(CheckpointHostileTest, MissingShardNamedByTheIndex) {
@@ -163,7 +170,7 @@ TEST(CheckpointHostileTest, DamagedShardIsReportedWithItsPath) {
 
 TEST(CheckpointHostileTest, AmbiguousOrEmptyFolders) {
   TempDir dir;
-  EXPECT_FERRY_ERROR(Checkpoint::open(dir.str()), "without model.safetensors and without a *.index.json");
+  EXPECT_FERRY_ERROR(Checkpoint::open(dir.str()), "without model.safetensors, a *.index.json file or PyTorch weights");
   write_bytes(dir.file("a.index.json"), "{}");
   write_bytes(dir.file("b.index.json"), "{}");
   EXPECT_FERRY_ERROR(Checkpoint::open(dir.str()), "holds 2 index files", "a.index.json", "b.index.json");

@@ -8,6 +8,7 @@
 #include "ferry/hooks/attach.h"
 #include "ferry/hooks/cpu_offload_hook.h"
 #include "ferry/hooks/layerwise_casting_hook.h"
+#include "ferry/hooks/model_hook.h"
 #include "ferry/io/offload.h"
 #include "ferry/nn/module_tensors.h"
 #include "ferry/plan/tied_parameters.h"
@@ -17,6 +18,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
 
 using namespace ferry;
 using ferry::testing::ModelForTest;
@@ -313,6 +315,126 @@ TEST(DispatchTest, AttachAlignDeviceHookWithAWeightsMap) {
     EXPECT_FALSE(all_parameters_meta(model));
     EXPECT_TRUE(at::equal(run(model, x), expected));
   }
+}
+
+// ---- attach_align_device_hook_on_blocks in every form Accelerate takes ---------------------------------
+
+namespace {
+
+// The AlignDevicesHook on `module` (directly, or the first of a SequentialHook), or null.
+const AlignDevicesHook* align_hook(const Module& module) {
+  if (auto* h = dynamic_cast<const AlignDevicesHook*>(module.hook().get())) return h;
+  if (auto* seq = dynamic_cast<const SequentialHook*>(module.hook().get()))
+    for (const auto& h : seq->hooks)
+      if (auto* a = dynamic_cast<const AlignDevicesHook*>(h.get())) return a;
+  return nullptr;
+}
+
+// Runs `attach` on a fresh ModelForTest and checks the output equals the resident model's, before and
+// after remove_hook_from_submodules; returns the model, hooks still attached, for more checks.
+struct BlocksCase {
+  std::unique_ptr<ModelForTest> model = std::make_unique<ModelForTest>();
+  at::Tensor x, expected;
+};
+BlocksCase run_blocks_case(const std::function<void(ModelForTest&, io::WeightsMapPtr)>& attach) {
+  at::manual_seed(21);
+  BlocksCase c;
+  c.x = at::randn({2, 3});
+  c.expected = run(*c.model, c.x);
+  attach(*c.model, io::make_state_dict_weights_map(c.model->state_dict()));
+  EXPECT_TRUE(at::equal(run(*c.model, c.x), c.expected));
+  return c;
+}
+
+}  // namespace
+
+TEST(AttachOnBlocksTest, OneDeviceAndOneFlag) {
+  const c10::Device cpu(c10::kCPU);
+  // (device, False): one hook on the root, placing the whole model, outputs on the input's device.
+  auto c = run_blocks_case([&](ModelForTest& m, io::WeightsMapPtr) { attach_align_device_hook_on_blocks(m, cpu, false, nullptr); });
+  ASSERT_NE(align_hook(*c.model), nullptr);
+  EXPECT_TRUE(align_hook(*c.model)->options().place_submodules);
+  EXPECT_TRUE(align_hook(*c.model)->options().io_same_device);
+  EXPECT_EQ(c.model->linear1->hook(), nullptr);
+  EXPECT_FALSE(c.model->linear1->weight->is_meta());
+  // (device, True): per-module offloading hooks (attach_align_device_hook), weights from the map.
+  c = run_blocks_case([&](ModelForTest& m, io::WeightsMapPtr w) { attach_align_device_hook_on_blocks(m, c10::kCPU, true, w); });
+  EXPECT_TRUE(all_parameters_meta(*c.model));
+  EXPECT_FALSE(c.model->batchnorm->running_mean->is_meta());
+  remove_hook_from_submodules(*c.model);
+  EXPECT_TRUE(at::equal(run(*c.model, c.x), c.expected));
+  // (None, False): a hook that moves nothing.
+  c = run_blocks_case([&](ModelForTest& m, io::WeightsMapPtr) { attach_align_device_hook_on_blocks(m, std::nullopt, false, nullptr); });
+  ASSERT_NE(align_hook(*c.model), nullptr);
+  EXPECT_FALSE(align_hook(*c.model)->options().execution_device.has_value());
+}
+
+TEST(AttachOnBlocksTest, MapsOfDevicesAndFlagsAsDispatchModelPassesThem) {
+  const c10::Device cpu(c10::kCPU);
+  // (map, map), as dispatch_model builds them: "" only in the device map.
+  auto c = run_blocks_case([&](ModelForTest& m, io::WeightsMapPtr w) {
+    attach_align_device_hook_on_blocks(m, {{"", cpu}, {"linear1", cpu}, {"batchnorm", cpu}, {"linear2", cpu}},
+                                       {{"linear1", true}, {"batchnorm", false}, {"linear2", true}}, w);
+  });
+  EXPECT_TRUE(c.model->linear1->weight->is_meta());
+  EXPECT_TRUE(c.model->linear2->bias->is_meta());
+  EXPECT_FALSE(c.model->batchnorm->weight->is_meta());
+  ASSERT_NE(align_hook(*c.model->batchnorm), nullptr);
+  EXPECT_TRUE(align_hook(*c.model->batchnorm)->options().place_submodules);
+  EXPECT_FALSE(align_hook(*c.model->batchnorm)->options().io_same_device);
+  ASSERT_NE(align_hook(*c.model), nullptr);
+  EXPECT_TRUE(align_hook(*c.model)->options().io_same_device);
+  remove_hook_from_submodules(*c.model);
+  EXPECT_TRUE(at::equal(run(*c.model, c.x), c.expected));
+  // std::map values convert too (dispatch_model's call).
+  std::map<std::string, c10::Device> devices{{"", cpu}, {"linear2", cpu}};
+  std::map<std::string, bool> flags{{"linear2", true}};
+  c = run_blocks_case([&](ModelForTest& m, io::WeightsMapPtr w) { attach_align_device_hook_on_blocks(m, devices, flags, w); });
+  EXPECT_TRUE(c.model->linear2->weight->is_meta());
+  EXPECT_FALSE(c.model->linear1->weight->is_meta());
+  EXPECT_EQ(c.model->linear1->hook(), nullptr);  // in neither map: no hook
+}
+
+TEST(AttachOnBlocksTest, MixedFormsBroadcastTheSingleOneOverTheOthersKeys) {
+  const c10::Device cpu(c10::kCPU);
+  // (map, True): the flag is broadcast over the device map's blocks; batchnorm, in no map, is left alone.
+  auto c = run_blocks_case([&](ModelForTest& m, io::WeightsMapPtr w) {
+    attach_align_device_hook_on_blocks(m, {{"linear1", cpu}, {"linear2", cpu}}, true, w);
+  });
+  EXPECT_TRUE(c.model->linear1->weight->is_meta());
+  EXPECT_TRUE(c.model->linear2->weight->is_meta());
+  EXPECT_FALSE(c.model->batchnorm->weight->is_meta());
+  EXPECT_EQ(c.model->batchnorm->hook(), nullptr);
+  ASSERT_NE(align_hook(*c.model), nullptr);  // the root, in neither map: a hook without a device
+  EXPECT_FALSE(align_hook(*c.model)->options().execution_device.has_value());
+  EXPECT_TRUE(align_hook(*c.model)->options().io_same_device);
+  // (map, False): every mapped block placed by one hook, nothing offloaded.
+  c = run_blocks_case([&](ModelForTest& m, io::WeightsMapPtr w) {
+    attach_align_device_hook_on_blocks(m, {{"linear1", cpu}, {"linear2", cpu}}, false, w);
+  });
+  EXPECT_FALSE(c.model->linear1->weight->is_meta());
+  ASSERT_NE(align_hook(*c.model->linear1), nullptr);
+  EXPECT_TRUE(align_hook(*c.model->linear1)->options().place_submodules);
+  // (device, map): the device is broadcast over the offload map's blocks.
+  c = run_blocks_case([&](ModelForTest& m, io::WeightsMapPtr w) {
+    attach_align_device_hook_on_blocks(m, cpu, {{"linear1", true}, {"batchnorm", false}}, w);
+  });
+  EXPECT_TRUE(c.model->linear1->weight->is_meta());
+  EXPECT_FALSE(c.model->batchnorm->weight->is_meta());
+  ASSERT_NE(align_hook(*c.model->batchnorm), nullptr);
+  EXPECT_EQ(align_hook(*c.model->batchnorm)->options().execution_device, cpu);
+  EXPECT_EQ(c.model->linear2->hook(), nullptr);
+  // (None, map): hooks without a device; offloaded weights are loaded to the CPU (where Accelerate's
+  // hook, asked to load to None, fails at the first forward).
+  c = run_blocks_case([&](ModelForTest& m, io::WeightsMapPtr w) {
+    attach_align_device_hook_on_blocks(m, std::nullopt, {{"linear1", true}, {"linear2", false}}, w);
+  });
+  EXPECT_TRUE(c.model->linear1->weight->is_meta());
+  EXPECT_FALSE(c.model->linear2->weight->is_meta());
+  ASSERT_NE(align_hook(*c.model->linear2), nullptr);
+  EXPECT_FALSE(align_hook(*c.model->linear2)->options().execution_device.has_value());
+  remove_hook_from_submodules(*c.model);
+  EXPECT_TRUE(at::equal(run(*c.model, c.x), c.expected));
 }
 
 TEST(DispatchTest, AStoredTensorOfTheWrongShapeIsRejectedAtAttach) {

@@ -91,6 +91,33 @@ TEST_F(IoCliTest, InspectFailsOnADamagedFile) {
   EXPECT_NE(bin.status, 0);
 }
 
+TEST_F(IoCliTest, InspectAndPlanReadBinCheckpointsThroughFerryTorch) {
+  // `ferry` has no zip reader: it hands inspect and plan of a .bin to ferry-torch, same arguments.
+  const std::string bin = data_dir() + "/tiny_llama_bin";
+  const std::string twin = data_dir() + "/tiny_llama_bin_safetensors";
+  for (const std::string& path : {bin, data_dir() + "/tiny_llama_bin_sharded/pytorch_model.bin.index.json"}) {
+    CliRun r = run_cli("inspect --json '" + path + "'");
+    ASSERT_EQ(r.status, 0) << r.output;
+    const auto j = nlohmann::json::parse(r.output);
+    EXPECT_EQ(j["format"], "pytorch");
+    const auto st = nlohmann::json::parse(run_cli("inspect --json '" + twin + "'").output);
+    // The .bin also holds lm_head.weight (tied, left out of the safetensors file).
+    EXPECT_EQ(j["total"]["tensors"].get<int>(), st["total"]["tensors"].get<int>() + 1) << r.output;
+    EXPECT_NE(r.output.find("\"lm_head.weight\""), std::string::npos);
+  }
+  CliRun text = run_cli("inspect '" + bin + "'");
+  ASSERT_EQ(text.status, 0) << text.output;
+  EXPECT_NE(text.output.find("(pytorch): "), std::string::npos) << text.output;
+  EXPECT_NE(text.output.find("model.layers.1.mlp.down_proj.weight"), std::string::npos) << text.output;
+  CliRun checksum = run_cli("inspect --checksum '" + bin + "'");
+  EXPECT_EQ(checksum.status, 1) << checksum.output;
+  EXPECT_NE(checksum.output.find("--checksum hashes each tensor's stored byte range"), std::string::npos) << checksum.output;
+  CliRun plan = run_cli("plan '" + bin + "' --max-memory cpu=40KB");
+  ASSERT_EQ(plan.status, 0) << plan.output;
+  EXPECT_NE(plan.output.find("checkpoint of 1 file"), std::string::npos) << plan.output;
+  EXPECT_NE(plan.output.find("disk"), std::string::npos) << plan.output;
+}
+
 TEST_F(IoCliTest, OffloadWritesAnAccelerateFolderThatInspectReads) {
   TempDir dir;
   const std::string out = dir.file("offload");

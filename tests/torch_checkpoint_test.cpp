@@ -1,10 +1,14 @@
 // torch.save'd checkpoints (io/torch_checkpoint.h) and `ferry convert`: fixtures written by
 // scripts/make_bin_fixtures.py with PyTorch 2.x, hand-made hostile pickles and zips.
 
+#include "ferry/core/log.h"
+#include "ferry/dispatch/load_checkpoint.h"
 #include "ferry/io/checkpoint.h"
 #include "ferry/io/safetensors.h"
 #include "ferry/io/torch_checkpoint.h"
+#include "ferry/models/load_model.h"
 #include "ferry/models/pretrained.h"
+#include "ferry/nn/layers.h"
 #include "cli_runner.h"
 #include "io_test_util.h"
 
@@ -302,6 +306,164 @@ TEST(TorchCheckpointHostile, IndexesThatDisagreeWithTheirShardsAreRefused) {
   EXPECT_FERRY_ERROR(read_torch_checkpoint(dir / "index.json"), "outside the index's folder");
 }
 
+// ---- loaded directly: io::Checkpoint, load_checkpoint_in_model, load_model, ferry inspect/plan ---------
+
+namespace {
+
+// The .bin forms of the fixture: one file (by folder and by file), sharded (by folder and by index),
+// and the same bytes under .pt and .pth names.
+std::vector<std::string> bin_forms(const TempDir& tmp) {
+  for (const char* name : {"pt", "pth"}) {
+    const std::string dir = tmp / name;
+    std::filesystem::create_directories(dir);
+    std::filesystem::copy_file(fixture("tiny_llama_bin/config.json"), dir + "/config.json");
+    std::filesystem::copy_file(fixture("tiny_llama_bin/pytorch_model.bin"), dir + "/weights." + name);
+  }
+  return {fixture("tiny_llama_bin"), fixture("tiny_llama_bin/pytorch_model.bin"), fixture("tiny_llama_bin_sharded"),
+          fixture("tiny_llama_bin_sharded/pytorch_model.bin.index.json"), tmp / "pt", tmp / "pth/weights.pth"};
+}
+
+at::Tensor logits_ids() { return at::arange(3, 60, 5, at::kLong).view({1, -1}); }
+
+}  // namespace
+
+TEST(TorchCheckpointDirect, OpensAsACheckpointListedFromItsPicklesAlone) {
+  TempDir tmp("bin-forms");
+  const auto expected = as_map(read_torch_checkpoint(fixture("tiny_llama_bin")));
+  for (const std::string& path : bin_forms(tmp)) {
+    EXPECT_EQ(checkpoint_format(path), CheckpointFormat::torch) << path;
+    const Checkpoint ckpt = Checkpoint::open(path);
+    EXPECT_EQ(ckpt.format(), CheckpointFormat::torch) << path;
+    ASSERT_EQ(ckpt.tensors().size(), expected.size()) << path;
+    const bool sharded = path.find("sharded") != std::string::npos;
+    EXPECT_EQ(ckpt.files().size(), sharded ? 3u : 1u) << path;
+    EXPECT_EQ(ckpt.index_file().empty(), !sharded) << path;
+    size_t listed = 0;
+    for (size_t i = 0; i < ckpt.files().size(); ++i) {
+      for (const CheckpointTensor& t : ckpt.tensors_in(i)) {
+        ++listed;
+        EXPECT_EQ(t.file, ckpt.files()[i]);
+        const at::Tensor& want = expected.at(t.name);
+        EXPECT_EQ(t.shape, want.sizes().vec()) << t.name;
+        EXPECT_EQ(t.dtype, want.scalar_type()) << t.name;
+        EXPECT_EQ(t.nbytes, want.nbytes()) << t.name;
+      }
+    }
+    EXPECT_EQ(listed, expected.size());
+    // Nothing to map: shard() says how a .bin shard is read instead.
+    EXPECT_FERRY_ERROR(ckpt.shard(0), "is a PyTorch .bin file, which cannot be mapped", "io::read_torch_state_dict");
+    EXPECT_FERRY_ERROR(resolve_checkpoint_files(path), "[resolve_checkpoint_files]", "io::resolve_torch_checkpoint");
+  }
+  EXPECT_EQ(checkpoint_format(fixture("tiny_llama_bin_safetensors")), CheckpointFormat::safetensors);
+  // A damaged .bin is refused at open, by the restricted reader, naming the file.
+  TempDir dir;
+  write_bytes(dir / "pytorch_model.bin", read_bytes(fixture("tiny_llama_bin/pytorch_model.bin")).substr(0, 3000));
+  EXPECT_FERRY_ERROR(Checkpoint::open(dir.str()), "[Checkpoint::open]", dir / "pytorch_model.bin");
+}
+
+TEST(TorchCheckpointDirect, AFolderWithBothFormatsIsReadAsSafetensorsAndSaysSo) {
+  TempDir both;
+  for (const char* f : {"config.json", "model.safetensors"})
+    std::filesystem::copy_file(fixture(std::string("tiny_llama_bin_safetensors/") + f), both / f);
+  std::filesystem::copy_file(fixture("tiny_llama_bin/pytorch_model.bin"), both / "pytorch_model.bin");
+  ferry::ScopedLogCapture capture;
+  const Checkpoint ckpt = Checkpoint::open(both.str());
+  EXPECT_EQ(ckpt.format(), CheckpointFormat::safetensors);
+  EXPECT_EQ(ckpt.source(), both / "model.safetensors");
+  EXPECT_TRUE(capture.contains("reading the safetensors ones (model.safetensors)"));
+  EXPECT_TRUE(capture.contains("Accelerate would read the .bin"));
+  // The .bin itself, by its name, is the .bin.
+  EXPECT_EQ(Checkpoint::open(both / "pytorch_model.bin").format(), CheckpointFormat::torch);
+  // A sharded safetensors index beside a sharded .bin index: the safetensors one, without ambiguity.
+  TempDir sharded;
+  save_safetensors(sharded / "s1.safetensors", {{"a", at::ones({2})}});
+  write_bytes(sharded / "model.safetensors.index.json", R"({"weight_map": {"a": "s1.safetensors"}})");
+  write_bytes(sharded / "pytorch_model.bin.index.json", R"({"weight_map": {"a": "pytorch_model-1.bin"}})");
+  EXPECT_EQ(Checkpoint::open(sharded.str()).format(), CheckpointFormat::safetensors);
+  EXPECT_TRUE(capture.contains("pytorch_model.bin.index.json"));
+  // An index must name shards of one format.
+  write_bytes(sharded / "mixed.json", R"({"weight_map": {"a": "s1.safetensors", "b": "pytorch_model-1.bin"}})");
+  EXPECT_FERRY_ERROR(Checkpoint::open(sharded / "mixed.json"), "'b' maps to 'pytorch_model-1.bin'",
+                     "must name shards of one format");
+}
+
+TEST(TorchCheckpointDirect, BinCheckpointsGiveBitIdenticalLogitsResidentAndWithLayersOnDisk) {
+  TempDir tmp("bin-logits");
+  c10::NoGradGuard no_grad;
+  const std::string twin = fixture("tiny_llama_bin_safetensors");
+  const at::Tensor reference = ferry::models::load_pretrained(twin)->logits(logits_ids());
+  const std::string map = tmp / "map.json";
+  ferry::DeviceMap{{"model.embed_tokens", ferry::Placement::cpu()}, {"model.layers.0", ferry::Placement::disk()},
+                   {"model.layers.1", ferry::Placement::cpu()}, {"model.norm", ferry::Placement::disk()},
+                   {"model.rotary_emb", ferry::Placement::cpu()}, {"lm_head", ferry::Placement::cpu()}}
+      .write_json_file(map);
+  const std::vector<std::string> forms = bin_forms(tmp);
+  for (size_t i = 0; i < forms.size(); ++i) {
+    const std::string& path = forms[i];
+    // load_pretrained and load_model take the model folder; a file's folder holds its config.json.
+    const std::string dir = std::filesystem::is_directory(path) ? path : std::filesystem::path(path).parent_path().string();
+    EXPECT_TRUE(at::equal(ferry::models::load_pretrained(dir)->logits(logits_ids()), reference)) << path;
+    ferry::models::LoadModelOptions o;
+    o.device_map = map;
+    o.offload_folder = tmp / ("offload" + std::to_string(i));
+    ferry::models::LoadedModel m = ferry::models::load_model(dir, o);
+    EXPECT_GT(m.offloaded_bytes_per_forward, 0) << path;
+    EXPECT_TRUE(at::equal(m.model->logits(logits_ids()), reference)) << path;
+    // The disk-placed weights were written to the offload folder, as Accelerate does for a .bin.
+    const OffloadIndex index = read_offload_index(o.offload_folder);
+    EXPECT_TRUE(index.contains("model.layers.0.self_attn.q_proj.weight")) << path;
+    EXPECT_TRUE(index.contains("model.norm.weight")) << path;
+    EXPECT_FALSE(index.contains("model.layers.1.self_attn.q_proj.weight")) << path;
+  }
+  // Without an offload folder there is nowhere to put them: a .bin cannot be read in place.
+  ferry::models::LoadModelOptions in_place;
+  in_place.device_map = map;
+  EXPECT_FERRY_ERROR(ferry::models::load_model(fixture("tiny_llama_bin"), in_place), "is a PyTorch .bin checkpoint",
+                     "cannot be read in place", "give an offload_folder");
+}
+
+TEST(TorchCheckpointDirect, LoadCheckpointInModelPlacesEachBinTensorAndOwnsItsMemory) {
+  // A model whose two Linears are not tied, from a .bin whose two weights share one storage (as
+  // torch.save writes tied weights): each gets its own memory.
+  TempDir dir;
+  const std::string pickle = state_dict({{"a.weight", tensor("0", 4, {2, 2}, {2, 1})},
+                                         {"b.weight", tensor("0", 4, {2, 2}, {2, 1})},
+                                         {"b.bias", tensor("1", 2, {2}, {1})}});
+  write_bytes(dir / "model.pt",
+              zip_image({{"data.pkl", pickle}, {"data/0", floats({1, 2, 3, 4})}, {"data/1", floats({5, 6})}}));
+  ferry::Module model("Net");
+  model.register_module("a", std::make_shared<ferry::Linear>(2, 2, false));
+  model.register_module("b", std::make_shared<ferry::Linear>(2, 2, true));
+  ferry::LoadCheckpointOptions o;
+  o.dtype = at::kDouble;
+  const auto r = ferry::load_checkpoint_in_model(model, dir / "model.pt", o);
+  EXPECT_TRUE(r.missing_keys.empty());
+  EXPECT_TRUE(r.unexpected_keys.empty());
+  const at::Tensor a = model.child("a")->parameter("weight");
+  const at::Tensor b = model.child("b")->parameter("weight");
+  EXPECT_EQ(a.scalar_type(), at::kDouble);
+  EXPECT_TRUE(at::equal(a, at::tensor({1., 2., 3., 4.}, at::kDouble).view({2, 2})));
+  EXPECT_TRUE(at::equal(b, a));
+  EXPECT_NE(a.data_ptr(), b.data_ptr());
+  // Float32 kept, without a cast: still not sharing the storage.
+  ferry::Module same("Net");
+  same.register_module("a", std::make_shared<ferry::Linear>(2, 2, false));
+  same.register_module("b", std::make_shared<ferry::Linear>(2, 2, true));
+  ferry::load_checkpoint_in_model(same, dir / "model.pt");
+  EXPECT_NE(same.child("a")->parameter("weight").data_ptr(), same.child("b")->parameter("weight").data_ptr());
+  EXPECT_TRUE(at::equal(same.child("b")->parameter("bias"), at::tensor({5.f, 6.f})));
+  // "disk" without an offload folder: refused before anything is read, saying why.
+  ferry::LoadCheckpointOptions disk;
+  disk.device_map = ferry::DeviceMap{{"a", ferry::Placement::disk()}, {"b", ferry::Placement::cpu()}};
+  EXPECT_FERRY_ERROR(ferry::load_checkpoint_in_model(same, dir / "model.pt", disk), "model.pt is a PyTorch .bin checkpoint",
+                     "give an offload_folder");
+  disk.offload_folder = dir / "offload";
+  const auto placed = ferry::load_checkpoint_in_model(same, dir / "model.pt", disk);
+  EXPECT_EQ(placed.disk_keys, std::vector<std::string>{"a.weight"});
+  EXPECT_TRUE(same.child("a")->parameter("weight").is_meta());
+  EXPECT_TRUE(at::equal(placed.disk_weights->load("a.weight", c10::kCPU), at::tensor({1.f, 2.f, 3.f, 4.f}).view({2, 2})));
+}
+
 // ---- ferry convert -----------------------------------------------------------------------------------
 
 class ConvertCliTest : public ::testing::Test {
@@ -340,6 +502,32 @@ TEST_F(ConvertCliTest, BinCheckpointsGiveBitIdenticalLogitsOnceConverted) {
   ASSERT_EQ(resharded.tensors().size(), bin.size());
   for (const CheckpointTensor& t : resharded.tensors())
     EXPECT_TRUE(same_bits(resharded.shard(t.shard).view(t.stored_name), bin.at(t.name))) << t.name;
+}
+
+// The generated-token line of a text-mode `ferry run`.
+std::string tokens_line(const std::string& output) {
+  const size_t at = output.find("[1 2 3] -> ");
+  return at == std::string::npos ? "(no tokens in: " + output + ")" : output.substr(at, output.find('\n', at) - at);
+}
+
+TEST_F(ConvertCliTest, RunReadsBinCheckpointsDirectlyWithTheSafetensorsTokens) {
+  TempDir tmp("bin-run");
+  const std::string args = " --ids \"1 2 3\" --max-new-tokens 6";
+  auto reference = ferry::test::run_ferry("run '" + fixture("tiny_llama_bin_safetensors") + "'" + args);
+  ASSERT_EQ(reference.status, 0) << reference.output;
+  const std::string map = tmp / "map.json";
+  ferry::DeviceMap{{"model.embed_tokens", ferry::Placement::cpu()}, {"model.layers", ferry::Placement::disk()},
+                   {"model.norm", ferry::Placement::cpu()}, {"model.rotary_emb", ferry::Placement::cpu()},
+                   {"lm_head", ferry::Placement::cpu()}}
+      .write_json_file(map);
+  for (const std::string& extra : {std::string(), " --device-map '" + map + "' --offload-folder '" + (tmp / "off") + "'"}) {
+    auto r = ferry::test::run_ferry("run '" + fixture("tiny_llama_bin_sharded") + "'" + args + extra);
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(tokens_line(r.output), tokens_line(reference.output)) << extra;
+  }
+  auto in_place = ferry::test::run_ferry("run '" + fixture("tiny_llama_bin") + "'" + args + " --device-map '" + map + "'");
+  EXPECT_EQ(in_place.status, 1) << in_place.output;
+  EXPECT_NE(in_place.output.find("cannot be read in place"), std::string::npos) << in_place.output;
 }
 
 TEST_F(ConvertCliTest, SafetensorsSourcesAreReshardedAndSayWhichFormatWasRead) {

@@ -52,11 +52,12 @@ io::Checkpoint open_model_checkpoint(const std::string& dir) {
   if (fs::is_directory(dir))
     for (const auto& e : fs::directory_iterator(dir)) {
       auto ext = e.path().extension().string();
-      if (ext == ".safetensors" || ext == ".bin" || (ext == ".json" && e.path().filename().string().find(".index.json") != std::string::npos))
+      if (ext == ".safetensors" || ext == ".bin" || ext == ".pt" || ext == ".pth" || (ext == ".json" && e.path().filename().string().find(".index.json") != std::string::npos))
         if (e.path().filename() != "reference.safetensors") any = true;
     }
   FERRY_CHECK(any, "model folder '", dir,
-              "' holds no weights: expected model.safetensors or model.safetensors.index.json with its shards");
+              "' holds no weights: expected model.safetensors or model.safetensors.index.json with its shards (or PyTorch's "
+              "pytorch_model.bin, pytorch_model.bin.index.json, a .pt or .pth file)");
   return io::Checkpoint::open(dir);
 }
 

@@ -4,6 +4,7 @@
 #include "ferry/core/error.h"
 #include "ferry/core/log.h"
 #include "ferry/io/checkpoint.h"
+#include "ferry/io/torch_checkpoint.h"
 #include "ferry/nn/module_tensors.h"
 #include "ferry/plan/tied_parameters.h"
 
@@ -119,7 +120,15 @@ LoadCheckpointResult load_checkpoint_in_model(Module& model, const io::Checkpoin
     if (p.is_disk()) any_disk = true;
     placement_of.emplace(t.name, p);
   }
-  FERRY_CHECK(options.disk_in_place || !any_disk || !options.offload_folder.empty(),
+  // A .bin cannot be read in place: its disk-placed weights are written to offload_folder, as
+  // Accelerate writes every non-safetensors checkpoint's.
+  const bool torch_format = ckpt.format() == io::CheckpointFormat::torch;
+  FERRY_CHECK(!torch_format || !any_disk || !options.offload_folder.empty(), "the device map places weights on disk, "
+              "but ", checkpoint, " is a PyTorch .bin checkpoint, which cannot be read in place (only safetensors "
+              "shards are mapped): give an offload_folder to write them to, as Accelerate requires, or convert the "
+              "checkpoint once with ferry convert to read them in place");
+  const bool disk_in_place = options.disk_in_place && !torch_format;
+  FERRY_CHECK(disk_in_place || !any_disk || !options.offload_folder.empty(),
               "the device map places weights on disk, but no offload_folder was given to write them to "
               "(or keep disk_in_place = true to read them from the checkpoint)");
   if (!result.unexpected_keys.empty() && options.strict)
@@ -143,7 +152,7 @@ LoadCheckpointResult load_checkpoint_in_model(Module& model, const io::Checkpoin
     FERRY_FAIL("Error(s) in loading the checkpoint ", checkpoint, " into ", model.class_name(), ": missing keys ",
                join_names(result.missing_keys));
 
-  if (!options.disk_in_place && any_disk) {
+  if (!disk_in_place && any_disk) {
     std::error_code ec;
     fs::create_directories(options.offload_folder, ec);
     FERRY_CHECK(!ec, "cannot create offload folder ", options.offload_folder, ": ", ec.message());
@@ -180,40 +189,73 @@ LoadCheckpointResult load_checkpoint_in_model(Module& model, const io::Checkpoin
     if (options.on_progress) options.on_progress(progress_done, progress_total);
   };
   for (size_t shard_index = 0; shard_index < ckpt.files().size(); ++shard_index) {
-    const io::SafetensorsFile& shard = ckpt.shard(shard_index);
-    shard.mapping()->advise_sequential(0, shard.mapping()->size());  // read once, front to back
+    // A safetensors shard is mapped and read in place; a .bin shard is loaded whole into memory
+    // (its tensors are zip records described by a pickle) and freed once its tensors are placed.
+    const io::SafetensorsFile* shard = torch_format ? nullptr : &ckpt.shard(shard_index);
+    io::NamedTensors loaded;
+    std::unordered_map<std::string_view, const at::Tensor*> loaded_by_name;
+    std::unordered_map<const void*, int> storage_users;  // storage -> tensors of the shard viewing it
+    if (shard != nullptr) {
+      shard->mapping()->advise_sequential(0, shard->mapping()->size());  // read once, front to back
+    } else {
+      loaded = io::read_torch_state_dict(ckpt.files()[shard_index]);
+      for (const auto& [name, tensor] : loaded) {
+        loaded_by_name.emplace(name, &tensor);
+        ++storage_users[tensor.storage().unsafeGetStorageImpl()];
+      }
+    }
+    // The stored tensor, zero-copy: a view of the mapping, or the loaded .bin tensor.
+    auto stored = [&](const io::CheckpointTensor& t) -> at::Tensor {
+      if (shard != nullptr) return shard->view(t.stored_name);
+      auto it = loaded_by_name.find(t.stored_name);
+      FERRY_CHECK(it != loaded_by_name.end(), t.file, " no longer holds tensor '", t.stored_name,
+                  "' that its pickle listed when the checkpoint was opened: was the file replaced?");
+      return *it->second;
+    };
+    // A copy the model can own: loaded .bin tensors that share their storage (tied weights saved
+    // once) or view part of one are copied, so that no two slots alias memory unasked.
+    auto owned = [&](const at::Tensor& t) -> at::Tensor {
+      const at::StorageImpl* s = t.storage().unsafeGetStorageImpl();
+      const bool alone = storage_users[s] == 1 && t.storage_offset() == 0 &&
+                         t.storage().nbytes() == static_cast<size_t>(t.numel()) * t.element_size();
+      return alone ? t : t.clone();
+    };
+    auto done_with = [&](const io::CheckpointTensor& t) {
+      if (shard != nullptr) shard->mapping()->advise_dontneed(static_cast<size_t>(t.offset), t.nbytes);
+    };
     for (const io::CheckpointTensor& t : ckpt.tensors_in(shard_index)) {  // in file order
       auto placed = placement_of.find(t.name);
       if (placed == placement_of.end()) continue;  // unexpected or SCB
       const ModelTensor& mt = model_tensors.at(t.name);
       const Placement& p = placed->second;
       const c10::ScalarType dtype = target_dtype(t, mt.tensor);
-      const size_t begin = static_cast<size_t>(t.offset);
 
       if (p.is_disk() && (options.offload_buffers || !mt.is_buffer)) {
         set_module_tensor_to_device(model, t.name, c10::kMeta, c10::nullopt, dtype);
         result.disk_keys.push_back(t.name);
-        if (!options.disk_in_place) {
+        if (!disk_in_place) {
           // As Accelerate: the .dat keeps the checkpoint dtype; the module's meta tensor has `dtype`.
-          io::offload_weight(shard.view(t.stored_name), t.name, options.offload_folder, &result.offload_index);
-          shard.mapping()->advise_dontneed(begin, t.nbytes);
+          io::offload_weight(stored(t), t.name, options.offload_folder, &result.offload_index);
+          done_with(t);
         }
         report(t.nbytes);
         continue;
       }
       if (p.is_device() && p.is_cpu() && options.offload_state_dict) {
         set_module_tensor_to_device(model, t.name, c10::kMeta, c10::nullopt, dtype);
-        io::offload_weight(shard.view(t.stored_name), t.name, staging.path, &staging_index);
-        shard.mapping()->advise_dontneed(begin, t.nbytes);
+        io::offload_weight(stored(t), t.name, staging.path, &staging_index);
+        done_with(t);
         report(t.nbytes);
         continue;
       }
       // A device (disk buffers without offload_buffers land on the CPU). The model gets its own copy,
       // never a view of the mapping, so that its tensors stay writable and the shard can be unmapped.
       const c10::Device device = p.is_disk() ? c10::Device(c10::kCPU) : p.device();
-      at::Tensor value = device.is_cpu() ? shard.load(t.stored_name, c10::kCPU, dtype) : shard.view(t.stored_name);
+      at::Tensor value;
+      if (shard == nullptr) value = device.is_cpu() && stored(t).scalar_type() == dtype ? owned(stored(t)) : stored(t);
+      else value = device.is_cpu() ? shard->load(t.stored_name, c10::kCPU, dtype) : shard->view(t.stored_name);
       set_module_tensor_to_device(model, t.name, device, value, dtype);
-      shard.mapping()->advise_dontneed(begin, t.nbytes);
+      done_with(t);
       result.loaded_bytes += t.nbytes;
       report(t.nbytes);
     }
@@ -228,7 +270,7 @@ LoadCheckpointResult load_checkpoint_in_model(Module& model, const io::Checkpoin
     log_warning(detail::concat("Some weights of ", model.class_name(), " were not initialized from the model checkpoint at ",
                                checkpoint, ": ", join_names(result.missing_keys)));
   if (!result.disk_keys.empty()) {
-    if (options.disk_in_place) {
+    if (disk_in_place) {
       result.disk_weights = io::make_checkpoint_weights_map(ckpt, result.disk_keys);
     } else {
       io::save_offload_index(result.offload_index, options.offload_folder);

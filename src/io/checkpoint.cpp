@@ -1,12 +1,14 @@
 #include "ferry/io/checkpoint.h"
 
 #include "ferry/core/error.h"
+#include "ferry/core/log.h"
 #include "ferry/io/json.h"
 #include "ferry/io/regular_file.h"
 
 #include <algorithm>
 #include <cerrno>
 #include <filesystem>
+#include <mutex>
 #include <unordered_map>
 
 namespace ferry::io {
@@ -17,21 +19,34 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-std::string bin_refusal(const std::string& path) {
-  return ::ferry::detail::concat(
-      path,
-      " is a PyTorch pickle checkpoint (.bin). ferry runs safetensors checkpoints; convert it once with\n  ferry "
-      "convert '",
-      path,
-      "' OUT_FOLDER\n(a restricted reader that runs nothing from the file), or in Python:\n  python -c \"import "
-      "torch; from safetensors.torch import save_file; sd = torch.load('",
-      path,
-      "', map_location='cpu'); save_file({k: v.contiguous() for k, v in sd.items()}, 'model.safetensors', "
-      "metadata={'format': 'pt'})\"\nor, for a transformers model folder, "
-      "model.save_pretrained(folder, safe_serialization=True).");
+bool is_pickle_name(const std::string& name) {
+  return ends_with(name, ".bin") || ends_with(name, ".pt") || ends_with(name, ".pth");
 }
 
+// Pickles that sit in model folders without being weights (transformers' Trainer writes them).
+bool is_training_file(const std::string& name) {
+  return name == "training_args.bin" || name == "optimizer.pt" || name == "scheduler.pt" || name == "scaler.pt" ||
+         name.rfind("rng_state", 0) == 0;
+}
+
+// An index of .bin shards, by transformers' naming (pytorch_model.bin.index.json).
+bool is_pickle_index_name(const std::string& name) {
+  return ends_with(name, ".bin.index.json") || ends_with(name, ".pt.index.json") || ends_with(name, ".pth.index.json");
+}
+
+std::mutex lister_mutex;
+internal::TorchCheckpointLister torch_lister = nullptr;
+
 }  // namespace
+
+const char* checkpoint_format_name(CheckpointFormat format) {
+  return format == CheckpointFormat::torch ? "pytorch" : "safetensors";
+}
+
+void internal::set_torch_checkpoint_lister(TorchCheckpointLister lister) {
+  std::lock_guard<std::mutex> lock(lister_mutex);
+  torch_lister = lister;
+}
 
 int64_t CheckpointTensor::numel() const {
   int64_t n = 1;
@@ -50,11 +65,12 @@ std::string shard_path(const fs::path& folder, const std::string& index, const s
   for (const auto& part : rel) escapes = escapes || part == "..";
   FERRY_CHECK(!escapes, index, ": tensor '", tensor, "' maps to shard '", shard,
               "', which is outside the index's folder; shards must be plain names next to the index");
-  FERRY_CHECK(!ends_with(shard, ".bin"), bin_refusal((folder / shard).string()));
   return (folder / rel).string();
 }
 
 struct ParsedIndex {
+  bool torch = false;  // a .bin checkpoint: only `torch_path` is set, the torch lister reads the rest
+  std::string torch_path;
   std::string index_file;
   std::vector<std::string> files;                       // sorted, unique
   JsonDocument document;                                     // the index, kept for `claimed`
@@ -85,12 +101,26 @@ ParsedIndex parse_index(const std::string& index) {
   FERRY_CHECK(map.is_object(), index, ": \"weight_map\" must map tensor names to shard files, got ", map.type_name());
   FERRY_CHECK(map.size() > 0, index, ": \"weight_map\" lists no tensors");
   const fs::path folder = fs::path(index).parent_path();
+  {
+    // The first entry decides the format: an index of .bin shards is the torch lister's to read.
+    auto [first_tensor, first_value] = *map.items().begin();
+    const auto first = first_value.as_string();
+    if (first && is_pickle_name(std::string(*first))) {
+      ParsedIndex torch;
+      torch.torch = true;
+      torch.torch_path = index;
+      return torch;
+    }
+  }
   std::unordered_map<std::string_view, size_t> shard_ids;  // shard name -> position in `names`
   std::vector<std::string> full_paths;                      // checked, in order of first mention
   out.claimed.reserve(map.size());
   for (auto [tensor, value] : map.items()) {
     const auto shard = value.as_string();
     FERRY_CHECK(shard.has_value(), index, ": tensor '", tensor, "' must map to a shard file name, got ", value.dump());
+    FERRY_CHECK(!is_pickle_name(std::string(*shard)), index, ": tensor '", tensor, "' maps to '", *shard,
+                "', a PyTorch .bin shard, but the index's first entry names a safetensors shard; an index must "
+                "name shards of one format (re-save the checkpoint, or convert it with ferry convert)");
     auto known = shard_ids.find(*shard);
     if (known == shard_ids.end()) {
       const std::string full = shard_path(folder, index, std::string(tensor), std::string(*shard));
@@ -126,29 +156,56 @@ ParsedIndex resolve(const std::string& path) {
   FERRY_CHECK(fs::exists(status), "checkpoint ", path, " does not exist");
   std::string index;
   if (fs::is_directory(status)) {
+    // Which weights the folder holds: safetensors (model.safetensors or an index of them) are read in
+    // preference to PyTorch .bin ones (Accelerate prefers the .bin; the tensors are the same).
+    std::vector<std::string> indexes;
+    std::string pickle;  // a .bin weight file or index, if any (for the log line)
+    for (const auto& entry : fs::directory_iterator(p, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (is_pickle_index_name(name) || (is_pickle_name(name) && !is_training_file(name))) {
+        if (pickle.empty() || name == "pytorch_model.bin" || name == "pytorch_model.bin.index.json") pickle = name;
+      } else if (ends_with(name, ".index.json")) {
+        indexes.push_back(entry.path().string());
+      }
+    }
+    auto say_which = [&](const std::string& used) {
+      if (!pickle.empty())
+        log_info(::ferry::detail::concat("checkpoint ", path, " holds safetensors and PyTorch .bin weights (", pickle,
+                                         "); reading the safetensors ones (", used,
+                                         "). Accelerate would read the .bin; pass its file or index to read that"));
+    };
     if (fs::is_regular_file(p / "model.safetensors", ec)) {
+      say_which("model.safetensors");
       ParsedIndex out;
       out.files.push_back((p / "model.safetensors").string());
       return out;
     }
-    FERRY_CHECK(!fs::is_regular_file(p / "pytorch_model.bin", ec), bin_refusal((p / "pytorch_model.bin").string()));
-    std::vector<std::string> indexes;
-    for (const auto& entry : fs::directory_iterator(p, ec))
-      if (ends_with(entry.path().filename().string(), ".index.json")) indexes.push_back(entry.path().string());
     std::sort(indexes.begin(), indexes.end());
+    if (indexes.empty() && !pickle.empty()) {
+      ParsedIndex torch;
+      torch.torch = true;
+      torch.torch_path = path;
+      return torch;
+    }
     if (indexes.empty())
-      FERRY_FAIL(path, " is a folder without model.safetensors and without a *.index.json file; pass the "
-                       "checkpoint file itself, or a folder holding exactly one index");
+      FERRY_FAIL(path, " is a folder without model.safetensors, a *.index.json file or PyTorch weights "
+                       "(pytorch_model.bin); pass the checkpoint file itself, or a folder holding exactly one index");
     if (indexes.size() > 1) {
       std::string names;
       for (const auto& i : indexes) names += "\n  " + i;
       FERRY_FAIL(path, " holds ", indexes.size(), " index files; pass the one to use:", names);
     }
+    say_which(fs::path(indexes.front()).filename().string());
     index = indexes.front();
   } else if (ends_with(path, ".json")) {
     index = path;
   } else {
-    FERRY_CHECK(!ends_with(path, ".bin") && !ends_with(path, ".pt") && !ends_with(path, ".pth"), bin_refusal(path));
+    if (is_pickle_name(path)) {
+      ParsedIndex torch;
+      torch.torch = true;
+      torch.torch_path = path;
+      return torch;
+    }
     ParsedIndex out;
     out.files.push_back(path);
     return out;
@@ -162,10 +219,19 @@ ResolvedCheckpoint resolve_checkpoint_files(const std::string& path) {
   ParsedIndex parsed;
   try {
     parsed = resolve(path);
+    FERRY_CHECK(!parsed.torch, path, " is a PyTorch .bin checkpoint; io::resolve_torch_checkpoint resolves its files");
   } catch (const Error& e) {
     throw e.in("resolve_checkpoint_files");  // the API the user called, not the helper that failed
   }
   return ResolvedCheckpoint{parsed.index_file, std::move(parsed.files)};
+}
+
+CheckpointFormat checkpoint_format(const std::string& path) {
+  try {
+    return resolve(path).torch ? CheckpointFormat::torch : CheckpointFormat::safetensors;
+  } catch (const Error& e) {
+    throw e.in("checkpoint_format");
+  }
 }
 
 Checkpoint Checkpoint::with_name_prefix(const std::string& prefix) const {
@@ -197,6 +263,7 @@ Checkpoint Checkpoint::open(const std::string& path) {
 Checkpoint Checkpoint::open_checked(const std::string& path) {
   Checkpoint ckpt;
   ParsedIndex resolved = resolve(path);
+  if (resolved.torch) return open_torch(resolved.torch_path);
   ckpt.index_file_ = resolved.index_file;
   ckpt.index_metadata_ = resolved.metadata;
   ckpt.source_ = resolved.index_file.empty() ? resolved.files.front() : resolved.index_file;
@@ -256,6 +323,46 @@ Checkpoint Checkpoint::open_checked(const std::string& path) {
   return ckpt;
 }
 
+Checkpoint Checkpoint::open_torch(const std::string& path) {
+  internal::TorchCheckpointLister lister;
+  {
+    std::lock_guard<std::mutex> lock(lister_mutex);
+    lister = torch_lister;
+  }
+  FERRY_CHECK(lister != nullptr, path,
+              " is a PyTorch .bin checkpoint. Reading one needs LibTorch's zip reader (io/torch_checkpoint.cpp, in "
+              "ferry::ferry), which this program does not contain: link ferry::ferry (with static libraries a program "
+              "that calls none of its readers may leave it out; one call of io::list_torch_checkpoint brings it in), "
+              "or convert the checkpoint once with\n  ferry convert '", path, "' OUT_FOLDER");
+  internal::TorchCheckpointContents contents = lister(path);
+  FERRY_CHECK(!contents.files.empty(), path, ": the PyTorch checkpoint has no weight files");
+  Checkpoint ckpt;
+  ckpt.format_ = CheckpointFormat::torch;
+  ckpt.index_file_ = contents.index_file;
+  ckpt.source_ = contents.index_file.empty() ? contents.files.front() : contents.index_file;
+  ckpt.files_ = std::move(contents.files);
+  ckpt.shards_ = std::make_shared<const std::vector<SafetensorsFile>>();
+  auto listing = std::make_shared<Listing>();
+  listing->tensors = std::move(contents.tensors);
+  size_t shard = 0;
+  for (size_t i = 0; i < listing->tensors.size(); ++i) {
+    const size_t s = listing->tensors[i].shard;
+    FERRY_ASSERT(s < ckpt.files_.size() && s >= shard, "tensor ", i, " of ", path, " in shard ", s);
+    while (listing->shard_begin.size() <= s) listing->shard_begin.push_back(i);
+    shard = s;
+  }
+  while (listing->shard_begin.size() <= ckpt.files_.size()) listing->shard_begin.push_back(listing->tensors.size());
+  ckpt.listing_ = std::move(listing);
+  return ckpt;
+}
+
+void Checkpoint::refuse_mapping(size_t shard) const {
+  FERRY_FAIL(source_, ": shard ", shard, " (", shard < files_.size() ? files_[shard] : std::string("?"),
+             ") is a PyTorch .bin file, which cannot be mapped and read in place; load its tensors with "
+             "io::read_torch_state_dict (load_checkpoint_in_model does), or convert the checkpoint once with "
+             "ferry convert");
+}
+
 const std::unordered_map<std::string_view, size_t>& Checkpoint::Listing::by_name() const {
   std::call_once(built_, [this] {
     by_name_.reserve(tensors.size());
@@ -291,7 +398,7 @@ uint64_t Checkpoint::total_bytes() const {
 
 const SafetensorsFile& Checkpoint::open_file(const std::string& file) const {
   for (size_t i = 0; i < files_.size(); ++i)
-    if (files_[i] == file) return (*shards_)[i];
+    if (files_[i] == file) return shard(i);
   FERRY_FAIL(source_, ": '", file, "' is not one of its ", files_.size(), " shard files");
 }
 

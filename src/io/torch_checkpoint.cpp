@@ -6,6 +6,7 @@
 #include "ferry/core/error.h"
 #include "ferry/core/shape.h"
 #include "ferry/core/torch_compat.h"
+#include "ferry/io/checkpoint.h"
 #include "ferry/io/json.h"
 #include "ferry/io/regular_file.h"
 
@@ -972,6 +973,34 @@ TorchCheckpointListing list_torch_checkpoint(const std::string& path) {
     throw e.in("list_torch_checkpoint");
   }
 }
+
+namespace {
+
+// What Checkpoint::open (io/checkpoint.h, in ferry::base, which has no zip reader) lists a .bin
+// checkpoint with; installed when this file is linked.
+internal::TorchCheckpointContents list_for_checkpoint(const std::string& path) {
+  TorchCheckpointListing listing = list_torch_checkpoint(path);
+  internal::TorchCheckpointContents out;
+  out.index_file = std::move(listing.files.index_file);
+  out.files = std::move(listing.files.files);
+  out.tensors.reserve(listing.tensors.size());
+  for (size_t i = 0; i < listing.tensors.size(); ++i) {
+    TorchTensorInfo& t = listing.tensors[i];
+    CheckpointTensor& c = out.tensors.emplace_back();
+    c.name = t.name;
+    c.stored_name = std::move(t.name);
+    c.file = out.files[listing.file_of[i]];
+    c.shard = listing.file_of[i];
+    c.dtype = t.dtype;
+    c.nbytes = t.nbytes();
+    c.shape = std::move(t.shape);
+  }
+  return out;
+}
+
+[[maybe_unused]] const bool lister_installed = (internal::set_torch_checkpoint_lister(&list_for_checkpoint), true);
+
+}  // namespace
 
 NamedTensors read_torch_checkpoint(const std::string& path) {
   try {

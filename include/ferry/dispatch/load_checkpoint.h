@@ -1,7 +1,8 @@
 #pragma once
 /// \file
-/// Accelerate's load_checkpoint_in_model: stream a safetensors checkpoint (file, folder or sharded
-/// index) into a real or empty (meta) model, each tensor to the placement its device map gives it.
+/// Accelerate's load_checkpoint_in_model: stream a safetensors or PyTorch `.bin` checkpoint (file,
+/// folder or sharded index; io/checkpoint.h) into a real or empty (meta) model, each tensor to the
+/// placement its device map gives it.
 ///
 ///     auto model = build_model_on_meta();                     // under init_empty_weights
 ///     ferry::LoadCheckpointOptions o;
@@ -23,6 +24,13 @@
 ///     by default, are READ IN PLACE from the checkpoint (`disk_in_place`): `disk_weights` answers for
 ///     them, and no second copy is written. With `disk_in_place = false` they are written to
 ///     `offload_folder` as Accelerate does (.dat files + merged index.json, checkpoint dtype kept).
+///
+/// A PyTorch checkpoint (`pytorch_model.bin`, sharded or not, `.pt`, `.pth`) is listed from its pickles
+/// when opened and loaded the same way, except that a `.bin` shard cannot be mapped: each shard is read
+/// whole into memory (io::read_torch_state_dict), its tensors placed, and the shard freed before the
+/// next one (peak host memory: the CPU-placed bytes plus one shard). Its disk-placed weights cannot be
+/// read in place, so they are always written to `offload_folder` (which must then be given, as in
+/// Accelerate, whatever `disk_in_place` says). A folder holding both formats is read as safetensors.
 ///  4. Unexpected keys (in the checkpoint, not in the model) are logged as a warning containing
 ///     "were not used when" (an error with `strict`); missing keys (in the model, not in the checkpoint,
 ///     not tied to a loaded tensor) too. Tied parameters are re-tied at the end.
@@ -67,7 +75,7 @@ struct LoadCheckpointOptions {
   /// Unexpected or missing keys are an error instead of a warning.
   bool strict = false;
   /// Disk-placed tensors are read from the checkpoint in place (no copy) instead of written to
-  /// `offload_folder`.
+  /// `offload_folder`. Ignored for a `.bin` checkpoint, which cannot be read in place.
   bool disk_in_place = true;
   /// Put before every checkpoint name (Checkpoint::with_name_prefix), e.g. "transformer." for a
   /// GPT-2 checkpoint saved from the base model.
@@ -95,10 +103,11 @@ struct LoadCheckpointResult {
   uint64_t loaded_bytes = 0;
 };
 
-/// Loads `checkpoint` (a .safetensors file, a folder, or an index .json) into `model`; see the file
-/// comment. Throws ferry::Error for a damaged or .bin checkpoint, a tensor without a placement ("...
+/// Loads `checkpoint` (a .safetensors or .bin/.pt/.pth file, a folder, or an index .json) into `model`;
+/// see the file comment. Throws ferry::Error for a damaged checkpoint, a tensor without a placement ("...
 /// doesn't have any device set"), a shape mismatch (naming the tensor, both shapes and the file),
-/// "disk" in the map without an offload folder when `disk_in_place` is false, and with `strict` for
+/// "disk" in the map without an offload folder when `disk_in_place` is false or the checkpoint is a
+/// `.bin`, and with `strict` for
 /// unexpected or missing keys.
 LoadCheckpointResult load_checkpoint_in_model(Module& model, const std::string& checkpoint,
                                               const LoadCheckpointOptions& options = {});

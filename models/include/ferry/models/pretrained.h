@@ -59,7 +59,7 @@ std::shared_ptr<CausalLM> create_empty_model(const std::string& dir, c10::option
 std::shared_ptr<CausalLM> create_empty_model(const ModelConfig& config, c10::optional<c10::ScalarType> dtype = c10::nullopt);
 
 /// Opens the weights of the model folder `dir` once (io::Checkpoint::open: shards mapped, headers
-/// parsed). Throws ferry::Error for a folder holding no weights, naming what was expected.
+/// parsed; a PyTorch `.bin`/`.pt`/`.pth` checkpoint listed from its pickles). Throws ferry::Error for a folder holding no weights, naming what was expected.
 io::Checkpoint open_model_checkpoint(const std::string& dir);
 
 /// Checks that `checkpoint` matches `model` (names, shapes) before anything is loaded: every model
