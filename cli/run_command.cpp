@@ -25,8 +25,11 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -164,6 +167,27 @@ std::string join_ids(const at::Tensor& row) {
   return s.str();
 }
 
+// A folder for the disk-placed weights of a checkpoint that cannot be read in place (a PyTorch
+// .bin), made under TMPDIR when the user named none, and removed with everything in it at the end.
+class ScratchOffloadFolder {
+ public:
+  ScratchOffloadFolder() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "ferry-offload-XXXXXX").string();
+    FERRY_CHECK(::mkdtemp(pattern.data()) != nullptr, "cannot make a folder for the disk-placed weights under ",
+                std::filesystem::temp_directory_path().string(), ": ", std::strerror(errno),
+                ". Give one with --offload-folder");
+    path_ = pattern;
+  }
+  ~ScratchOffloadFolder() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
 void run(const RunOptions& o) {
   using namespace ferry::models;
   at::Tensor ids = parse_ids(o.ids);
@@ -207,6 +231,13 @@ void run(const RunOptions& o) {
   lo.device_map = o.device_map;
   lo.max_memory = o.max_memory;
   lo.offload_folder = o.offload_folder;
+  std::unique_ptr<ScratchOffloadFolder> scratch;
+  if (checkpoint.format() == io::CheckpointFormat::torch && !o.device_map.empty() && o.offload_folder.empty()) {
+    scratch = std::make_unique<ScratchOffloadFolder>();
+    lo.offload_folder = scratch->path();
+    std::cerr << "note: a PyTorch .bin checkpoint cannot be read in place: any disk-placed weights are written to "
+              << scratch->path() << " (removed at the end; --offload-folder to keep them)\n";
+  }
   lo.dtype = weight_dtype;
   if (o.prefetch_bytes >= 0) lo.prefetch_bytes = o.prefetch_bytes;
   lo.disk_read = parse_disk_read(o.disk_read);
@@ -333,7 +364,8 @@ void run(const RunOptions& o) {
                         {"buffer_bytes", disk_reads->buffer_bytes},
                         {"buffer_peak_bytes", streamer->read_buffer_peak_bytes()},
                         {"direct_reads", s.direct_reads},
-                        {"direct_bytes_read", s.direct_bytes_read}};
+                        {"direct_bytes_read", s.direct_bytes_read},
+                        {"read_buffers_made", s.read_buffers_made}};
     }
     j["io"] = {{"files_mapped", io::io_counters().files_mapped.load()},
                {"safetensors_headers_parsed", io::io_counters().safetensors_headers_parsed.load()}};

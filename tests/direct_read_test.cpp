@@ -414,34 +414,6 @@ TEST(StreamerDirectTest, AFileThatGoesBadMidRunFailsTheForwardAndLeavesNoWeights
 
 // ---- the free-memory measure under a real cgroup limit ------------------------------------------
 
-namespace {
-
-// A cgroup-v1 memory cgroup with a limit, removed at scope exit; empty path when this machine
-// cannot make one (not root, no v1 memory controller).
-class MemoryCgroup {
- public:
-  explicit MemoryCgroup(int64_t limit) {
-    const fs::path root = "/sys/fs/cgroup/memory";
-    std::error_code ec;
-    if (::geteuid() != 0 || !fs::exists(root / "memory.limit_in_bytes", ec)) return;
-    fs::path dir = root / ("ferry_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter_++));
-    if (!fs::create_directory(dir, ec)) return;
-    std::ofstream(dir / "memory.limit_in_bytes") << limit;
-    path_ = dir;
-  }
-  ~MemoryCgroup() {
-    if (path_.empty()) return;
-    ::rmdir(path_.c_str());  // its processes have exited
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  static inline int counter_ = 0;
-  fs::path path_;
-};
-
-}  // namespace
-
 TEST(HostMemoryTest, ACgroupLimitBoundsWhatIsAvailable) {
   HostMemory here = host_memory();
   EXPECT_GT(here.available, 0);
@@ -449,7 +421,7 @@ TEST(HostMemoryTest, ACgroupLimitBoundsWhatIsAvailable) {
   EXPECT_NE(here.describe().find("available"), std::string::npos);
 
   const int64_t limit = int64_t{300} << 20;
-  MemoryCgroup cgroup(limit);
+  ferry_test::MemoryCgroup cgroup(limit);
   if (cgroup.path().empty()) GTEST_SKIP() << "cannot make a cgroup-v1 memory cgroup here (needs root and /sys/fs/cgroup/memory)";
   // A child process joins the cgroup and measures; it reports through a pipe.
   int out[2];

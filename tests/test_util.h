@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <filesystem>
@@ -40,6 +41,45 @@ class TempDir {
   /// The path of `name` inside the folder.
   std::string file(const std::string& name) const { return (path_ / name).string(); }
   std::string operator/(const std::string& name) const { return file(name); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+/// A cgroup-v1 memory cgroup with a memory limit, removed at scope exit (after its processes have
+/// exited); path() is empty when this machine cannot make one (not root, no v1 memory controller).
+/// A child process joins it by writing its pid to path()/cgroup.procs (shell_prefix() does that).
+class MemoryCgroup {
+ public:
+  explicit MemoryCgroup(int64_t limit) {
+    const std::filesystem::path root = "/sys/fs/cgroup/memory";
+    std::error_code ec;
+    if (::geteuid() != 0 || !std::filesystem::exists(root / "memory.limit_in_bytes", ec)) return;
+    static int counter = 0;
+    std::filesystem::path dir = root / ("ferry_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    if (!std::filesystem::create_directory(dir, ec)) return;
+    std::ofstream(dir / "memory.limit_in_bytes") << limit;
+    path_ = dir;
+  }
+  ~MemoryCgroup() {
+    if (!path_.empty()) ::rmdir(path_.c_str());
+  }
+  MemoryCgroup(const MemoryCgroup&) = delete;
+  MemoryCgroup& operator=(const MemoryCgroup&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  /// A shell command prefix that runs what follows inside the cgroup: "sh -c '...' sh ".
+  std::string shell_prefix() const {
+    return "sh -c 'echo $$ > " + (path_ / "cgroup.procs").string() + " && exec \"$@\"' sh ";
+  }
+  /// Times the OOM killer killed a process of the cgroup.
+  int oom_kills() const {
+    std::ifstream in(path_ / "memory.oom_control");
+    std::string key;
+    long value = 0;
+    while (in >> key >> value)
+      if (key == "oom_kill") return static_cast<int>(value);
+    return 0;
+  }
 
  private:
   std::filesystem::path path_;

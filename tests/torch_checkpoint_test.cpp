@@ -525,9 +525,16 @@ TEST_F(ConvertCliTest, RunReadsBinCheckpointsDirectlyWithTheSafetensorsTokens) {
     ASSERT_EQ(r.status, 0) << r.output;
     EXPECT_EQ(tokens_line(r.output), tokens_line(reference.output)) << extra;
   }
-  auto in_place = ferry::test::run_ferry("run '" + fixture("tiny_llama_bin") + "'" + args + " --device-map '" + map + "'");
-  EXPECT_EQ(in_place.status, 1) << in_place.output;
-  EXPECT_NE(in_place.output.find("cannot be read in place"), std::string::npos) << in_place.output;
+  // Without --offload-folder, ferry run writes the disk-placed weights to a scratch folder (a .bin
+  // cannot be read in place), says where, and removes it at the end.
+  auto scratch = ferry::test::run_ferry("run '" + fixture("tiny_llama_bin") + "'" + args + " --device-map '" + map + "'");
+  ASSERT_EQ(scratch.status, 0) << scratch.output;
+  EXPECT_EQ(tokens_line(scratch.output), tokens_line(reference.output));
+  const size_t at = scratch.output.find("cannot be read in place: any disk-placed weights are written to ");
+  ASSERT_NE(at, std::string::npos) << scratch.output;
+  const std::string folder = scratch.output.substr(at + 64, scratch.output.find(' ', at + 64) - at - 64);
+  EXPECT_NE(folder.find("ferry-offload-"), std::string::npos) << folder;
+  EXPECT_FALSE(std::filesystem::exists(folder)) << folder;
 }
 
 TEST_F(ConvertCliTest, SafetensorsSourcesAreReshardedAndSayWhichFormatWasRead) {

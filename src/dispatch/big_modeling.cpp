@@ -102,7 +102,9 @@ io::NamedTensors host_copies(Module& model, io::NamedTensors tensors, c10::Devic
 }
 
 std::shared_ptr<WeightStreamer> make_streamer(const StreamerOptions& options) {
-  if (options.prefetch_bytes <= 0) return nullptr;
+  // Without prefetching, weights load in the hooks, mapped; asked to read them direct, the streamer
+  // does it (on demand).
+  if (options.prefetch_bytes <= 0 && options.disk_read != DiskRead::direct) return nullptr;
   return std::make_shared<WeightStreamer>(options);
 }
 

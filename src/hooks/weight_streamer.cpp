@@ -409,20 +409,21 @@ void WeightStreamer::decide_disk_read() {
     plan.reason = "direct, as asked";
   } else if (plan.file_bytes == 0) {
     plan.reason = "mapped: no weights are read from files";
-  } else if (plan.file_bytes + kDiskReadReserveBytes <= plan.available_bytes) {
+  } else if (plan.file_bytes + kWorkingMemoryReserveBytes <= plan.available_bytes) {
     plan.reason = "mapped: the " + in_files + " fit in memory with room to spare (" + memory.describe() + ")";
   } else {
     plan.mode = DiskRead::direct;
     plan.reason = "direct: the " + in_files + " do not fit in memory beside " +
-                  format_bytes(static_cast<double>(kDiskReadReserveBytes)) + " for the rest (" + memory.describe() + ")";
+                  format_bytes(static_cast<double>(kWorkingMemoryReserveBytes)) + " for the rest (" + memory.describe() + ")";
   }
   if (plan.mode == DiskRead::direct) {
     // The buffers hold the window read ahead and the module that runs: the window is what the
     // budget leaves after one module, and never less than one module (or nothing could be read ahead).
-    int64_t budget = options_.direct_read_budget_bytes;
-    if (budget <= 0 && plan.available_bytes >= 0) budget = std::max<int64_t>(plan.available_bytes - kDiskReadReserveBytes, 0);
+    int64_t budget = options_.direct_read_budget_bytes;  // -1: none known
+    if (budget <= 0)
+      budget = plan.available_bytes >= 0 ? std::max<int64_t>(plan.available_bytes - kWorkingMemoryReserveBytes, 0) : -1;
     int64_t window = options_.prefetch_bytes;
-    if (budget > 0) window = std::min(window, budget - largest);
+    if (budget >= 0) window = std::min(window, budget - largest);
     if (options_.prefetch_bytes > 0) window = std::max(window, largest);
     plan.window_bytes = std::max<int64_t>(window, 0);
     plan.buffer_bytes = plan.window_bytes + largest;
@@ -451,6 +452,7 @@ StreamerStats WeightStreamer::stats() const {
     const io::DirectReadStats d = reader_->stats();
     s.direct_reads = d.reads - direct_baseline_.reads;
     s.direct_bytes_read = d.bytes_read - direct_baseline_.bytes_read;
+    s.read_buffers_made = reader_->pool()->allocations();
   }
   return s;
 }

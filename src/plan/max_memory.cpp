@@ -108,7 +108,14 @@ MaxMemory get_max_memory() {
     }
   }
 #endif
-  out.push_back(DeviceBudget{Placement::cpu(), host_memory().available});
+  // Under a cgroup limit tighter than the machine, the process is killed, not slowed, when it goes
+  // past it: the budget leaves room for the work of running the model (and for streaming any
+  // weights placed on disk). Without one, MemAvailable, as Accelerate takes it.
+  const HostMemory memory = host_memory();
+  int64_t cpu = memory.available;
+  if (memory.has_cgroup_limit() && memory.available < memory.mem_available)
+    cpu = std::max<int64_t>(cpu - kWorkingMemoryReserveBytes, 0);
+  out.push_back(DeviceBudget{Placement::cpu(), cpu});
   return out;
 }
 

@@ -14,6 +14,12 @@
 
 namespace ferry {
 
+/// Memory kept free for the work of running a model (activations, the KV cache, the process's own
+/// pages) when a budget is derived from what is available: weights stored in files are read mapped
+/// only when they fit in what is available less this, and under a cgroup limit the planner's
+/// detected CPU budget leaves it out.
+constexpr int64_t kWorkingMemoryReserveBytes = int64_t{512} << 20;
+
 /// A snapshot of the host memory open to this process.
 struct HostMemory {
   /// What this process may still allocate: min(mem_available, cgroup_limit - cgroup_used).

@@ -52,6 +52,7 @@
 /// (the same WeightsMap::load call), a fetch never returns another module's weights, and when the
 /// order changes (another code path) the streamer falls back to loading on demand and relearns.
 
+#include "ferry/core/memory_available.h"
 #include "ferry/io/direct_reader.h"
 #include "ferry/io/weights_map.h"
 
@@ -106,14 +107,11 @@ struct DiskReadPlan {
   std::string reason;
 };
 
-/// Memory kept free beside the weights when deciding (activations, the KV cache, the process's own
-/// pages): weights stored in files are read mapped only when they fit in what is available less this.
-constexpr int64_t kDiskReadReserveBytes = int64_t{512} << 20;
-
 /// Tuning of a WeightStreamer.
 struct StreamerOptions {
   /// Prefetch at most this many bytes of upcoming modules' weights (loaded but not yet released).
-  /// 0 disables prefetching: every load happens on demand, in the calling thread.
+  /// 0 disables prefetching: every load happens on demand, in the calling thread (dispatch then
+  /// makes no streamer, unless disk_read is direct).
   int64_t prefetch_bytes = int64_t{1} << 30;
   /// I/O threads that load ahead.
   int io_threads = 2;
@@ -128,7 +126,7 @@ struct StreamerOptions {
   /// How weights stored in files are read.
   DiskRead disk_read = DiskRead::automatic;
   /// Direct reads: the memory their buffers may take (the window read ahead plus the module that
-  /// runs). 0: what host_memory() has available less kDiskReadReserveBytes.
+  /// runs). 0: what host_memory() has available less kWorkingMemoryReserveBytes.
   int64_t direct_read_budget_bytes = 0;
 };
 
@@ -142,6 +140,7 @@ struct StreamerStats {
   int64_t io_jobs = 0;           ///< loads handed to I/O threads (a warm CPU pass needs none)
   int64_t direct_reads = 0;      ///< direct reads (several adjacent tensors of a module share one)
   int64_t direct_bytes_read = 0; ///< bytes they read, alignment padding included
+  int64_t read_buffers_made = 0; ///< buffers the direct reads had to allocate (not reused; since construction)
 };
 
 /// One weight of a StreamedModule.

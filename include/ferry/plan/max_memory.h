@@ -31,7 +31,9 @@ using MaxMemory = std::vector<DeviceBudget>;
 MaxMemory parse_max_memory(const std::string& text);
 
 /// Accelerate's get_max_memory with no budget: the free memory of every CUDA device LibTorch can
-/// see, then "cpu" = available host RAM (MemAvailable of /proc/meminfo).
+/// see, then "cpu" = available host RAM (MemAvailable of /proc/meminfo). Under a memory cgroup whose
+/// limit is tighter (a container), what the cgroup leaves less kWorkingMemoryReserveBytes: going past
+/// a cgroup's limit gets the process killed (core/memory_available.h).
 MaxMemory get_max_memory();
 
 /// Accelerate's get_max_memory with a budget: validates (only accelerators, mps, cpu and disk;
