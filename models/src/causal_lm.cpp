@@ -99,7 +99,8 @@ std::shared_ptr<CausalLM> create_model(const ModelConfig& config, c10::optional<
   FERRY_CHECK(impl == "sdpa" || impl == "eager", "attn_implementation '", impl, "' is not known; choose sdpa or eager");
   if (impl == "sdpa") require_torch(TorchFeature::ScaledDotProductAttention, "attn_implementation 'sdpa'");
   const std::string& a = config.architecture;
-  if (a == "LlamaForCausalLM" || a == "MistralForCausalLM" || a == "Qwen2ForCausalLM")
+  if (a == "LlamaForCausalLM" || a == "MistralForCausalLM" || a == "Qwen2ForCausalLM" || a == "MixtralForCausalLM" ||
+      a == "Qwen2MoeForCausalLM" || a == "Qwen3MoeForCausalLM")
     return std::make_shared<LlamaForCausalLM>(config, t);
   if (a == "GPT2LMHeadModel") return std::make_shared<GPT2LMHeadModel>(config, t);
   std::string list;

@@ -155,6 +155,54 @@ void check_within_limits(const ModelConfig& c, const std::string& source) {
               c.num_attention_heads * c.head_dim, ", beyond any model ferry can build; is config.json damaged?");
 }
 
+// The mixture-of-experts fields, under each family's names: Mixtral's num_local_experts and
+// intermediate_size per expert; Qwen's num_experts (transformers 5 also writes num_local_experts),
+// moe_intermediate_size, norm_topk_prob, decoder_sparse_step, mlp_only_layers and Qwen2-MoE's shared
+// expert.
+void parse_moe(const JsonValue& j, ModelConfig& c, const std::string& source) {
+  c.num_experts = present(j, "num_experts") ? get_int(j, "num_experts", source) : get_int(j, "num_local_experts", source);
+  c.num_experts_per_tok = get_int(j, "num_experts_per_tok", source);
+  check_positive(c.num_experts, "num_experts", source);
+  check_positive(c.num_experts_per_tok, "num_experts_per_tok", source);
+  FERRY_CHECK(c.num_experts <= 4096, source, ": 'num_experts' is ", c.num_experts,
+              ", beyond any model ferry can build (at most 4096); is config.json damaged?");
+  FERRY_CHECK(c.num_experts_per_tok <= c.num_experts, source, ": num_experts_per_tok ", c.num_experts_per_tok,
+              " is more than the ", c.num_experts, " experts");
+  c.sparse_layers.assign(static_cast<size_t>(c.num_hidden_layers), true);
+  if (c.model_type == "mixtral") {
+    c.moe_intermediate_size = c.intermediate_size;
+    c.norm_topk_prob = true;
+    return;
+  }
+  c.moe_intermediate_size = get_int(j, "moe_intermediate_size", source);
+  check_positive(c.moe_intermediate_size, "moe_intermediate_size", source);
+  FERRY_CHECK(c.moe_intermediate_size <= (int64_t(1) << 21), source, ": 'moe_intermediate_size' is ",
+              c.moe_intermediate_size, ", beyond any model ferry can build; is config.json damaged?");
+  c.norm_topk_prob = get_bool_or(j, "norm_topk_prob", c.model_type == "qwen3_moe", source);
+  if (c.model_type == "qwen2_moe") {
+    c.shared_expert_intermediate_size = get_int_or(j, "shared_expert_intermediate_size", 0, source);
+    FERRY_CHECK(c.shared_expert_intermediate_size >= 0 && c.shared_expert_intermediate_size <= (int64_t(1) << 21),
+                source, ": 'shared_expert_intermediate_size' must be from 0 to 2^21, got ",
+                c.shared_expert_intermediate_size);
+  }
+  const int64_t step = get_int_or(j, "decoder_sparse_step", 1, source);
+  check_positive(step, "decoder_sparse_step", source);
+  std::vector<int64_t> dense;
+  if (present(j, "mlp_only_layers")) {
+    const JsonValue list = *member(j, "mlp_only_layers");
+    FERRY_CHECK(list.is_array(), source, ": 'mlp_only_layers' must be a list of layer indices, got ", list.dump());
+    for (JsonValue v : list.elements()) {
+      auto i = v.as_int64();
+      FERRY_CHECK(i && *i >= 0 && *i < c.num_hidden_layers, source, ": 'mlp_only_layers' holds ", v.dump(),
+                  ", not a layer index from 0 to ", c.num_hidden_layers - 1);
+      dense.push_back(*i);
+    }
+  }
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+    c.sparse_layers[static_cast<size_t>(i)] =
+        (i + 1) % step == 0 && std::find(dense.begin(), dense.end(), i) == dense.end();
+}
+
 void parse_llama_family(const JsonValue& j, ModelConfig& c, const std::string& source) {
   c.vocab_size = get_int(j, "vocab_size", source);
   c.hidden_size = get_int(j, "hidden_size", source);
@@ -187,7 +235,7 @@ void parse_llama_family(const JsonValue& j, ModelConfig& c, const std::string& s
   c.tie_word_embeddings = get_bool_or(j, "tie_word_embeddings", false, source);
   c.mlp_bias = get_bool_or(j, "mlp_bias", false, source);
   c.attention_bias = get_bool_or(j, "attention_bias", false, source);
-  c.rope = parse_rope(j, c.model_type == "qwen2" ? 1e6 : 10000.0, source);
+  c.rope = parse_rope(j, c.model_type == "qwen2" || c.model_type == "qwen2_moe" ? 1e6 : 10000.0, source);
 
   std::vector<std::string> layer_types;
   if (present(j, "layer_types")) {
@@ -203,8 +251,10 @@ void parse_llama_family(const JsonValue& j, ModelConfig& c, const std::string& s
     }
   }
   c.sliding_layers.assign(static_cast<size_t>(c.num_hidden_layers), false);
-  if (c.model_type == "qwen2") {
-    c.qkv_bias = true;
+  if (c.model_type == "qwen2_moe") c.qkv_bias = true;
+  if (c.model_type == "qwen3_moe") c.qk_norm = true;
+  if (c.model_type == "qwen2" || c.model_type == "qwen2_moe" || c.model_type == "qwen3_moe") {
+    if (c.model_type == "qwen2") c.qkv_bias = true;
     bool use_sliding = get_bool_or(j, "use_sliding_window", false, source);
     if (use_sliding && present(j, "sliding_window")) {
       c.sliding_window = get_int(j, "sliding_window", source);
@@ -212,7 +262,7 @@ void parse_llama_family(const JsonValue& j, ModelConfig& c, const std::string& s
       for (int64_t i = 0; i < c.num_hidden_layers; ++i)
         c.sliding_layers[i] = layer_types.empty() ? i >= max_window_layers : layer_types[i] == "sliding_attention";
     }
-  } else if (c.model_type == "mistral") {
+  } else if (c.model_type == "mistral" || c.model_type == "mixtral") {
     if (present(j, "sliding_window")) {
       c.sliding_window = get_int(j, "sliding_window", source);
       c.sliding_layers.assign(static_cast<size_t>(c.num_hidden_layers), true);
@@ -222,6 +272,7 @@ void parse_llama_family(const JsonValue& j, ModelConfig& c, const std::string& s
     FERRY_FAIL(source, ": ", c.architecture, " has no sliding-window attention, but 'layer_types' asks for it");
   }
   if (c.sliding_window) check_positive(*c.sliding_window, "sliding_window", source);
+  if (c.model_type == "mixtral" || c.model_type == "qwen2_moe" || c.model_type == "qwen3_moe") parse_moe(j, c, source);
 }
 
 void parse_gpt2(const JsonValue& j, ModelConfig& c, const std::string& source) {
@@ -261,7 +312,8 @@ std::string default_attn_implementation() {
 }
 
 const std::vector<std::string>& supported_architectures() {
-  static const std::vector<std::string> names = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+  static const std::vector<std::string> names = {"LlamaForCausalLM",    "MistralForCausalLM",  "Qwen2ForCausalLM",
+                                                 "MixtralForCausalLM",  "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM",
                                                  "GPT2LMHeadModel"};
   return names;
 }
@@ -288,7 +340,8 @@ ModelConfig parse_config(const std::string& json_text, const std::string& source
     // Some configs only carry model_type.
     static const std::vector<std::pair<std::string, std::string>> by_type = {
         {"llama", "LlamaForCausalLM"}, {"mistral", "MistralForCausalLM"},
-        {"qwen2", "Qwen2ForCausalLM"}, {"gpt2", "GPT2LMHeadModel"}};
+        {"qwen2", "Qwen2ForCausalLM"}, {"mixtral", "MixtralForCausalLM"}, {"qwen2_moe", "Qwen2MoeForCausalLM"},
+        {"qwen3_moe", "Qwen3MoeForCausalLM"}, {"gpt2", "GPT2LMHeadModel"}};
     for (const auto& [type, arch] : by_type)
       if (type == c.model_type) c.architecture = arch;
     FERRY_CHECK(!c.architecture.empty(), source, " has neither 'architectures' nor a known 'model_type' (got '",
@@ -303,6 +356,9 @@ ModelConfig parse_config(const std::string& json_text, const std::string& source
   std::string expected_type = c.architecture == "LlamaForCausalLM"     ? "llama"
                               : c.architecture == "MistralForCausalLM" ? "mistral"
                               : c.architecture == "Qwen2ForCausalLM"   ? "qwen2"
+                              : c.architecture == "MixtralForCausalLM" ? "mixtral"
+                              : c.architecture == "Qwen2MoeForCausalLM" ? "qwen2_moe"
+                              : c.architecture == "Qwen3MoeForCausalLM" ? "qwen3_moe"
                                                                        : "gpt2";
   if (c.model_type.empty()) c.model_type = expected_type;
   FERRY_CHECK(c.model_type == expected_type, source, ": model_type '", c.model_type, "' does not match architecture '",
@@ -392,11 +448,24 @@ std::string config_to_json(const ModelConfig& c) {
   j["rope_parameters"] = rope;
   if (c.sliding_window) {
     j["sliding_window"] = *c.sliding_window;
-    if (c.model_type == "qwen2") {
+    if (c.model_type != "mistral" && c.model_type != "mixtral") {
       j["use_sliding_window"] = true;
       json types = json::array();
       for (bool s : c.sliding_layers) types.push_back(s ? "sliding_attention" : "full_attention");
       j["layer_types"] = types;
+    }
+  }
+  if (c.num_experts > 0) {
+    j["num_local_experts"] = c.num_experts;
+    j["num_experts_per_tok"] = c.num_experts_per_tok;
+    if (c.model_type != "mixtral") {
+      j["moe_intermediate_size"] = c.moe_intermediate_size;
+      j["norm_topk_prob"] = c.norm_topk_prob;
+      if (c.shared_expert_intermediate_size > 0) j["shared_expert_intermediate_size"] = c.shared_expert_intermediate_size;
+      json dense = json::array();
+      for (size_t i = 0; i < c.sparse_layers.size(); ++i)
+        if (!c.sparse_layers[i]) dense.push_back(i);
+      j["mlp_only_layers"] = dense;
     }
   }
   return j.dump(2);

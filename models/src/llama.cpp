@@ -2,6 +2,7 @@
 
 #include "attention.h"
 #include "ferry/core/error.h"
+#include "ferry/models/moe.h"
 #include "ferry/nn/init_on_device.h"
 
 #include <ATen/ATen.h>
@@ -23,7 +24,11 @@ std::string llama_family_prefix(const ModelConfig& config) {
   if (config.model_type == "llama") return "Llama";
   if (config.model_type == "mistral") return "Mistral";
   if (config.model_type == "qwen2") return "Qwen2";
-  FERRY_FAIL("model_type '", config.model_type, "' is not in the Llama family (llama, mistral, qwen2)");
+  if (config.model_type == "mixtral") return "Mixtral";
+  if (config.model_type == "qwen2_moe") return "Qwen2Moe";
+  if (config.model_type == "qwen3_moe") return "Qwen3Moe";
+  FERRY_FAIL("model_type '", config.model_type,
+             "' is not in the Llama family (llama, mistral, qwen2, mixtral, qwen2_moe, qwen3_moe)");
 }
 
 at::Tensor rope_inverse_frequencies(const RopeConfig& rope, int64_t head_dim) {
@@ -78,13 +83,25 @@ LlamaAttention::LlamaAttention(const std::string& prefix, const ModelConfig& c, 
   v_proj = register_module("v_proj", std::make_shared<Linear>(c.hidden_size, num_kv_heads * head_dim, qkv_bias, dtype));
   o_proj = register_module("o_proj", std::make_shared<Linear>(num_heads * head_dim, c.hidden_size, c.attention_bias, dtype));
   if (c.sliding_window && c.sliding_layers.at(static_cast<size_t>(layer_idx))) sliding_window = *c.sliding_window;
+  if (c.qk_norm) {
+    q_norm = register_module("q_norm", std::make_shared<RMSNorm>(head_dim, c.norm_eps, dtype));
+    k_norm = register_module("k_norm", std::make_shared<RMSNorm>(head_dim, c.norm_eps, dtype));
+    q_norm->set_class_name(prefix + "RMSNorm");
+    k_norm->set_class_name(prefix + "RMSNorm");
+  }
 }
 
 c10::IValue LlamaAttention::forward(Args& args) {
   at::Tensor x = args.tensor(0);
   int64_t b = x.size(0), s = x.size(1);
-  at::Tensor q = (*q_proj)(x).view({b, s, -1, head_dim}).transpose(1, 2);
-  at::Tensor k = (*k_proj)(x).view({b, s, -1, head_dim}).transpose(1, 2);
+  at::Tensor q = (*q_proj)(x).view({b, s, -1, head_dim});
+  at::Tensor k = (*k_proj)(x).view({b, s, -1, head_dim});
+  if (q_norm) {  // Qwen3: per head, before the rotary embedding
+    q = (*q_norm)(q);
+    k = (*k_norm)(k);
+  }
+  q = q.transpose(1, 2);
+  k = k.transpose(1, 2);
   at::Tensor v = (*v_proj)(x).view({b, s, -1, head_dim}).transpose(1, 2);
 
   const c10::IValue& pe = detail::keyword_or_none(args, "position_embeddings");
@@ -104,10 +121,12 @@ c10::IValue LlamaAttention::forward(Args& args) {
   return (*o_proj)(out);
 }
 
-LlamaMLP::LlamaMLP(const std::string& prefix, const ModelConfig& c) : Module(prefix + "MLP") {
-  gate_proj = register_module("gate_proj", std::make_shared<Linear>(c.hidden_size, c.intermediate_size, c.mlp_bias, c.dtype));
-  up_proj = register_module("up_proj", std::make_shared<Linear>(c.hidden_size, c.intermediate_size, c.mlp_bias, c.dtype));
-  down_proj = register_module("down_proj", std::make_shared<Linear>(c.intermediate_size, c.hidden_size, c.mlp_bias, c.dtype));
+LlamaMLP::LlamaMLP(const std::string& prefix, const ModelConfig& c) : LlamaMLP(prefix, c, c.intermediate_size) {}
+
+LlamaMLP::LlamaMLP(const std::string& prefix, const ModelConfig& c, int64_t size) : Module(prefix + "MLP") {
+  gate_proj = register_module("gate_proj", std::make_shared<Linear>(c.hidden_size, size, c.mlp_bias, c.dtype));
+  up_proj = register_module("up_proj", std::make_shared<Linear>(c.hidden_size, size, c.mlp_bias, c.dtype));
+  down_proj = register_module("down_proj", std::make_shared<Linear>(size, c.hidden_size, c.mlp_bias, c.dtype));
 }
 
 c10::IValue LlamaMLP::forward(Args& args) {
@@ -118,7 +137,10 @@ c10::IValue LlamaMLP::forward(Args& args) {
 LlamaDecoderLayer::LlamaDecoderLayer(const std::string& prefix, const ModelConfig& c, int64_t layer_idx)
     : Module(prefix + "DecoderLayer") {
   self_attn = register_module("self_attn", std::make_shared<LlamaAttention>(prefix, c, layer_idx));
-  mlp = register_module("mlp", std::make_shared<LlamaMLP>(prefix, c));
+  if (c.num_experts > 0 && c.sparse_layers.at(static_cast<size_t>(layer_idx)))
+    mlp = register_module(prefix == "Mixtral" ? "block_sparse_moe" : "mlp", std::make_shared<SparseMoeBlock>(prefix, c));
+  else
+    mlp = register_module("mlp", std::make_shared<LlamaMLP>(prefix, c));
   input_layernorm = register_module("input_layernorm", std::make_shared<RMSNorm>(c.hidden_size, c.norm_eps, c.dtype));
   post_attention_layernorm =
       register_module("post_attention_layernorm", std::make_shared<RMSNorm>(c.hidden_size, c.norm_eps, c.dtype));

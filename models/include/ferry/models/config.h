@@ -39,7 +39,8 @@ std::string default_attn_implementation();
 
 /// The parsed configuration. Fields not used by an architecture keep their defaults.
 struct ModelConfig {
-  /// `architectures[0]`: "LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM" or "GPT2LMHeadModel".
+  /// `architectures[0]`: "LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "MixtralForCausalLM",
+  /// "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM" or "GPT2LMHeadModel".
   std::string architecture;
   /// `model_type`: "llama", "qwen2", "mistral", "gpt2".
   std::string model_type;
@@ -67,6 +68,19 @@ struct ModelConfig {
   c10::optional<int64_t> sliding_window;
   /// Per layer: true when that layer attends within sliding_window only.
   std::vector<bool> sliding_layers;
+  /// Qwen3: RMSNorm over each head of q and k (`q_norm`, `k_norm`) before the rotary embedding.
+  bool qk_norm = false;
+  /// Mixtures of experts (Mixtral, Qwen2-MoE, Qwen3-MoE): experts per sparse layer (0: a dense
+  /// model), how many each token is routed to, and each expert's hidden size.
+  int64_t num_experts = 0;
+  int64_t num_experts_per_tok = 0;
+  int64_t moe_intermediate_size = 0;
+  /// Renormalise the top-k routing weights to sum to 1 (Mixtral always; Qwen: `norm_topk_prob`).
+  bool norm_topk_prob = true;
+  /// Qwen2-MoE: a shared expert of this size (0: none) beside the routed ones, gated by a sigmoid.
+  int64_t shared_expert_intermediate_size = 0;
+  /// Per layer: true when its MLP is a sparse MoE block (Qwen: `decoder_sparse_step`, `mlp_only_layers`).
+  std::vector<bool> sparse_layers;
   /// GPT-2: divide attention scores by sqrt(head_dim), and additionally by (layer index + 1).
   bool scale_attn_weights = true;
   bool scale_attn_by_inverse_layer_idx = false;

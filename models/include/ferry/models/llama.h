@@ -45,24 +45,30 @@ class LlamaAttention : public Module {
   /// at::scaled_dot_product_attention rather than the explicit math (config.attn_implementation).
   bool sdpa = false;
   std::shared_ptr<Linear> q_proj, k_proj, v_proj, o_proj;
+  /// Qwen3: RMSNorm over each head of q and k (null otherwise).
+  std::shared_ptr<RMSNorm> q_norm, k_norm;
 };
 
-/// `mlp`: down_proj(silu(gate_proj(x)) * up_proj(x)).
+/// `mlp`: down_proj(silu(gate_proj(x)) * up_proj(x)). Also a Qwen MoE expert and shared expert,
+/// with their own intermediate size.
 class LlamaMLP : public Module {
  public:
   LlamaMLP(const std::string& prefix, const ModelConfig& config);
+  LlamaMLP(const std::string& prefix, const ModelConfig& config, int64_t intermediate_size);
   c10::IValue forward(Args& args) override;
   std::shared_ptr<Linear> gate_proj, up_proj, down_proj;
 };
 
-/// `model.layers.<i>`: pre-norm attention and MLP blocks with residual connections.
+/// `model.layers.<i>`: pre-norm attention and MLP blocks with residual connections. The MLP is a
+/// LlamaMLP, or in a mixture of experts' sparse layers a SparseMoeBlock (models/moe.h), registered
+/// as `mlp` or, for Mixtral, `block_sparse_moe`.
 class LlamaDecoderLayer : public Module {
  public:
   LlamaDecoderLayer(const std::string& prefix, const ModelConfig& config, int64_t layer_idx);
   /// hidden_states; keywords position_embeddings, past_key_values. Returns the new hidden states.
   c10::IValue forward(Args& args) override;
   std::shared_ptr<LlamaAttention> self_attn;
-  std::shared_ptr<LlamaMLP> mlp;
+  std::shared_ptr<Module> mlp;
   std::shared_ptr<RMSNorm> input_layernorm, post_attention_layernorm;
 };
 
@@ -78,7 +84,8 @@ class LlamaModel : public Module {
   std::shared_ptr<LlamaRotaryEmbedding> rotary_emb;
 };
 
-/// LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM: `model` and `lm_head` (tied to
+/// LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM, and the mixtures of experts
+/// MixtralForCausalLM / Qwen2MoeForCausalLM / Qwen3MoeForCausalLM: `model` and `lm_head` (tied to
 /// model.embed_tokens.weight, the same tensor object, when tie_word_embeddings).
 class LlamaForCausalLM : public CausalLM {
  public:
@@ -94,7 +101,7 @@ class LlamaForCausalLM : public CausalLM {
   std::string prefix_;
 };
 
-/// "Llama", "Mistral" or "Qwen2" for a config's model_type.
+/// "Llama", "Mistral", "Qwen2", "Mixtral", "Qwen2Moe" or "Qwen3Moe" for a config's model_type.
 std::string llama_family_prefix(const ModelConfig& config);
 
 }  // namespace ferry::models

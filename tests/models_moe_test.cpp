@@ -1,0 +1,117 @@
+// Mixtures of experts (Mixtral, Qwen2-MoE, Qwen3-MoE) against transformers' own outputs on the
+// tiny checkpoints scripts/make_moe_fixtures.py writes (tests/data/tiny_*moe*, tiny_mixtral):
+// resident and with experts offloaded, only the experts the router picks run and load.
+
+#include "ferry/dispatch/big_modeling.h"
+#include "ferry/hooks/weight_streamer.h"
+#include "ferry/models/generate.h"
+#include "ferry/models/load_model.h"
+#include "ferry/models/moe.h"
+#include "ferry/models/pretrained.h"
+#include "models_test_util.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <iostream>
+
+using namespace ferry;
+using namespace ferry::models;
+using namespace ferry::models::testing;
+
+namespace {
+
+const char* const kMoeFixtures[] = {"tiny_mixtral", "tiny_qwen2_moe", "tiny_qwen3_moe"};
+
+std::string moe_block_name(const std::string& fixture_name, int layer) {
+  return "model.layers." + std::to_string(layer) + (fixture_name == "tiny_mixtral" ? ".block_sparse_moe" : ".mlp");
+}
+
+// Logits within 1e-4 of transformers' and the same greedy tokens.
+void expect_matches(CausalLM& model, const Reference& ref, const std::string& what) {
+  at::Tensor logits;
+  {
+    c10::NoGradGuard no_grad;
+    logits = model.logits(ref.input_ids);
+  }
+  ASSERT_EQ(logits.sizes(), ref.logits.sizes()) << what;
+  const double diff = max_abs_diff(logits, ref.logits);
+  std::cout << "[ " << what << " ] max abs logit diff vs transformers: " << diff << "\n";
+  EXPECT_LT(diff, 1e-4) << what;
+  GenerationConfig g;
+  g.max_new_tokens = ref.generated.size(1) - ref.input_ids.size(1);
+  GenerationOutput out = generate(model, ref.input_ids, g);
+  EXPECT_TRUE(at::equal(out.sequences, ref.generated)) << what << "\nferry:\n" << out.sequences << "\ntransformers:\n"
+                                                       << ref.generated;
+}
+
+}  // namespace
+
+TEST(ModelsMoe, ResidentMatchesTransformers) {
+  for (const char* name : kMoeFixtures) {
+    const std::string dir = fixture(name);
+    auto model = load_pretrained(dir, {at::kFloat});
+    expect_matches(*model, read_reference(dir), name);
+  }
+}
+
+TEST(ModelsMoe, ClassesAndNamesAreTheHubsOneModulePerExpert) {
+  auto mixtral = create_empty_model(fixture("tiny_mixtral"));
+  EXPECT_EQ(mixtral->submodule("model.layers.0.block_sparse_moe").class_name(), "MixtralSparseMoeBlock");
+  EXPECT_EQ(mixtral->submodule("model.layers.0.block_sparse_moe.experts.7").class_name(), "MixtralBlockSparseTop2MLP");
+  EXPECT_EQ(mixtral->submodule("model.layers.1.block_sparse_moe.experts.7.w1").class_name(), "Linear");
+  auto qwen2 = create_empty_model(fixture("tiny_qwen2_moe"));
+  EXPECT_EQ(qwen2->submodule("model.layers.0.mlp").class_name(), "Qwen2MoeSparseMoeBlock");
+  EXPECT_EQ(qwen2->submodule("model.layers.0.mlp.shared_expert").class_name(), "Qwen2MoeMLP");
+  EXPECT_EQ(qwen2->submodule("model.layers.1.mlp").class_name(), "Qwen2MoeMLP") << "mlp_only_layers: [1]";
+  auto qwen3 = create_empty_model(fixture("tiny_qwen3_moe"));
+  EXPECT_EQ(qwen3->submodule("model.layers.1.self_attn.q_norm").class_name(), "Qwen3MoeRMSNorm");
+  EXPECT_EQ(qwen3->submodule("model.layers.1.mlp.experts.0").class_name(), "Qwen3MoeMLP");
+}
+
+TEST(ModelsMoe, ExpertsOffloadedOneByOneMatchTransformersAndOnlyPickedOnesLoad) {
+  for (const char* name : kMoeFixtures) {
+    const std::string dir = fixture(name);
+    const Reference ref = read_reference(dir);
+    TempDir tmp("moe");
+    // Layer 0's experts each on disk on its own, everything else resident.
+    const std::string block = moe_block_name(name, 0);
+    std::string map = "{";
+    for (const char* resident : {"model.embed_tokens", "model.rotary_emb", "model.norm", "lm_head", "model.layers.1",
+                                 "model.layers.0.self_attn", "model.layers.0.input_layernorm",
+                                 "model.layers.0.post_attention_layernorm"})
+      map += std::string("\"") + resident + "\": \"cpu\", ";
+    map += "\"" + block + ".gate\": \"cpu\"";
+    if (std::string(name) == "tiny_qwen2_moe")
+      map += ", \"" + block + ".shared_expert\": \"cpu\", \"" + block + ".shared_expert_gate\": \"cpu\"";
+    for (int e = 0; e < 8; ++e) map += ", \"" + block + ".experts." + std::to_string(e) + "\": \"disk\"";
+    const std::string path = (tmp.path() / "map.json").string();
+    std::ofstream(path) << map << "}";
+    LoadModelOptions options;
+    options.device_map = path;
+    options.dtype = at::kFloat;
+    LoadedModel loaded = load_model(dir, options);
+    ASSERT_TRUE(loaded.dispatch && loaded.dispatch->streamer) << name;
+    expect_matches(*loaded.model, ref, std::string(name) + " experts on disk");
+
+    // One token through the model: the bytes brought in are exactly those of the experts the
+    // router of layer 0 picked.
+    auto& moe = dynamic_cast<SparseMoeBlock&>(loaded.model->submodule(block));
+    std::vector<int64_t> picked;
+    moe.on_routed = [&](SparseMoeBlock&, const std::vector<int64_t>& experts) { picked = experts; };
+    const int64_t expert_bytes = [&] {
+      int64_t b = 0;
+      for (const auto& [n, t] : moe.experts->at(0)->named_parameters()) b += static_cast<int64_t>(t.numel()) * 4;
+      return b;
+    }();
+    loaded.dispatch->streamer->reset_stats();
+    {
+      c10::NoGradGuard no_grad;
+      loaded.model->logits(ref.input_ids.narrow(0, 0, 1).narrow(1, 0, 1));
+    }
+    ASSERT_EQ(picked.size(), 2u) << name << ": one token, top-2";
+    EXPECT_EQ(loaded.dispatch->streamer->stats().bytes_loaded, 2 * expert_bytes) << name;
+  }
+}
