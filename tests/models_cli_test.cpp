@@ -173,6 +173,15 @@ TEST(ModelsCli, RunMatchesTransformersOffloadedToDisk) {
   check_fixture("tiny_llama", "--device-map balanced --max-memory cpu=2MiB --prefetch-bytes 0");
 }
 
+// Mixtures of experts through `ferry run`, resident and planned under a budget that puts layers on disk.
+TEST(ModelsCli, MixturesOfExpertsMatchTransformers) {
+  REQUIRE_CLI();
+  for (const char* name : {"tiny_mixtral", "tiny_qwen2_moe", "tiny_qwen3_moe"}) {
+    check_fixture(name, "");
+    check_fixture(name, "--device-map auto --max-memory cpu=400KB");
+  }
+}
+
 // Disk weights read with O_DIRECT into ferry's own buffers (models larger than RAM) give the same
 // tokens and logits; asked for, or chosen by ferry inside a memory limit smaller than what the
 // weights in files need beside the process.

@@ -94,7 +94,13 @@ TEST(ModelsMoe, ExpertsOffloadedOneByOneMatchTransformersAndOnlyPickedOnesLoad) 
     options.dtype = at::kFloat;
     LoadedModel loaded = load_model(dir, options);
     ASSERT_TRUE(loaded.dispatch && loaded.dispatch->streamer) << name;
+    loaded.dispatch->streamer->reset_stats();
     expect_matches(*loaded.model, ref, std::string(name) + " experts on disk");
+    // Experts are loaded when picked, outside the learned order: the order of the other offloaded
+    // modules never changes (no relearning), though every token picks other experts.
+    StreamerStats stats = loaded.dispatch->streamer->stats();
+    EXPECT_GT(stats.routed_loads, 0) << name;
+    EXPECT_EQ(stats.relearns, 0) << name;
 
     // One token through the model: the bytes brought in are exactly those of the experts the
     // router of layer 0 picked.
@@ -112,6 +118,11 @@ TEST(ModelsMoe, ExpertsOffloadedOneByOneMatchTransformersAndOnlyPickedOnesLoad) 
       loaded.model->logits(ref.input_ids.narrow(0, 0, 1).narrow(1, 0, 1));
     }
     ASSERT_EQ(picked.size(), 2u) << name << ": one token, top-2";
-    EXPECT_EQ(loaded.dispatch->streamer->stats().bytes_loaded, 2 * expert_bytes) << name;
+    stats = loaded.dispatch->streamer->stats();
+    EXPECT_EQ(stats.bytes_loaded, 2 * expert_bytes) << name;
+    // Both experts started loading when the router picked them, before either ran.
+    EXPECT_EQ(stats.routed_loads, 2 * 3) << name << ": each expert's three Linear modules (one hook each)";
+    EXPECT_EQ(stats.demand_loads, 0) << name;
+    EXPECT_EQ(stats.prefetched_loads, 2 * 3) << name << ": three Linear weights per expert";
   }
 }

@@ -1,6 +1,8 @@
 #include "ferry/models/moe.h"
 
 #include "ferry/core/error.h"
+#include "ferry/hooks/align_devices_hook.h"
+#include "ferry/hooks/model_hook.h"
 #include "ferry/models/llama.h"
 
 #include <ATen/ATen.h>
@@ -54,6 +56,9 @@ c10::IValue SparseMoeBlock::forward(Args& args) {
   const auto shape = x.sizes().vec();
   at::Tensor h = x.reshape({-1, shape.back()});
   Routing r = route(h);
+  // Offloaded experts: every picked one starts loading now, before the first of them runs.
+  for (int64_t e : r.picked)
+    for_each_hook<AlignDevicesHook>(*experts->at(static_cast<size_t>(e)), [](AlignDevicesHook& hook) { hook.load_routed(); });
   if (on_routed) on_routed(*this, r.picked);
   at::Tensor out = at::zeros_like(h);
   // transformers' loop: per picked expert, its (position in the top-k, token) pairs in that order.

@@ -116,16 +116,7 @@ std::optional<c10::Device> first_parameter_device(Module& model) {
 
 int64_t sum_offloaded_bytes(Module& model) {
   int64_t total = 0;
-  for (const auto& [name, module] : model.named_modules()) {
-    auto visit = [&](const std::shared_ptr<ModelHook>& hook) {
-      if (auto align = std::dynamic_pointer_cast<AlignDevicesHook>(hook)) total += align->offloaded_bytes();
-    };
-    if (auto sequential = std::dynamic_pointer_cast<SequentialHook>(module->hook())) {
-      for (const auto& h : sequential->hooks) visit(h);
-    } else {
-      visit(module->hook());
-    }
-  }
+  for_each_hook<AlignDevicesHook>(model, [&](AlignDevicesHook& hook) { total += hook.offloaded_bytes(); });
   return total;
 }
 

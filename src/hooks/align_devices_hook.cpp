@@ -166,6 +166,10 @@ void AlignDevicesHook::load_weights(Module& module) {
   }
 }
 
+void AlignDevicesHook::load_routed() {
+  if (streamed()) options_.streamer->load_routed(streamed_);
+}
+
 void AlignDevicesHook::unload_weights(Module& module) {
   if (!loaded_) return;
   for (auto& t : offloaded_) t.slot->tensor = t.meta;

@@ -289,8 +289,10 @@ size_t WeightStreamer::module_count() const {
 void WeightStreamer::on_forward(StreamedModuleId id) {
   if (options_.prefetch_bytes <= 0) return;
   std::lock_guard<std::mutex> lock(mutex_);
-  FERRY_CHECK(modules_.count(id), "module ", static_cast<uint64_t>(id), " is not registered");
+  auto registered = modules_.find(id);
+  FERRY_CHECK(registered != modules_.end(), "module ", static_cast<uint64_t>(id), " is not registered");
   if (!decided_) decide_disk_read();
+  if (registered->second.routed) return;  // loaded when picked, not by the order
   if (!learned_) {
     if (recording_.empty() || recording_.front() != id) {
       recording_.push_back(id);
@@ -372,6 +374,17 @@ void WeightStreamer::release(StreamedModuleId id) {
   std::lock_guard<std::mutex> lock(mutex_);
   drop_pending(id);
   if (learned_ && cursor_ > 0) schedule_after(cursor_ - 1);
+}
+
+void WeightStreamer::load_routed(StreamedModuleId id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = modules_.find(id);
+  FERRY_CHECK(it != modules_.end(), "module ", static_cast<uint64_t>(id), " is not registered");
+  if (!decided_) decide_disk_read();
+  it->second.routed = true;
+  ++stats_.routed_loads;
+  if (threads_.empty() || pending_.count(id)) return;
+  start_prefetch(id, it->second);
 }
 
 void WeightStreamer::drop_prefetched() {

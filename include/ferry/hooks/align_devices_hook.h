@@ -94,6 +94,10 @@ class AlignDevicesHook : public ModelHook {
   int64_t offloaded_bytes() const { return offloaded_bytes_; }
   /// Loads the weights into the slots now (pre_forward's weight part).
   void load_weights(Module& module);
+  /// The module runs only when a router picks it (a mixture of experts' expert), and it was just
+  /// picked: its weights start loading now, and the streamer never loads it by the learned order
+  /// (see WeightStreamer::load_routed). Does nothing unless its weights are streamed.
+  void load_routed();
   /// Drops them (back to meta tensors) and tells the streamer they are no longer needed.
   void unload_weights(Module& module);
 

@@ -48,6 +48,21 @@ void remove_hook_from_module(Module& module, bool recurse = false);
 /// remove_hook_from_module on `module` and every descendant.
 void remove_hook_from_submodules(Module& module);
 
+/// Calls `fn` with every hook of type H on `module` and its descendants, those inside a
+/// SequentialHook included.
+template <class H, class Fn>
+void for_each_hook(Module& module, Fn&& fn) {
+  for (const auto& [name, m] : module.named_modules()) {
+    const std::shared_ptr<ModelHook> hook = m->hook();
+    if (auto sequential = std::dynamic_pointer_cast<SequentialHook>(hook)) {
+      for (const auto& h : sequential->hooks)
+        if (auto typed = std::dynamic_pointer_cast<H>(h)) fn(*typed);
+    } else if (auto typed = std::dynamic_pointer_cast<H>(hook)) {
+      fn(*typed);
+    }
+  }
+}
+
 /// The hook of `module` if it is (exactly) of type H, else nullptr.
 template <class H>
 std::shared_ptr<H> hook_as(const Module& module) {

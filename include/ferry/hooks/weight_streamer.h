@@ -141,6 +141,7 @@ struct StreamerStats {
   int64_t direct_reads = 0;      ///< direct reads (several adjacent tensors of a module share one)
   int64_t direct_bytes_read = 0; ///< bytes they read, alignment padding included
   int64_t read_buffers_made = 0; ///< buffers the direct reads had to allocate (not reused; since construction)
+  int64_t routed_loads = 0;      ///< load_routed() calls (modules of experts picked by a router)
 };
 
 /// One weight of a StreamedModule.
@@ -207,6 +208,13 @@ class WeightStreamer {
   at::Tensor fetch(StreamedModuleId module, size_t index, c10::Device device);
   /// Called after `module` ran: its tensors are no longer needed; the window moves on.
   void release(StreamedModuleId module);
+  /// For a module that runs only when a router picks it (a mixture of experts' expert), called
+  /// when it is picked, before it runs: its weights start loading now, beside the window (a token's
+  /// picked experts are needed whatever the budget), and from then on it is routed: never recorded
+  /// in the learned order, never loaded ahead by it (the order of experts changes every token), and
+  /// its on_forward() is not an order change. Does nothing without I/O threads (no prefetching) or
+  /// when its loads are already pending. Throws ferry::Error for an unregistered module.
+  void load_routed(StreamedModuleId module);
   /// Drops every prefetched tensor (keeping the learned order), releasing their memory and
   /// file mappings; prefetching resumes at the next forward.
   void drop_prefetched();
@@ -247,6 +255,7 @@ class WeightStreamer {
     StreamedModule module;
     std::vector<std::optional<io::FileExtent>> extents;
     int64_t file_bytes = 0;
+    bool routed = false;  // load_routed() was called for it: outside the learned order
   };
   void decide_disk_read();  // with mutex_ held
   void schedule_after(size_t position);

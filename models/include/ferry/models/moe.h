@@ -14,6 +14,10 @@
 /// token, their weights renormalised to sum to 1 (Mixtral always; Qwen when norm_topk_prob) and cast
 /// to the model's dtype; each picked expert runs on its tokens and its output, times the weight, is
 /// added in expert order. Qwen2-MoE adds a shared expert on every token, gated by a sigmoid.
+///
+/// Offloaded experts load only when picked: as soon as the router has run, the weights of every
+/// picked expert start loading at once (WeightStreamer::load_routed), and the streamer's learned
+/// order covers the dense part only, never prefetching experts blindly.
 
 #include "ferry/models/config.h"
 #include "ferry/nn/layers.h"
@@ -54,7 +58,8 @@ class SparseMoeBlock : public Module {
   Routing route(const at::Tensor& hidden_states);
 
   /// Called with the experts a forward picked, after routing and before the first of them runs
-  /// (offloaded experts can start loading all at once: see hooks/expert_prefetch.h). Unset: nothing.
+  /// (by then offloaded picked experts have all started loading: AlignDevicesHook::load_routed).
+  /// Unset: nothing.
   std::function<void(SparseMoeBlock&, const std::vector<int64_t>&)> on_routed;
 
   std::shared_ptr<Linear> gate;
