@@ -23,6 +23,8 @@ inline constexpr const char* kConvertDescription =
     "Write a checkpoint (PyTorch .bin/.pt/.pth or safetensors) as a sharded safetensors checkpoint";
 inline constexpr const char* kEstimateMemoryDescription =
     "Memory a model needs per dtype, resident and offloaded, from its config.json alone (no weights)";
+inline constexpr const char* kTokenizeDescription =
+    "Text to token ids and pieces with a model's tokenizer.json (or --decode ids to text)";
 inline constexpr const char* kDemoDescription =
     "Write a tiny Llama checkpoint and run it resident and offloaded to disk";
 
@@ -33,6 +35,7 @@ void add_run_command(CLI::App& app);      ///< ferry run: load, dispatch, genera
 void add_demo_command(CLI::App& app);     ///< ferry demo: the built-in example (demo_command.cpp)
 void add_convert_command(CLI::App& app);  ///< ferry convert: .bin or safetensors -> safetensors (convert_command.cpp)
 void add_estimate_memory_command(CLI::App& app);  ///< ferry estimate-memory (estimate_memory_command.cpp)
+void add_tokenize_command(CLI::App& app);  ///< ferry tokenize: text <-> ids (tokenize_command.cpp)
 
 /// The main() of both programs: installs the SIGBUS message (io/mapped_file_faults.h), builds the
 /// `ferry` app with the subcommands `add_commands` registers, parses and runs, and maps errors to

@@ -69,6 +69,7 @@ int main(int argc, char** argv) {
   return ferry::cli::run_app(argc, argv, [](CLI::App& app) {
     ferry::cli::add_plan_command(app);
     ferry::cli::add_inspect_command(app);
+    ferry::cli::add_tokenize_command(app);
     // Listed here for `ferry --help`; main() hands them to ferry-torch before parsing.
     app.add_subcommand("offload", ferry::cli::kOffloadDescription);
     app.add_subcommand("run", ferry::cli::kRunDescription);
