@@ -14,6 +14,8 @@
 #include "ferry/models/generate.h"
 #include "ferry/models/load_model.h"
 #include "ferry/models/pretrained.h"
+#include "ferry/tokenizers/stream_decoder.h"
+#include "ferry/tokenizers/tokenizer.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
@@ -55,6 +57,8 @@ struct RunOptions {
   bool json = false;
   std::string logits_out;
   int64_t prefetch_bytes = -1;
+  std::string prompt;
+  bool keep_special = false;
   std::string disk_read = "auto";
   std::string direct_read_budget;
 };
@@ -190,7 +194,23 @@ class ScratchOffloadFolder {
 
 void run(const RunOptions& o) {
   using namespace ferry::models;
-  at::Tensor ids = parse_ids(o.ids);
+  // Text in, text out: the prompt is encoded with the model's tokenizer.json and the tokens are
+  // decoded as they come (UTF-8 safe across tokens); with --ids, ids in and ids out.
+  FERRY_CHECK(o.prompt.empty() != o.ids.empty(), o.ids.empty() ? "give --prompt \"text\" or --ids \"1 2 3\""
+                                                                 : "give --prompt or --ids, not both");
+  std::optional<tokenizers::Tokenizer> tokenizer;
+  at::Tensor ids;
+  if (!o.prompt.empty()) {
+    tokenizer = tokenizers::Tokenizer::from_model_dir(o.model_dir);
+    std::vector<int64_t> encoded = tokenizer->encode(o.prompt);
+    FERRY_CHECK(!encoded.empty(), "--prompt encodes to no tokens with ", tokenizer->source());
+    ids = at::tensor(encoded, at::kLong).unsqueeze(0);
+  } else {
+    ids = parse_ids(o.ids);
+  }
+  const bool text_mode = tokenizer && !o.json;
+  // With text, stdout carries the text alone; what ferry says about the run goes to stderr.
+  std::ostream& info = text_mode ? std::cerr : std::cout;
   // Everything the user can get wrong is checked before any weight is read.
   // config.json is read once, the meta model built once and the checkpoint opened once (shards
   // mapped, headers parsed), then all three are handed down.
@@ -265,25 +285,37 @@ void run(const RunOptions& o) {
   const std::optional<DiskReadPlan> disk_reads =
       streamer ? std::optional<DiskReadPlan>(streamer->disk_read_plan()) : std::nullopt;
   if (!o.json) {
-    std::cout << "model: " << c.architecture << " (" << c.num_hidden_layers << " layers, hidden " << c.hidden_size
-              << ", vocab " << c.vocab_size << ") " << dtype << " from " << o.model_dir << "\n";
-    std::cout << "placement:";
-    for (const auto& [p, b] : loaded.bytes_per_placement) std::cout << "  " << p.str() << " " << format_bytes(static_cast<double>(b));
-    std::cout << "\n";
+    info << "model: " << c.architecture << " (" << c.num_hidden_layers << " layers, hidden " << c.hidden_size
+         << ", vocab " << c.vocab_size << ") " << dtype << " from " << o.model_dir << "\n";
+    info << "placement:";
+    for (const auto& [p, b] : loaded.bytes_per_placement) info << "  " << p.str() << " " << format_bytes(static_cast<double>(b));
+    info << "\n";
     if (loaded.device_map.size() > 1 || !loaded.device_map.contains(""))
-      std::cout << "device map: " << loaded.device_map.to_json() << "\n";
-    if (disk_reads && disk_reads->file_bytes > 0) std::cout << "disk reads: " << disk_reads->reason << "\n";
-    std::cout << "generated:\n";
+      info << "device map: " << loaded.device_map.to_json() << "\n";
+    if (disk_reads && disk_reads->file_bytes > 0) info << "disk reads: " << disk_reads->reason << "\n";
+    if (!text_mode) info << "generated:\n";
+    info << std::flush;
   }
   // Tokens are written as they are produced (one prompt: on its line; several: each line at the
   // end); Ctrl-C stops after the current token and keeps what was generated.
   const int64_t batch = ids.size(0);
-  const bool stream = !o.json && batch == 1;
+  const bool stream = !o.json && batch == 1 && !text_mode;
   std::vector<std::vector<int64_t>> produced(static_cast<size_t>(batch));
   if (stream) std::cout << "  [" << join_ids(ids[0]) << "] ->" << std::flush;
+  std::optional<tokenizers::StreamDecoder> decoder;
+  if (text_mode) decoder.emplace(*tokenizer, /*skip_special_tokens=*/!o.keep_special);
+  // A model's vocabulary may be larger than its tokenizer's (padded for speed): ids the tokenizer
+  // does not know have no text; they are left out of it, as transformers' decode does, and counted.
+  int64_t unknown_ids = 0;
+  auto known = [&](int64_t id) {
+    const bool ok = tokenizer->id_to_token(id).has_value();
+    if (!ok) ++unknown_ids;
+    return ok;
+  };
   g.on_step = [&](int64_t, const at::Tensor& next) {
     for (int64_t b = 0; b < batch; ++b) produced[static_cast<size_t>(b)].push_back(next[b].item<int64_t>());
     if (stream) std::cout << ' ' << produced[0].back() << std::flush;
+    if (decoder && known(produced[0].back())) std::cout << decoder->push(produced[0].back()) << std::flush;
     throw_if_interrupted();
   };
   int64_t streamed_before = loaded.dispatch && loaded.dispatch->streamer ? loaded.dispatch->streamer->stats().bytes_loaded : 0;
@@ -297,7 +329,8 @@ void run(const RunOptions& o) {
       j["interrupted"] = true;
       j["generated"] = produced;
       std::cout << j.dump() << std::endl;
-    } else if (stream) {
+    } else if (stream || decoder) {
+      if (decoder) std::cout << decoder->finish();
       std::cout << '\n';
     } else {
       for (int64_t b = 0; b < batch; ++b) {
@@ -345,6 +378,14 @@ void run(const RunOptions& o) {
       j["generated"].push_back(gen);
     }
     j["new_tokens"] = out.new_tokens;
+    if (tokenizer) {
+      std::vector<int64_t> generated;
+      for (int64_t id : j["generated"][0].get<std::vector<int64_t>>())
+        if (known(id)) generated.push_back(id);
+      j["prompt_text"] = o.prompt;
+      j["text"] = tokenizer->decode(generated, !o.keep_special);
+      j["ids_without_text"] = unknown_ids;
+    }
     const int64_t gpu_peak = peak_gpu_bytes();
     j["timings"] = {{"load_s", loaded.load_seconds},
                     {"prefill_s", out.prefill_seconds},
@@ -373,19 +414,26 @@ void run(const RunOptions& o) {
     std::cout << j.dump() << std::endl;
     return;
   }
-  if (stream) {
+  if (decoder) {
+    std::cout << decoder->finish() << '\n' << std::flush;
+    if (unknown_ids > 0)
+      std::cerr << "note: " << unknown_ids << " generated id(s) are not in " << tokenizer->source() << " ("
+                << tokenizer->vocab_size() << " tokens; the model's vocab_size is " << c.vocab_size
+                << "): they have no text and were left out of it\n";
+  } else if (stream) {
     std::cout << '\n';
   } else {
     for (int64_t b = 0; b < out.sequences.size(0); ++b)
       std::cout << "  [" << join_ids(ids[b]) << "] -> "
                 << join_ids(out.sequences[b].narrow(0, ids.size(1), out.sequences.size(1) - ids.size(1))) << "\n";
   }
-  std::printf("timings: load %.3f s, prefill %.3f s, decode %.2f ms/token (%lld steps), peak RSS %s (anonymous now %s), "
+  std::fprintf(text_mode ? stderr : stdout,
+              "timings: load %.3f s, prefill %.3f s, decode %.2f ms/token (%lld steps), peak RSS %s (anonymous now %s), "
               "offloaded bytes moved per token %s\n",
               loaded.load_seconds, out.prefill_seconds, decode_ms, static_cast<long long>(out.decode_steps),
               format_bytes(static_cast<double>(peak_rss_bytes())).c_str(),
               format_bytes(static_cast<double>(rss_anon_bytes())).c_str(), format_bytes(moved_per_token).c_str());
-  if (!o.logits_out.empty()) std::cout << "prompt logits written to " << o.logits_out << "\n";
+  if (!o.logits_out.empty()) info << "prompt logits written to " << o.logits_out << "\n";
 }
 
 }  // namespace
@@ -394,7 +442,11 @@ void add_run_command(CLI::App& app) {
   auto o = std::make_shared<RunOptions>();
   CLI::App* cmd = app.add_subcommand("run", kRunDescription);
   cmd->add_option("model_dir", o->model_dir, "Folder with config.json and safetensors weights")->required();
-  cmd->add_option("--ids", o->ids, "Prompt token ids: \"1 2 3\" or several equal-length prompts \"1 2 3;4 5 6\"")->required();
+  cmd->add_option("--prompt", o->prompt,
+                  "Prompt text, encoded with the model's tokenizer.json; the answer is decoded to text as it comes "
+                  "(timings and the rest on stderr)");
+  cmd->add_option("--ids", o->ids, "Prompt token ids instead of text: \"1 2 3\" or several equal-length prompts \"1 2 3;4 5 6\"");
+  cmd->add_flag("--keep-special", o->keep_special, "With --prompt: keep special tokens (EOS, ...) in the text");
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "Tokens to generate per prompt (default 20)");
   cmd->add_option("--device-map", o->device_map,
                   "auto | balanced | balanced_low_0 | sequential | MAP.json (default: resident on the CPU)");

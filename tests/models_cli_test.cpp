@@ -173,6 +173,60 @@ TEST(ModelsCli, RunMatchesTransformersOffloadedToDisk) {
   check_fixture("tiny_llama", "--device-map balanced --max-memory cpu=2MiB --prefetch-bytes 0");
 }
 
+// Text in, text out: --prompt encodes with the model folder's tokenizer.json, generates the same
+// tokens as --ids with those ids, and prints only the decoded text on stdout.
+TEST(ModelsCli, PromptInTextOut) {
+  REQUIRE_CLI();
+  TempDir dir("prompt");
+  for (const auto& e : fs::directory_iterator(fixture("tiny_llama")))
+    fs::create_symlink(e.path(), dir.path() / e.path().filename());
+  fs::copy_file(fixture("tokenizers/llama2.tokenizer.json"), dir.path() / "tokenizer.json");
+  const std::string model = "'" + dir.str() + "'";
+  // Six tokens: the text ends on a whole character (a byte-fallback token would be held back by
+  // the streamed output, as the tokenizers library's own stream decoder does, and be U+FFFD in a
+  // whole decode).
+  const std::string prompt = " --prompt 'The quick brown fox' --max-new-tokens 6";
+
+  Result ids = run_cli("tokenize " + model + " --text 'The quick brown fox' --ids", false);
+  ASSERT_EQ(ids.status, 0) << ids.out;
+  std::string id_list = ids.stdout_only.substr(0, ids.stdout_only.find('\n'));
+  Result j = run_cli("run " + model + prompt + " --json", false);
+  ASSERT_EQ(j.status, 0) << j.out;
+  auto report = nlohmann::json::parse(j.stdout_only);
+  std::ostringstream prompt_ids;
+  for (int64_t id : report["prompt"][0].get<std::vector<int64_t>>()) prompt_ids << (prompt_ids.tellp() ? " " : "") << id;
+  EXPECT_EQ(prompt_ids.str(), id_list);
+  EXPECT_EQ(report["prompt_text"], "The quick brown fox");
+  Result by_ids = run_cli("run " + model + " --ids '" + id_list + "' --max-new-tokens 6 --json", false);
+  ASSERT_EQ(by_ids.status, 0) << by_ids.out;
+  EXPECT_EQ(nlohmann::json::parse(by_ids.stdout_only)["generated"], report["generated"]);
+  // The tiny model's vocabulary (1000) is larger than this tokenizer's (693): such ids have no text.
+  std::string known;
+  for (int64_t id : report["generated"][0].get<std::vector<int64_t>>())
+    if (id < 693) known += (known.empty() ? "" : " ") + std::to_string(id);
+  Result decoded = run_cli("tokenize " + model + " --decode '" + known + "'", false);
+  ASSERT_EQ(decoded.status, 0) << decoded.out;
+  const std::string text = report["text"];
+  EXPECT_EQ(decoded.stdout_only.substr(0, decoded.stdout_only.find_last_not_of('\n') + 1), text);
+
+  // Text mode: stdout holds the streamed text alone.
+  Result t = run_cli("run " + model + prompt, false);
+  ASSERT_EQ(t.status, 0) << t.out;
+  EXPECT_FALSE(text.empty());
+  EXPECT_EQ(t.stdout_only, text + "\n");
+  EXPECT_EQ(t.stdout_only.find("model:"), std::string::npos) << t.stdout_only;
+
+  Result both = run_cli("run " + model + prompt + " --ids '1 2'");
+  EXPECT_NE(both.status, 0);
+  EXPECT_NE(both.out.find("give --prompt or --ids, not both"), std::string::npos) << both.out;
+  Result neither = run_cli("run " + model);
+  EXPECT_NE(neither.status, 0);
+  EXPECT_NE(neither.out.find("give --prompt"), std::string::npos) << neither.out;
+  Result no_tokenizer = run_cli("run '" + fixture("tiny_llama") + "'" + prompt);
+  EXPECT_NE(no_tokenizer.status, 0);
+  EXPECT_NE(no_tokenizer.out.find("tokenizer.json"), std::string::npos) << no_tokenizer.out;
+}
+
 // Mixtures of experts through `ferry run`, resident and planned under a budget that puts layers on disk.
 TEST(ModelsCli, MixturesOfExpertsMatchTransformers) {
   REQUIRE_CLI();
