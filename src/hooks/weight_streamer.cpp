@@ -323,23 +323,12 @@ void WeightStreamer::on_forward(StreamedModuleId id) {
 
 at::Tensor WeightStreamer::fetch(StreamedModuleId id, size_t index, c10::Device device) {
   std::shared_future<Loaded> ready;
-  io::WeightsMapPtr weights;  // for a load now
-  StreamedTensor tensor;
-  std::optional<io::FileExtent> direct_extent;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!decided_) decide_disk_read();
     auto it = pending_.find(id);
     if (it != pending_.end() && it->second.device == device && index < it->second.tensors.size())
       ready = it->second.tensors[index];
-    auto module = modules_.find(id);
-    FERRY_CHECK(module != modules_.end(), "module ", static_cast<uint64_t>(id), " is not registered");
-    const Registered& r = module->second;
-    FERRY_CHECK(index < r.module.tensors.size(), "no tensor ", index, " in module ", static_cast<uint64_t>(id),
-                ", which has ", r.module.tensors.size());
-    weights = r.module.weights;
-    tensor = r.module.tensors[index];
-    if (plan_.mode == DiskRead::direct) direct_extent = r.extents[index];
   }
   Loaded loaded;
   int64_t waited_ns = 0;
@@ -355,6 +344,22 @@ at::Tensor WeightStreamer::fetch(StreamedModuleId id, size_t index, c10::Device 
     waited_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
   }
   if (!ready.valid()) {
+    // What a load now needs, copied under the lock (the module may be removed meanwhile): only
+    // here, not for the prefetched tensors of every forward.
+    io::WeightsMapPtr weights;
+    StreamedTensor tensor;
+    std::optional<io::FileExtent> direct_extent;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto module = modules_.find(id);
+      FERRY_CHECK(module != modules_.end(), "module ", static_cast<uint64_t>(id), " is not registered");
+      const Registered& r = module->second;
+      FERRY_CHECK(index < r.module.tensors.size(), "no tensor ", index, " in module ", static_cast<uint64_t>(id),
+                  ", which has ", r.module.tensors.size());
+      weights = r.module.weights;
+      tensor = r.module.tensors[index];
+      if (plan_.mode == DiskRead::direct) direct_extent = r.extents[index];
+    }
     loaded = load_now(weights, tensor.name, tensor.dtype, device, /*on_io_thread=*/false,
                       direct_extent ? &*direct_extent : nullptr);
   }

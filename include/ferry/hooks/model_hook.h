@@ -49,18 +49,19 @@ void remove_hook_from_module(Module& module, bool recurse = false);
 void remove_hook_from_submodules(Module& module);
 
 /// Calls `fn` with every hook of type H on `module` and its descendants, those inside a
-/// SequentialHook included.
+/// SequentialHook included. Builds no names: a mixture of experts calls it for every picked
+/// expert on every forward.
 template <class H, class Fn>
 void for_each_hook(Module& module, Fn&& fn) {
-  for (const auto& [name, m] : module.named_modules()) {
-    const std::shared_ptr<ModelHook> hook = m->hook();
-    if (auto sequential = std::dynamic_pointer_cast<SequentialHook>(hook)) {
-      for (const auto& h : sequential->hooks)
-        if (auto typed = std::dynamic_pointer_cast<H>(h)) fn(*typed);
-    } else if (auto typed = std::dynamic_pointer_cast<H>(hook)) {
-      fn(*typed);
-    }
+  const std::shared_ptr<ModelHook> hook = module.hook();
+  if (auto sequential = std::dynamic_pointer_cast<SequentialHook>(hook)) {
+    for (const auto& h : sequential->hooks)
+      if (auto typed = std::dynamic_pointer_cast<H>(h)) fn(*typed);
+  } else if (auto typed = std::dynamic_pointer_cast<H>(hook)) {
+    fn(*typed);
   }
+  for (const auto& [name, child] : module.children())
+    if (child) for_each_hook<H>(*child, fn);
 }
 
 /// The hook of `module` if it is (exactly) of type H, else nullptr.
