@@ -13,6 +13,7 @@
 #include "ferry/io/offload.h"
 #include "ferry/io/safetensors.h"
 #include "ferry/io/weights_map.h"
+#include "ferry/plan/max_memory.h"
 #include "dispatch_models.h"
 #include "test_util.h"
 
@@ -431,7 +432,10 @@ TEST(HostMemoryTest, ACgroupLimitBoundsWhatIsAvailable) {
     ::close(out[0]);
     { std::ofstream(cgroup.path() / "cgroup.procs") << ::getpid(); }
     HostMemory m = host_memory();
-    const std::string report = std::to_string(m.cgroup_limit) + " " + std::to_string(m.available) + " " + m.cgroup_path;
+    // The planner's detected cpu budget leaves working memory out under the limit.
+    const int64_t cpu_budget = budget_of(get_max_memory(), Placement::cpu());
+    const std::string report = std::to_string(m.cgroup_limit) + " " + std::to_string(m.available) + " " +
+                               std::to_string(cpu_budget) + " " + m.cgroup_path;
     (void)!::write(out[1], report.data(), report.size());
     ::_exit(0);
   }
@@ -443,10 +447,13 @@ TEST(HostMemoryTest, ACgroupLimitBoundsWhatIsAvailable) {
   ::close(out[0]);
   int status = 0;
   ::waitpid(child, &status, 0);
-  long long got_limit = 0, available = 0;
+  long long got_limit = 0, available = 0, cpu_budget = 0;
   char path[256] = {};
-  ASSERT_EQ(std::sscanf(report.c_str(), "%lld %lld %255s", &got_limit, &available, path), 3) << report;
+  ASSERT_EQ(std::sscanf(report.c_str(), "%lld %lld %lld %255s", &got_limit, &available, &cpu_budget, path), 4) << report;
   EXPECT_EQ(got_limit, limit);
   EXPECT_LE(available, limit);
+  // Measured a moment apart, so within a few MiB of available - 512 MiB (and never negative).
+  EXPECT_LE(cpu_budget, std::max<long long>(available - kWorkingMemoryReserveBytes, 0) + (8 << 20)) << report;
+  EXPECT_GE(cpu_budget, 0) << report;
   EXPECT_EQ(std::string(path), cgroup.path().string());
 }
