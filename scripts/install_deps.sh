@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what ferry needs on Debian 12 (apt-get only), skipping what is already there.
 set -euo pipefail
-# libpcre2-dev, libutf8proc-dev: the tokenizers' Unicode-aware pre-tokenizer regexes and NFC normalisation,
-# found through pkg-config (pkgconf)
-packages=(libgtest-dev nlohmann-json3-dev libsimdjson-dev libcli11-dev libpcre2-dev libutf8proc-dev pkgconf cmake g++ ninja-build)
+# libpcre2-dev, libutf8proc-dev: the tokenizers' Unicode-aware pre-tokenizer regexes and NFC normalisation;
+# libsentencepiece-dev: SentencePiece models (tokenizer.model) for model folders without a tokenizer.json;
+# all found through pkg-config (pkgconf)
+packages=(libgtest-dev nlohmann-json3-dev libsimdjson-dev libcli11-dev libpcre2-dev libutf8proc-dev libsentencepiece-dev
+          pkgconf cmake g++ ninja-build)
 # Debian's LibTorch 1.13 unless the build uses PyTorch 2.x's (FERRY_TORCH=pypi, scripts/install_torch2.sh)
 [ "${FERRY_TORCH:-debian}" = pypi ] || packages+=(libtorch-dev libopenblas0-pthread)
 [ "${FERRY_WITH_FUZZER:-0}" = 1 ] && packages+=(clang)

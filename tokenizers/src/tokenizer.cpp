@@ -1,5 +1,6 @@
 // tokenizer.json: loading (every piece checked, unsupported ones refused by name) and the encode and
-// decode pipelines, each step as the `tokenizers` library (Rust) does it; see tokenizer.h.
+// decode pipelines, each step as the `tokenizers` library (Rust) does it; see tokenizer.h. A
+// tokenizer.model (SentencePiece) is handed to its own backend, sentencepiece_model.cpp.
 #include "ferry/tokenizers/tokenizer.h"
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include "bpe.h"
 #include "ferry/core/error.h"
 #include "ferry/io/json.h"
+#include "sentencepiece_model.h"
 #include "text.h"
 
 namespace ferry::tokenizers {
@@ -56,6 +58,8 @@ void replace_all(std::string& s, std::string_view from, std::string_view to) {
 
 struct Tokenizer::Impl {
   std::string source;
+  /// Set for a tokenizer.model: it does all the work then, and the tokenizer.json pipeline is empty.
+  std::shared_ptr<const detail::SentencePieceModel> sentencepiece;
   detail::Bpe bpe;
   std::vector<AddedToken> added;                           // in file order
   std::unordered_map<std::string, size_t> added_by_content;
@@ -608,12 +612,33 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& so
   return Tokenizer(std::move(impl));
 }
 
+namespace {
+
+bool ends_with(const std::string& s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool exists(const std::string& path) { return std::ifstream(path).good(); }
+
+std::string join(const std::string& dir, const char* file) {
+  return dir + (dir.empty() || dir.back() == '/' ? "" : "/") + file;
+}
+
+}  // namespace
+
 Tokenizer Tokenizer::from_file(const std::string& path) {
   auto impl = std::make_shared<Impl>();
   impl->source = path;
   try {
-    io::JsonDocument doc = io::read_json_file(path);
-    impl->load(doc.root());
+    if (ends_with(path, ".model")) {
+      // A SentencePiece model, with the tokenizer_config.json beside it when there is one.
+      const size_t slash = path.rfind('/');
+      const std::string config = join(slash == std::string::npos ? "." : path.substr(0, slash + 1), "tokenizer_config.json");
+      impl->sentencepiece = detail::SentencePieceModel::load(path, exists(config) ? config : "");
+    } else {
+      io::JsonDocument doc = io::read_json_file(path);
+      impl->load(doc.root());
+    }
   } catch (const Error& e) {
     throw e.in("load_tokenizer");
   }
@@ -621,42 +646,44 @@ Tokenizer Tokenizer::from_file(const std::string& path) {
 }
 
 Tokenizer Tokenizer::from_model_dir(const std::string& dir) {
-  const std::string path = dir + (dir.empty() || dir.back() == '/' ? "" : "/") + "tokenizer.json";
-  std::ifstream probe(path);
-  if (!probe) {
-    std::ifstream sp(dir + "/tokenizer.model");
-    FERRY_CHECK(!sp, dir, " has a tokenizer.model (SentencePiece) but no tokenizer.json; ferry reads tokenizer.json "
-                "only for now: convert it with transformers (AutoTokenizer.from_pretrained(dir).save_pretrained(dir))");
-    FERRY_FAIL(dir, " has no tokenizer.json; pass a model folder as the Hub has it, or the tokenizer.json itself");
-  }
-  return from_file(path);
+  const std::string json = join(dir, "tokenizer.json"), model = join(dir, "tokenizer.model");
+  if (exists(json)) return from_file(json);
+  if (exists(model)) return from_file(model);
+  FERRY_FAIL(dir, " has no tokenizer.json and no tokenizer.model (SentencePiece); pass a model folder as the Hub has "
+             "it, or the tokenizer file itself");
 }
 
 std::vector<int64_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
+  if (impl_->sentencepiece) return impl_->sentencepiece->encode(text, add_special_tokens);
   return impl_->encode(text, add_special_tokens);
 }
 
 std::string Tokenizer::decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const {
+  if (impl_->sentencepiece) return impl_->sentencepiece->decode(ids, skip_special_tokens);
   return impl_->decode(ids, skip_special_tokens);
 }
 
 std::optional<int64_t> Tokenizer::token_to_id(std::string_view token) const {
+  if (impl_->sentencepiece) return impl_->sentencepiece->token_to_id(token);
   if (auto a = impl_->added_by_content.find(std::string(token)); a != impl_->added_by_content.end())
     return impl_->added[a->second].id;
   return impl_->bpe.token_to_id(token);
 }
 
 std::optional<std::string> Tokenizer::id_to_token(int64_t id) const {
+  if (impl_->sentencepiece) return impl_->sentencepiece->id_to_token(id);
   if (auto a = impl_->added_by_id.find(id); a != impl_->added_by_id.end()) return impl_->added[a->second].pattern;
   return impl_->bpe.id_to_token(id);
 }
 
 bool Tokenizer::is_special(int64_t id) const {
+  if (impl_->sentencepiece) return impl_->sentencepiece->is_special(id);
   auto a = impl_->added_by_id.find(id);
   return a != impl_->added_by_id.end() && impl_->added[a->second].special;
 }
 
 size_t Tokenizer::vocab_size() const {
+  if (impl_->sentencepiece) return impl_->sentencepiece->vocab_size();
   size_t n = impl_->bpe.vocab_size();
   for (const AddedToken& t : impl_->added)
     if (!impl_->bpe.id_to_token(t.id)) ++n;

@@ -1,7 +1,8 @@
 #pragma once
 /// \file
 /// Hugging Face tokenizers in C++: `tokenizer.json` (the `tokenizers` library's format) loaded and run
-/// with the same results, ids and text, as the `tokenizers` library from PyPI.
+/// with the same results, ids and text, as the `tokenizers` library from PyPI; `tokenizer.model`
+/// (SentencePiece) where a model has no tokenizer.json (see the end of this comment).
 ///
 ///     auto tok = ferry::tokenizers::Tokenizer::from_model_dir("Llama-3.2-1B");  // its tokenizer.json
 ///     std::vector<int64_t> ids = tok.encode("Hello world");   // [128000, 9906, 1917]: BOS added
@@ -28,6 +29,27 @@
 /// Decoding is as lossy as the library's: bytes that do not form UTF-8 (a byte token cut off, say)
 /// become U+FFFD, exactly where the library puts them. Added tokens go through the decoder with the
 /// others, as in the library.
+///
+/// tokenizer.model (SentencePiece, for model folders without a tokenizer.json: from_model_dir falls
+/// back to it, from_file takes a path ending in ".model") is run by the sentencepiece library
+/// (Debian's libsentencepiece), unigram and BPE models alike, with every normalisation and option the
+/// model sets; its results are those of the `sentencepiece` Python package (through 0.2.1: 0.2.2 breaks
+/// exact ties between unigram segmentations of equal score differently) under the rules of Hugging
+/// Face's slow tokenizers in legacy mode (`LlamaTokenizer(legacy=True)`), which are:
+/// - special tokens: SentencePiece's control pieces (<s>, </s>, <pad>) and unknown piece (<unk>), and
+///   the tokens tokenizer_config.json names (bos/eos/unk/pad_token, additional_special_tokens) or marks
+///   special in added_tokens_decoder; added_tokens_decoder may add tokens beyond the model's ids;
+/// - encode: special and added tokens are matched in the text first (leftmost, longest first, never
+///   split); each stretch of text between them is encoded by SentencePiece on its own (so each gets
+///   the model's dummy prefix "▁"); with add_special_tokens, BOS when add_bos_token (default true) and
+///   EOS when add_eos_token (default false), as LlamaTokenizer. User-defined pieces are matched by
+///   SentencePiece itself and are not special;
+/// - decode: special tokens are left out (skip_special_tokens) or written as their text, as are added
+///   tokens; each run of the other ids between them is decoded by SentencePiece (without the spaces the
+///   slow tokenizers' legacy decode puts around special and added tokens);
+/// - tokenizer_config.json is read when it lies beside the tokenizer.model; refused: "legacy": false,
+///   and added tokens with lstrip, rstrip or single_word. Other keys (chat_template, model_max_length,
+///   clean_up_tokenization_spaces, tokenizer_class...) do not change tokenization here.
 
 #include <cstdint>
 #include <memory>
@@ -38,14 +60,17 @@
 
 namespace ferry::tokenizers {
 
-/// A loaded tokenizer.json. Immutable once loaded: copies share it and every method is safe to call
-/// from several threads at once.
+/// A loaded tokenizer.json or tokenizer.model. Immutable once loaded: copies share it and every method
+/// is safe to call from several threads at once.
 class Tokenizer {
  public:
-  /// Loads a tokenizer.json. Throws ferry::Error naming the file for a damaged file (with line and
-  /// column) and for every piece ferry does not support ("normalizer 'BertNormalizer' is not supported").
+  /// Loads a tokenizer.json, or a SentencePiece model when `path` ends in ".model" (with the
+  /// tokenizer_config.json beside it, if there is one). Throws ferry::Error naming the file for a
+  /// damaged file (with line and column for JSON) and for every piece or setting ferry does not
+  /// support ("normalizer 'BertNormalizer' is not supported").
   static Tokenizer from_file(const std::string& path);
-  /// Loads `dir`/tokenizer.json (a model folder as the Hub has it).
+  /// Loads `dir`/tokenizer.json (a model folder as the Hub has it), or `dir`/tokenizer.model when
+  /// there is no tokenizer.json; an error naming both when neither is there.
   static Tokenizer from_model_dir(const std::string& dir);
   /// Loads a tokenizer.json's text; `source` names it in messages.
   static Tokenizer from_json(std::string_view json_text, const std::string& source);
@@ -61,10 +86,12 @@ class Tokenizer {
   std::optional<int64_t> token_to_id(std::string_view token) const;
   /// The token (as stored: byte-level characters, "▁" for spaces, "<0x0A>") of an id, if there is one.
   std::optional<std::string> id_to_token(int64_t id) const;
-  /// Whether `id` is an added token marked special (skipped by decode's skip_special_tokens).
+  /// Whether `id` is an added token marked special (skipped by decode's skip_special_tokens); for a
+  /// tokenizer.model, also its control pieces and unknown piece.
   bool is_special(int64_t id) const;
   /// The number of ids: the model's vocabulary and the added tokens (one more than the largest id when
-  /// the ids are contiguous), as `get_vocab_size(with_added_tokens=True)`.
+  /// the ids are contiguous), as `get_vocab_size(with_added_tokens=True)`; for a tokenizer.model, its
+  /// pieces and the added tokens beyond them.
   size_t vocab_size() const;
   /// The file (or source) it was loaded from.
   const std::string& source() const;
