@@ -11,7 +11,10 @@
 /// for context such as a leading space that a decoder strips only at the start) and emits what the
 /// window's text gained, as the `tokenizers` library's DecodeStream does. A window
 /// whose text ends in U+FFFD is held back: the bytes of a character split across byte tokens (an
-/// emoji as four <0xXX> tokens, say) are not complete yet.
+/// emoji as four <0xXX> tokens, say) are not complete yet. Byte tokens that never form a character
+/// are the exception to "the concatenation is decode()": a whole decode turns every byte of such a run
+/// into U+FFFD, even one that was already shown as itself; the stream cannot take back what it emitted,
+/// so it goes on with the new ids' text (the `tokenizers` library's DecodeStream raises an error there).
 
 #include <cstdint>
 #include <string>
