@@ -339,17 +339,26 @@ TEST(CheckpointLoadTest, ProgressAfterEachTensorAndAThrowStopsTheLoad) {
   LoadCheckpointOptions o;
   o.device_map = DeviceMap{{"linear1", Placement::cpu()}, {"batchnorm", Placement::disk()}, {"linear2", Placement::cpu()}};
   o.offload_state_dict = true;
-  std::vector<std::pair<uint64_t, uint64_t>> calls;
-  o.on_progress = [&](uint64_t done, uint64_t total) { calls.emplace_back(done, total); };
+  std::vector<LoadProgress> calls;
+  o.on_progress = [&](const LoadProgress& p) { calls.push_back(p); };
   auto model = make_model_for_test();
   load_checkpoint_in_model(*model, index, o);
   ASSERT_EQ(calls.size(), sd.size() + 1) << "once before the first tensor and once after each";
-  EXPECT_EQ(calls.front().first, 0u);
+  EXPECT_EQ(calls.front().bytes_done, 0u);
+  EXPECT_EQ(calls.front().tensors_done, 0u);
+  const size_t shards = calls.front().shards;
+  EXPECT_GT(shards, 1u) << "the sharded layout";
   for (size_t i = 1; i < calls.size(); ++i) {
-    EXPECT_GT(calls[i].first, calls[i - 1].first);
-    EXPECT_EQ(calls[i].second, total_bytes);
+    EXPECT_GT(calls[i].bytes_done, calls[i - 1].bytes_done);
+    EXPECT_EQ(calls[i].tensors_done, i);
+    EXPECT_EQ(calls[i].bytes_total, total_bytes);
+    EXPECT_EQ(calls[i].tensors_total, sd.size());
+    EXPECT_GE(calls[i].shard, calls[i - 1].shard) << "shards in order";
+    EXPECT_GE(calls[i].shard, 1u);
+    EXPECT_LE(calls[i].shard, shards);
   }
-  EXPECT_EQ(calls.back().first, total_bytes);
+  EXPECT_EQ(calls.back().bytes_done, total_bytes);
+  EXPECT_EQ(calls.back().shard, shards);
 
   auto staging_folders = [] {
     size_t n = 0;
@@ -359,7 +368,7 @@ TEST(CheckpointLoadTest, ProgressAfterEachTensorAndAThrowStopsTheLoad) {
   };
   const size_t before = staging_folders();
   int seen = 0;
-  o.on_progress = [&](uint64_t, uint64_t) {
+  o.on_progress = [&](const LoadProgress&) {
     if (++seen == 3) throw std::runtime_error("interrupted");
   };
   auto second = make_model_for_test();

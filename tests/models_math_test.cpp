@@ -319,6 +319,76 @@ TEST(ModelsMath, CachedDecodingEqualsFullForward) {
   }
 }
 
+// Prompts of different lengths in one batch (left padding, an attention mask, positions per row):
+// every row's logits, prompt and decode steps, equal running it alone, and so do its tokens. Each
+// architecture: the Llama and Qwen2 fixtures, Mixtral (routing sees the padding's tokens too, which
+// must not leak into the real rows), Mistral with a sliding window shorter than the prompts, GPT-2.
+TEST(ModelsMath, PromptsOfDifferentLengthsMatchRunningAlone) {
+  std::vector<std::pair<std::string, std::shared_ptr<CausalLM>>> models;
+  // In float32 (tiny_qwen2 is stored in bfloat16, whose rounding differs with the batch's shape).
+  for (const char* name : {"tiny_llama", "tiny_qwen2", "tiny_mixtral"})
+    models.emplace_back(name, load_pretrained(fixture(name), {at::kFloat}));
+  ModelConfig mistral = parse_config(R"({"architectures": ["MistralForCausalLM"], "model_type": "mistral", "vocab_size": 50,
+    "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 1, "sliding_window": 3, "rope_theta": 10000.0})");
+  ModelConfig gpt2 = parse_config(R"({"architectures": ["GPT2LMHeadModel"], "vocab_size": 50, "n_embd": 32,
+    "n_layer": 2, "n_head": 4, "n_positions": 64})");
+  for (const auto& [name, c] : {std::pair{"mistral, window 3", mistral}, std::pair{"gpt2", gpt2}}) {
+    auto m = create_model(c);
+    randomize(*m, 11);
+    models.emplace_back(name, m);
+  }
+  const std::vector<std::vector<int64_t>> prompts{{5, 9, 2, 7, 11, 3, 8}, {4, 1, 6}, {10, 12, 14, 16, 13}};
+  c10::NoGradGuard no_grad;
+  for (const auto& [name, model] : models) {
+    SCOPED_TRACE(name);
+    PaddedBatch batch = left_pad(prompts, /*pad_id=*/0);
+    ASSERT_EQ(batch.input_ids.sizes(), at::IntArrayRef({3, 7}));
+    EXPECT_EQ(batch.attention_mask[1].sum().item<int64_t>(), 3);
+    EXPECT_TRUE(at::equal(positions_from_mask(batch.attention_mask)[1], at::tensor({1, 1, 1, 1, 0, 1, 2}, at::kLong)));
+    // Prefill, then three decode steps fed each row's own greedy token.
+    at::Tensor mask = batch.attention_mask;
+    auto batch_cache = c10::make_intrusive<KVCache>();
+    std::vector<at::Tensor> batch_steps{model->logits(batch.input_ids, batch_cache, 0, mask, positions_from_mask(mask))};
+    for (int step = 0; step < 3; ++step) {
+      at::Tensor next = batch_steps.back().select(1, batch_steps.back().size(1) - 1).argmax(-1).view({3, 1});
+      mask = at::cat({mask, at::ones({3, 1}, at::kLong)}, 1);
+      batch_steps.push_back(model->logits(next, batch_cache, 0, mask, positions_from_mask(mask).narrow(1, mask.size(1) - 1, 1)));
+    }
+    for (size_t r = 0; r < prompts.size(); ++r) {
+      const auto n = static_cast<int64_t>(prompts[r].size());
+      auto cache = c10::make_intrusive<KVCache>();
+      at::Tensor alone = model->logits(at::tensor(prompts[r], at::kLong).view({1, -1}), cache);
+      EXPECT_LT(max_abs_diff(alone[0], batch_steps[0][static_cast<int64_t>(r)].narrow(0, 7 - n, n)), 1e-5) << "row " << r;
+      for (int step = 0; step < 3; ++step) {
+        at::Tensor next = alone.select(1, alone.size(1) - 1).argmax(-1).view({1, 1});
+        alone = model->logits(next, cache);
+        EXPECT_LT(max_abs_diff(alone[0], batch_steps[static_cast<size_t>(step) + 1][static_cast<int64_t>(r)]), 1e-5)
+            << "row " << r << ", decode step " << step;
+      }
+    }
+    // generate(): the batch's tokens are each prompt's tokens alone.
+    GenerationConfig g;
+    g.max_new_tokens = 6;
+    at::Tensor together = generate(*model, batch.input_ids, g, batch.attention_mask).sequences;
+    for (size_t r = 0; r < prompts.size(); ++r) {
+      at::Tensor alone = generate(*model, at::tensor(prompts[r], at::kLong).view({1, -1}), g).sequences;
+      EXPECT_TRUE(at::equal(together[static_cast<int64_t>(r)].narrow(0, 7, 6), alone[0].narrow(0, alone.size(1) - 6, 6)))
+          << "row " << r;
+    }
+  }
+  // A mask that does not fit is refused with both shapes; so is a prompt of padding only.
+  auto model = models.front().second;
+  PaddedBatch batch = left_pad(prompts, 0);
+  GenerationConfig g;
+  std::string msg = error_of([&] { generate(*model, batch.input_ids, g, batch.attention_mask.narrow(1, 0, 5)); });
+  EXPECT_NE(msg.find("attention_mask is [3, 5] but input_ids is [3, 7]"), std::string::npos) << msg;
+  at::Tensor hollow = batch.attention_mask.clone();
+  hollow[1].zero_();
+  msg = error_of([&] { generate(*model, batch.input_ids, g, hollow); });
+  EXPECT_NE(msg.find("prompt 1 is all padding"), std::string::npos) << msg;
+}
+
 TEST(ModelsMath, SamplingFollowsTransformersWarpers) {
   at::Tensor logits = at::tensor({1.0, 2.0, 3.0, 4.0, 5.0}).view({1, 5});
   GenerationConfig g;

@@ -1,5 +1,6 @@
 #include "attention.h"
 
+#include "ferry/core/error.h"
 #include "ferry/core/torch_compat.h"
 
 #include <ATen/ATen.h>
@@ -19,10 +20,10 @@ at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep) {
 }  // namespace
 
 at::Tensor causal_mask(int64_t q_len, int64_t kv_len, int64_t sliding_window, c10::ScalarType dtype,
-                       c10::Device device) {
+                       c10::Device device, const at::Tensor& padding_mask) {
   int64_t past = kv_len - q_len;
   bool window_bites = sliding_window > 0 && kv_len > sliding_window;
-  if (q_len == 1 && !window_bites) return at::Tensor();  // one query sees every key
+  if (q_len == 1 && !window_bites && !padding_mask.defined()) return at::Tensor();  // one query sees every key
   auto opts = at::TensorOptions().dtype(at::kLong).device(device);
   at::Tensor q_pos = at::arange(past, past + q_len, opts).unsqueeze(1);
   at::Tensor k_pos = at::arange(0, kv_len, opts).unsqueeze(0);
@@ -35,9 +36,28 @@ at::Tensor causal_mask(int64_t q_len, int64_t kv_len, int64_t sliding_window, c1
     case at::kDouble: lowest = std::numeric_limits<double>::lowest(); break;
     default: lowest = std::numeric_limits<float>::lowest(); break;
   }
+  if (padding_mask.defined()) {
+    // [batch, 1, q, kv]: a key is visible when causal (and in the window) and not padding. Combined
+    // as booleans, filled once, so a row of padding queries sees only `lowest`s: uniform, not NaN.
+    at::Tensor tokens = padding_mask.to(device).ne(0).view({padding_mask.size(0), 1, 1, kv_len});
+    allowed = allowed.view({1, 1, q_len, kv_len}).logical_and(tokens);
+    at::Tensor mask = at::zeros(allowed.sizes(), at::TensorOptions().dtype(dtype).device(device));
+    return mask.masked_fill_(allowed.logical_not(), lowest);
+  }
   at::Tensor mask = at::zeros({q_len, kv_len}, at::TensorOptions().dtype(dtype).device(device));
   mask.masked_fill_(allowed.logical_not(), lowest);
   return mask.view({1, 1, q_len, kv_len});
+}
+
+at::Tensor padding_mask_keyword(const Args& args, int64_t batch, int64_t kv_len) {
+  const c10::IValue& v = keyword_or_none(args, "attention_mask");
+  if (v.isNone()) return {};
+  FERRY_CHECK(v.isTensor(), "attention_mask must be a [batch, length] tensor, got ", v.tagKind());
+  at::Tensor mask = v.toTensor();
+  FERRY_CHECK(mask.dim() == 2 && mask.size(0) == batch && mask.size(1) == kv_len, "attention_mask is ", mask.sizes(),
+              " but the attention has ", batch, " sequence(s) over ", kv_len,
+              " positions (cached and new): give the mask of every position so far, padding included");
+  return mask;
 }
 
 at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,

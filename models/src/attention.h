@@ -15,8 +15,14 @@ namespace ferry::models::detail {
 /// queries at positions past .. past + q_len - 1 over keys 0 .. kv_len - 1, past = kv_len - q_len:
 /// causal, and within `sliding_window` positions when it is > 0 (transformers' rule: a key k is
 /// visible from query q when q - sliding_window < k <= q). Undefined when nothing is masked.
+/// With `padding_mask` ([batch, kv_len], nonzero for tokens, 0 for padding; the `attention_mask`
+/// keyword) the mask is [batch, 1, q_len, kv_len] and hides the padding keys too.
 at::Tensor causal_mask(int64_t q_len, int64_t kv_len, int64_t sliding_window, c10::ScalarType dtype,
-                       c10::Device device);
+                       c10::Device device, const at::Tensor& padding_mask = {});
+
+/// The `attention_mask` keyword ([batch, kv_len]: 1 for tokens, 0 for left padding), undefined when
+/// absent or None. Checked against the keys' length so a stale mask fails with both numbers.
+at::Tensor padding_mask_keyword(const Args& args, int64_t batch, int64_t kv_len);
 
 /// softmax(q k^T * scale + mask) v over [batch, heads, seq, head_dim] tensors, with key/value heads
 /// repeated to the query heads (grouped-query attention). Softmax in float32, then the query dtype.

@@ -72,10 +72,12 @@ KVCache* KVCache::from_ivalue(const c10::IValue& value) {
 }
 
 at::Tensor CausalLM::logits(const at::Tensor& input_ids, const c10::intrusive_ptr<KVCache>& cache,
-                            int64_t logits_to_keep) {
+                            int64_t logits_to_keep, const at::Tensor& attention_mask, const at::Tensor& position_ids) {
   Args args{input_ids};
   args.set("past_key_values", KVCache::to_ivalue(cache));
   args.set("logits_to_keep", logits_to_keep);
+  if (attention_mask.defined()) args.set("attention_mask", attention_mask);
+  if (position_ids.defined()) args.set("position_ids", position_ids);
   c10::IValue out = (*this)(std::move(args));
   FERRY_ASSERT(out.isTensor(), class_name(), " returned ", out.tagKind(), " instead of logits");
   return out.toTensor();

@@ -6,6 +6,7 @@
 #include <c10/core/GradMode.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <chrono>
 #include <limits>
 
@@ -75,9 +76,44 @@ at::Tensor sampling_probabilities(const at::Tensor& logits, const GenerationConf
   return scores.softmax(-1);
 }
 
-GenerationOutput generate(CausalLM& model, const at::Tensor& input_ids, const GenerationConfig& g) {
+PaddedBatch left_pad(const std::vector<std::vector<int64_t>>& prompts, int64_t pad_id) {
+  FERRY_CHECK(!prompts.empty(), "left_pad: no prompts");
+  size_t longest = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    FERRY_CHECK(!prompts[i].empty(), "left_pad: prompt ", i, " is empty; give at least one token per prompt");
+    longest = std::max(longest, prompts[i].size());
+  }
+  const auto rows = static_cast<int64_t>(prompts.size()), cols = static_cast<int64_t>(longest);
+  PaddedBatch batch{at::full({rows, cols}, pad_id, at::kLong), at::zeros({rows, cols}, at::kLong)};
+  for (int64_t r = 0; r < rows; ++r) {
+    const auto& p = prompts[static_cast<size_t>(r)];
+    const auto n = static_cast<int64_t>(p.size());
+    batch.input_ids[r].narrow(0, cols - n, n).copy_(at::tensor(p, at::kLong));
+    batch.attention_mask[r].narrow(0, cols - n, n).fill_(1);
+  }
+  return batch;
+}
+
+at::Tensor positions_from_mask(const at::Tensor& attention_mask) {
+  at::Tensor mask = attention_mask.to(at::kLong);
+  return (mask.cumsum(-1) - 1).masked_fill_(mask.eq(0), 1);
+}
+
+GenerationOutput generate(CausalLM& model, const at::Tensor& input_ids, const GenerationConfig& g,
+                          const at::Tensor& attention_mask) {
   check_config(g);
   check_input_ids(model, input_ids);
+  at::Tensor mask;  // [batch, positions so far] on the CPU; undefined when nothing is padding
+  if (attention_mask.defined()) {
+    FERRY_CHECK(attention_mask.sizes() == input_ids.sizes(), "attention_mask is ", attention_mask.sizes(),
+                " but input_ids is ", input_ids.sizes(), "; give one 0/1 per prompt position");
+    mask = attention_mask.to(at::kCPU).to(at::kLong).contiguous();
+    FERRY_CHECK(mask.eq(0).logical_or(mask.eq(1)).all().item<bool>(), "attention_mask must hold only 0 and 1");
+    at::Tensor empty_rows = mask.sum(-1).eq(0).nonzero();
+    FERRY_CHECK(empty_rows.numel() == 0, "attention_mask: prompt ", empty_rows.numel() ? empty_rows[0][0].item<int64_t>() : 0,
+                " is all padding; give at least one token per prompt");
+    if (mask.eq(1).all().item<bool>()) mask = at::Tensor();  // no padding: the plain path, bit for bit
+  }
   c10::NoGradGuard no_grad;
   GenerationOutput out;
   c10::Device device = input_device(model);
@@ -100,11 +136,20 @@ GenerationOutput generate(CausalLM& model, const at::Tensor& input_ids, const Ge
     out.sequences = sequences;
     return out;
   }
-  at::Tensor logits = model.logits(sequences.to(device), cache, g.return_prompt_logits ? 0 : 1);
+  // With padding, every forward gets the mask of all positions so far and each row's own positions.
+  auto forward = [&](const at::Tensor& ids, int64_t keep) {
+    if (!mask.defined()) return model.logits(ids.to(device), cache, keep);
+    at::Tensor positions = positions_from_mask(mask).narrow(1, mask.size(1) - ids.size(1), ids.size(1));
+    return model.logits(ids.to(device), cache, keep, mask.to(device), positions.to(device));
+  };
+  at::Tensor logits = forward(sequences, g.return_prompt_logits ? 0 : 1);
   if (g.return_prompt_logits) out.prompt_logits = logits.to(at::kCPU).to(at::kFloat).clone();
   for (int64_t step = 0; step < g.max_new_tokens; ++step) {
     auto step_start = Clock::now();
-    if (step > 0) logits = model.logits(sequences.narrow(1, sequences.size(1) - 1, 1).to(device), cache, 1);
+    if (step > 0) {
+      if (mask.defined()) mask = at::cat({mask, at::ones({batch, 1}, at::kLong)}, 1);
+      logits = forward(sequences.narrow(1, sequences.size(1) - 1, 1), 1);
+    }
     at::Tensor next = choose(logits);
     if (eos.numel() > 0) {
       next = at::where(unfinished, next, at::full_like(next, pad));
@@ -119,6 +164,7 @@ GenerationOutput generate(CausalLM& model, const at::Tensor& input_ids, const Ge
       ++out.decode_steps;
     }
     if (g.on_step) g.on_step(step, next);
+    if (g.stopping_criteria && g.stopping_criteria(sequences)) break;
     if (eos.numel() > 0 && !unfinished.any().item<bool>()) break;
   }
   if (g.max_new_tokens == 0) out.prefill_seconds = seconds_since(start);

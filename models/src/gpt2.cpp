@@ -34,7 +34,8 @@ c10::IValue GPT2Attention::forward(Args& args) {
   if (KVCache* cache = KVCache::from_ivalue(detail::keyword_or_none(args, "past_key_values"))) {
     std::tie(k, v) = cache->update(layer_idx, k, v);
   }
-  at::Tensor mask = detail::causal_mask(s, k.size(2), 0, q.scalar_type(), q.device());
+  at::Tensor mask = detail::causal_mask(s, k.size(2), 0, q.scalar_type(), q.device(),
+                                        detail::padding_mask_keyword(args, b, k.size(2)));
   at::Tensor out;
   if (sdpa) {
     double scale = (scale_attn_weights ? 1.0 / std::sqrt(static_cast<double>(head_dim)) : 1.0) /
@@ -97,6 +98,7 @@ c10::IValue GPT2Model::forward(Args& args) {
   for (const auto& [name, block] : h->children()) {
     Args block_args{x};
     block_args.set("past_key_values", cache_value);
+    if (const c10::IValue* mask = args.find("attention_mask")) block_args.set("attention_mask", *mask);
     x = (*block)(std::move(block_args)).toTensor();
   }
   return (*ln_f)(x);

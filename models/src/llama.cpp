@@ -115,7 +115,8 @@ c10::IValue LlamaAttention::forward(Args& args) {
   if (KVCache* cache = KVCache::from_ivalue(detail::keyword_or_none(args, "past_key_values"))) {
     std::tie(k, v) = cache->update(layer_idx, k, v);
   }
-  at::Tensor mask = detail::causal_mask(s, k.size(2), sliding_window, q.scalar_type(), q.device());
+  at::Tensor mask = detail::causal_mask(s, k.size(2), sliding_window, q.scalar_type(), q.device(),
+                                        detail::padding_mask_keyword(args, b, k.size(2)));
   at::Tensor out = detail::attention(q, k, v, 1.0 / std::sqrt(static_cast<double>(head_dim)), mask, sdpa);
   out = out.transpose(1, 2).contiguous().reshape({b, s, -1});
   return (*o_proj)(out);
@@ -178,6 +179,7 @@ c10::IValue LlamaModel::forward(Args& args) {
     layer_args.set("position_embeddings", position_embeddings);
     layer_args.set("position_ids", position_ids);
     layer_args.set("past_key_values", cache_value);
+    if (const c10::IValue* mask = args.find("attention_mask")) layer_args.set("attention_mask", *mask);
     h = (*layer)(std::move(layer_args)).toTensor();
   }
   return (*norm)(h);

@@ -178,17 +178,23 @@ LoadCheckpointResult load_checkpoint_in_model(Module& model, const io::Checkpoin
   };
 
   // 2. Stream shard by shard.
-  uint64_t progress_total = 0, progress_done = 0;
+  LoadProgress progress;
+  progress.shards = ckpt.files().size();
   if (options.on_progress) {
     for (const auto& t : ckpt.tensors())
-      if (placement_of.count(t.name)) progress_total += t.nbytes;
-    options.on_progress(0, progress_total);
+      if (placement_of.count(t.name)) {
+        progress.bytes_total += t.nbytes;
+        ++progress.tensors_total;
+      }
+    options.on_progress(progress);
   }
   auto report = [&](uint64_t bytes) {
-    progress_done += bytes;
-    if (options.on_progress) options.on_progress(progress_done, progress_total);
+    progress.bytes_done += bytes;
+    ++progress.tensors_done;
+    if (options.on_progress) options.on_progress(progress);
   };
   for (size_t shard_index = 0; shard_index < ckpt.files().size(); ++shard_index) {
+    progress.shard = shard_index + 1;
     // A safetensors shard is mapped and read in place; a .bin shard is loaded whole into memory
     // (its tensors are zip records described by a pickle) and freed once its tensors are placed.
     const io::SafetensorsFile* shard = torch_format ? nullptr : &ckpt.shard(shard_index);

@@ -54,6 +54,17 @@
 
 namespace ferry {
 
+/// How far load_checkpoint_in_model has got, for progress bars: bytes and tensors of the checkpoint
+/// that the model takes (done and in all), and the shard being read (1-based; `shards` in all).
+struct LoadProgress {
+  uint64_t bytes_done = 0;
+  uint64_t bytes_total = 0;
+  size_t tensors_done = 0;
+  size_t tensors_total = 0;
+  size_t shard = 0;
+  size_t shards = 0;
+};
+
 /// Accelerate's keyword arguments of load_checkpoint_in_model (bitsandbytes ones left out).
 struct LoadCheckpointOptions {
   /// Where each module goes. Without a map every tensor goes to the device its model tensor is on
@@ -80,10 +91,9 @@ struct LoadCheckpointOptions {
   /// Put before every checkpoint name (Checkpoint::with_name_prefix), e.g. "transformer." for a
   /// GPT-2 checkpoint saved from the base model.
   std::string name_prefix;
-  /// Called after each tensor with (checkpoint bytes handled, bytes the model takes in all). An
-  /// exception thrown from it stops the load there (ferry run's Ctrl-C); what was half-done is undone
-  /// as on any error.
-  std::function<void(uint64_t done, uint64_t total)> on_progress;
+  /// Called once before the first tensor and after each tensor (LoadProgress). An exception thrown
+  /// from it stops the load there (ferry run's Ctrl-C); what was half-done is undone as on any error.
+  std::function<void(const LoadProgress&)> on_progress;
 };
 
 /// What load_checkpoint_in_model did.

@@ -76,8 +76,9 @@ class KVCache : public torch::CustomClassHolder {
 ///
 /// Its forward (call it through `(*model)(args)` or `logits()`, so that hooks run) takes `input_ids`
 /// [batch, seq] (int64) as the positional argument and keywords `past_key_values` (a KVCache capsule
-/// or None), `position_ids` ([batch, seq]; default: continuing the cache) and `logits_to_keep` (int;
-/// 0 keeps every position), and returns the logits [batch, kept positions, vocab] in the model's dtype.
+/// or None), `position_ids` ([batch, seq]; default: continuing the cache), `attention_mask` ([batch,
+/// cached + seq]; 0 hides a padding position's key, as transformers' 2-D mask) and `logits_to_keep`
+/// (int; 0 keeps every position), and returns the logits [batch, kept positions, vocab] in the model's dtype.
 class CausalLM : public Module {
  public:
   CausalLM(std::string class_name, ModelConfig config) : Module(std::move(class_name)), config_(std::move(config)) {}
@@ -86,9 +87,12 @@ class CausalLM : public Module {
   const ModelConfig& config() const { return config_; }
 
   /// Calls the model (hooks included) on `input_ids`, continuing `cache` when given (its entries
-  /// are extended). `logits_to_keep` > 0 computes only the last positions' logits.
+  /// are extended). `logits_to_keep` > 0 computes only the last positions' logits. For a batch of
+  /// left-padded prompts give `attention_mask` ([batch, cached + new]: 1 token, 0 padding) and
+  /// `position_ids` ([batch, new]); generate() makes both (positions_from_mask in generate.h).
   at::Tensor logits(const at::Tensor& input_ids, const c10::intrusive_ptr<KVCache>& cache = {},
-                    int64_t logits_to_keep = 0);
+                    int64_t logits_to_keep = 0, const at::Tensor& attention_mask = {},
+                    const at::Tensor& position_ids = {});
 
   /// transformers' `_no_split_modules`: decoder-layer classes that must stay on one device.
   virtual std::vector<std::string> no_split_module_classes() const = 0;

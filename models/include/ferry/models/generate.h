@@ -10,7 +10,13 @@
 ///     GenerationOutput out = generate(*model, prompt_ids, g);   // prompt_ids [batch, len], int64
 ///     out.sequences;        // [batch, len + new tokens], the prompts followed by the new tokens
 ///
-/// A batch holds prompts of equal length (no padding). Generation runs under NoGradGuard; the cache
+/// Prompts of different lengths go in one batch left-padded, with an attention mask, as transformers
+/// does it (each row then gives the tokens and, within float rounding, the logits it gives alone):
+///
+///     PaddedBatch batch = left_pad({{1, 15, 27}, {1, 99}}, /*pad_id=*/0);   // ids [2, 3], mask [2, 3]
+///     GenerationOutput out = generate(*model, batch.input_ids, g, batch.attention_mask);
+///
+/// Generation runs under NoGradGuard; the cache
 /// keeps each layer's keys and values on that layer's execution device, so dispatched and offloaded
 /// models work unchanged. Sampling draws on the CPU from a generator seeded with `seed`, so a seed
 /// gives the same tokens whatever devices the model runs on.
@@ -21,6 +27,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 namespace ferry::models {
@@ -49,7 +56,25 @@ struct GenerationConfig {
   bool return_prompt_logits = false;
   /// Called after each step with the step's new tokens [batch] (CPU, int64).
   std::function<void(int64_t step, const at::Tensor& tokens)> on_step;
+  /// Called after on_step with the sequences so far ([batch, prompt + new], CPU); true ends the
+  /// generation there (transformers' StoppingCriteria: a stop string seen in the text, say).
+  std::function<bool(const at::Tensor& sequences)> stopping_criteria;
 };
+
+/// Prompts of different lengths as one batch: `input_ids` [batch, longest] left-padded with the pad id,
+/// `attention_mask` [batch, longest] int64, 1 over each prompt's tokens and 0 over its padding.
+struct PaddedBatch {
+  at::Tensor input_ids;
+  at::Tensor attention_mask;
+};
+
+/// Left-pads `prompts` (each non-empty) to the longest with `pad_id`, as transformers' tokenizers do for
+/// generation (padding_side="left"): every row's last token is then at the same place.
+PaddedBatch left_pad(const std::vector<std::vector<int64_t>>& prompts, int64_t pad_id);
+
+/// Positions of a left-padded batch, as transformers' generate computes them: each row counts from 0
+/// at its first token (cumsum(mask) - 1), and padding gets position 1. [batch, len] int64.
+at::Tensor positions_from_mask(const at::Tensor& attention_mask);
 
 /// What generate() produced, with its timings.
 struct GenerationOutput {
@@ -66,10 +91,21 @@ struct GenerationOutput {
   int64_t decode_steps = 0;
 };
 
+/// The generation settings a model folder asks for, as transformers' GenerationConfig reads them:
+/// its defaults (greedy; when sampling, temperature 1, top-k 50, top-p 1; 20 new tokens), then
+/// `dir`/generation_config.json when there is one (do_sample, temperature, top_k, top_p,
+/// max_new_tokens, eos_token_id as a number or a list, pad_token_id). EOS and pad ids otherwise come
+/// from config.json. Settings ferry does not apply (num_beams > 1, repetition_penalty != 1, ...) are
+/// named in a warning rather than ignored silently. A damaged file is a ferry::Error naming it.
+GenerationConfig load_generation_config(const std::string& dir, const ModelConfig& config);
+
 /// Generates from `input_ids` ([batch, len], int64, any device; every id inside the vocabulary).
-/// Throws ferry::Error for a bad prompt (empty, not 2-D, an id outside [0, vocab_size)) or bad
-/// options (temperature <= 0, top_p outside (0, 1], negative top_k or max_new_tokens).
-GenerationOutput generate(CausalLM& model, const at::Tensor& input_ids, const GenerationConfig& config);
+/// `attention_mask` ([batch, len], 1 token / 0 padding; see left_pad) runs prompts of different
+/// lengths together; without it every position is a token. Throws ferry::Error for a bad prompt
+/// (empty, not 2-D, an id outside [0, vocab_size), a mask of another shape or a row of padding only)
+/// or bad options (temperature <= 0, top_p outside (0, 1], negative top_k or max_new_tokens).
+GenerationOutput generate(CausalLM& model, const at::Tensor& input_ids, const GenerationConfig& config,
+                          const at::Tensor& attention_mask = {});
 
 /// Checks `input_ids` against the model's vocabulary; the message names the offending id and its
 /// position. generate() calls it.

@@ -18,6 +18,7 @@
 /// A bad folder, config, checkpoint or map fails before any weight is read or any file written.
 
 #include "ferry/dispatch/big_modeling.h"
+#include "ferry/dispatch/load_checkpoint.h"
 #include "ferry/io/checkpoint.h"
 #include "ferry/models/causal_lm.h"
 #include "ferry/plan/device_map.h"
@@ -53,8 +54,9 @@ struct LoadModelOptions {
   /// Page-lock CPU-offloaded weights when the model executes on an accelerator (default true;
   /// false gives Accelerate's pageable copies, for comparison).
   bool pin_cpu_weights = true;
-  /// Called after each weight loads with (bytes done, bytes in all); throwing from it stops the load.
-  std::function<void(uint64_t, uint64_t)> on_progress;
+  /// Called before the first weight and after each one loads (bytes, tensors, shard: LoadProgress);
+  /// throwing from it stops the load.
+  std::function<void(const LoadProgress&)> on_progress;
   /// Called with each planner decision when planning.
   std::function<void(const std::string&)> explain;
 };

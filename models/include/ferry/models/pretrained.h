@@ -11,6 +11,7 @@
 /// weight straight to its device and dtype. For models larger than memory
 /// use ferry::load_checkpoint_and_dispatch with create_model instead (see ferry run).
 
+#include "ferry/dispatch/load_checkpoint.h"
 #include "ferry/io/checkpoint.h"
 #include "ferry/models/causal_lm.h"
 
@@ -33,8 +34,9 @@ struct PretrainedOptions {
   std::string attn_implementation;
   /// Where every weight goes.
   c10::Device device = c10::Device(c10::kCPU);
-  /// Called after each weight loads with (bytes done, bytes in all); throwing from it stops the load.
-  std::function<void(uint64_t, uint64_t)> on_progress;
+  /// Called before the first weight and after each one loads (bytes, tensors, shard: LoadProgress);
+  /// throwing from it stops the load.
+  std::function<void(const LoadProgress&)> on_progress;
 };
 
 /// Builds the model `dir/config.json` describes and loads `dir`'s checkpoint into it. Throws
