@@ -6,7 +6,7 @@
 /// Note [Two programs, one command]: loading LibTorch's kernels costs about 0.4 s and 160 MB before
 /// main() runs, more than `ferry plan` needs to plan a 100,000-tensor checkpoint. So `ferry` itself
 /// (main.cpp) links only c10 and ferry's planning and file layers, and runs `plan` and `inspect`;
-/// the commands that build a model or read PyTorch pickles (`run`, `offload`, `demo`, `convert`,
+/// the commands that build a model or read PyTorch pickles (`run`, `chat`, `offload`, `demo`, `convert`,
 /// `estimate-memory`) live in `ferry-torch` (torch_main.cpp), which `ferry` replaces itself with
 /// (execv, same arguments, same exit status) when one is asked. `plan` and `inspect` of a PyTorch .bin
 /// checkpoint are handed over the same way, when the checkpoint they open turns out to be one (its
@@ -16,7 +16,10 @@
 
 namespace ferry::cli {
 
-inline constexpr const char* kRunDescription = "Load a Hugging Face checkpoint folder and generate from token ids";
+inline constexpr const char* kRunDescription =
+    "Load a Hugging Face checkpoint folder and generate: text in and out (--prompt), or token ids (--ids)";
+inline constexpr const char* kChatDescription =
+    "Chat with a model: its chat template, the conversation kept, replies streamed (stdin may be a pipe)";
 inline constexpr const char* kOffloadDescription =
     "Write a checkpoint's tensors as an Accelerate offload folder (index.json + one .dat per tensor)";
 inline constexpr const char* kConvertDescription =
@@ -32,6 +35,7 @@ void add_plan_command(CLI::App& app);     ///< ferry plan: device maps (plan_com
 void add_inspect_command(CLI::App& app);  ///< ferry inspect: checkpoint contents (inspect_command.cpp)
 void add_offload_command(CLI::App& app);  ///< ferry offload: checkpoint -> offload folder (offload_command.cpp)
 void add_run_command(CLI::App& app);      ///< ferry run: load, dispatch, generate (run_command.cpp)
+void add_chat_command(CLI::App& app);     ///< ferry chat: a conversation through the chat template (chat_command.cpp)
 void add_demo_command(CLI::App& app);     ///< ferry demo: the built-in example (demo_command.cpp)
 void add_convert_command(CLI::App& app);  ///< ferry convert: .bin or safetensors -> safetensors (convert_command.cpp)
 void add_estimate_memory_command(CLI::App& app);  ///< ferry estimate-memory (estimate_memory_command.cpp)

@@ -18,7 +18,7 @@ namespace {
 
 bool is_torch_command(const char* name) {
   const std::string n = name;
-  return n == "run" || n == "offload" || n == "demo" || n == "convert" || n == "estimate-memory";
+  return n == "run" || n == "chat" || n == "offload" || n == "demo" || n == "convert" || n == "estimate-memory";
 }
 
 // ferry-torch next to this program (the build tree, a bin/ install), or in ../libexec/ferry/.
@@ -73,6 +73,7 @@ int main(int argc, char** argv) {
     // Listed here for `ferry --help`; main() hands them to ferry-torch before parsing.
     app.add_subcommand("offload", ferry::cli::kOffloadDescription);
     app.add_subcommand("run", ferry::cli::kRunDescription);
+    app.add_subcommand("chat", ferry::cli::kChatDescription);
     app.add_subcommand("demo", ferry::cli::kDemoDescription);
     app.add_subcommand("convert", ferry::cli::kConvertDescription);
     app.add_subcommand("estimate-memory", ferry::cli::kEstimateMemoryDescription);

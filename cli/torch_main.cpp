@@ -10,6 +10,7 @@ int main(int argc, char** argv) {
     ferry::cli::add_inspect_command(app);
     ferry::cli::add_offload_command(app);
     ferry::cli::add_run_command(app);
+    ferry::cli::add_chat_command(app);
     ferry::cli::add_demo_command(app);
     ferry::cli::add_convert_command(app);
     ferry::cli::add_estimate_memory_command(app);

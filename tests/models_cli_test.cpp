@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 
 #include <cstdio>
 #include <filesystem>
@@ -227,6 +228,188 @@ TEST(ModelsCli, PromptInTextOut) {
   EXPECT_NE(no_tokenizer.out.find("tokenizer.json"), std::string::npos) << no_tokenizer.out;
 }
 
+// A model folder with a tokenizer beside it: the fixture's files linked, tokenizer.json copied.
+void link_fixture_with_tokenizer(const std::string& name, const std::string& tokenizer, const TempDir& dir) {
+  for (const auto& e : fs::directory_iterator(fixture(name)))
+    fs::create_symlink(e.path(), dir.path() / e.path().filename());
+  fs::copy_file(fixture("tokenizers/" + tokenizer + ".tokenizer.json"), dir.path() / "tokenizer.json");
+}
+
+// --stop: generation ends as soon as the text contains the string, and the text shown ends before it.
+TEST(ModelsCli, StopStringsEndTheText) {
+  REQUIRE_CLI();
+  TempDir dir("stop");
+  link_fixture_with_tokenizer("tiny_llama", "llama2", dir);
+  // Six tokens: text of whole characters (see PromptInTextOut), so the streamed text is the decode's.
+  const std::string run = "run '" + dir.str() + "' --prompt 'The quick brown fox' --max-new-tokens 6";
+  Result full = run_cli(run + " --json", false);
+  ASSERT_EQ(full.status, 0) << full.out;
+  auto all = nlohmann::json::parse(full.stdout_only);
+  const std::string text = all["text"];
+  ASSERT_GE(text.size(), 4u) << text;
+  EXPECT_EQ(all["stop_reason"], "max_new_tokens");
+  // A stop string from the middle of the text (two letters or digits): what comes before it, and fewer tokens.
+  size_t at = text.size() / 2;
+  while (at + 1 < text.size() && !(std::isalnum(static_cast<unsigned char>(text[at])) && std::isalnum(static_cast<unsigned char>(text[at + 1])))) ++at;
+  ASSERT_LT(at + 1, text.size()) << text;
+  const std::string stop = text.substr(at, 2);
+  const std::string before = text.substr(0, text.find(stop));
+  Result cut = run_cli(run + " --json --stop '" + stop + "' --stop 'never appears'", false);
+  ASSERT_EQ(cut.status, 0) << cut.out;
+  auto j = nlohmann::json::parse(cut.stdout_only);
+  EXPECT_EQ(j["text"], before);
+  EXPECT_EQ(j["stop_reason"], "stop_string");
+  EXPECT_EQ(j["stop_string"], stop);
+  EXPECT_LT(j["new_tokens"].get<int64_t>(), 6);
+  // The tokens up to the stop are the same tokens.
+  auto got = j["generated"][0].get<std::vector<int64_t>>(), want = all["generated"][0].get<std::vector<int64_t>>();
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), want.begin())) << cut.stdout_only;
+  // Streamed: stdout holds the text before the stop string, nothing of it.
+  Result streamed = run_cli(run + " --stop '" + stop + "'", false);
+  ASSERT_EQ(streamed.status, 0) << streamed.out;
+  EXPECT_EQ(streamed.stdout_only, before + "\n");
+  Result ids = run_cli("run '" + dir.str() + "' --ids '1 2' --stop x");
+  EXPECT_NE(ids.status, 0);
+  EXPECT_NE(ids.out.find("--stop needs --prompt"), std::string::npos) << ids.out;
+}
+
+// Sampling defaults come from generation_config.json, as in transformers; flags override them.
+TEST(ModelsCli, SamplingDefaultsFollowGenerationConfig) {
+  REQUIRE_CLI();
+  TempDir dir("genconfig");
+  for (const auto& e : fs::directory_iterator(fixture("tiny_llama")))
+    if (e.path().filename() != "generation_config.json") fs::create_symlink(e.path(), dir.path() / e.path().filename());
+  auto write_config = [&](const std::string& text) {
+    std::ofstream(dir.path() / "generation_config.json", std::ios::trunc) << text;
+  };
+  const std::string run = "run '" + dir.str() + "' --ids '1 2 3' --max-new-tokens 8 --json";
+  Result greedy = run_cli(run, false);
+  ASSERT_EQ(greedy.status, 0) << greedy.out;
+  EXPECT_EQ(nlohmann::json::parse(greedy.stdout_only)["sampling"]["do_sample"], false);
+
+  write_config(R"({"do_sample": true, "temperature": 1.7, "top_k": 7, "top_p": 0.95, "eos_token_id": [2, 5], "repetition_penalty": 1.1})");
+  Result sampled = run_cli(run + " --seed 3", false), again = run_cli(run + " --seed 3", false);
+  ASSERT_EQ(sampled.status, 0) << sampled.out;
+  auto s = nlohmann::json::parse(sampled.stdout_only);
+  EXPECT_EQ(s["sampling"]["do_sample"], true);
+  EXPECT_EQ(s["sampling"]["temperature"], 1.7);
+  EXPECT_EQ(s["sampling"]["top_k"], 7);
+  EXPECT_EQ(s["sampling"]["top_p"], 0.95);
+  EXPECT_EQ(s["generated"], nlohmann::json::parse(again.stdout_only)["generated"]) << "seeded";
+  // Same settings given as flags to a folder without the file: the same tokens.
+  fs::remove(dir.path() / "generation_config.json");
+  Result flags = run_cli(run + " --seed 3 --temperature 1.7 --top-k 7 --top-p 0.95", false);
+  ASSERT_EQ(flags.status, 0) << flags.out;
+  auto f = nlohmann::json::parse(flags.stdout_only);
+  auto until_eos = [](std::vector<int64_t> v) {  // the file also made 5 an EOS id
+    auto it = std::find_if(v.begin(), v.end(), [](int64_t id) { return id == 2 || id == 5; });
+    return std::vector<int64_t>(v.begin(), it == v.end() ? v.end() : it + 1);
+  };
+  EXPECT_EQ(until_eos(f["generated"][0].get<std::vector<int64_t>>()), s["generated"][0].get<std::vector<int64_t>>());
+  // --greedy wins over the file; a setting ferry does not apply is named.
+  write_config(R"({"do_sample": true, "temperature": 1.7, "repetition_penalty": 1.1})");
+  Result forced = run_cli(run + " --greedy");
+  ASSERT_EQ(forced.status, 0) << forced.out;
+  EXPECT_NE(forced.out.find("repetition_penalty 1.1, which ferry does not apply"), std::string::npos) << forced.out;
+  Result forced_json = run_cli(run + " --greedy", false);
+  EXPECT_EQ(nlohmann::json::parse(forced_json.stdout_only)["generated"], nlohmann::json::parse(greedy.stdout_only)["generated"]);
+  write_config("{\"do_sample\": tru");
+  Result bad = run_cli(run);
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.out.find("generation_config.json is not valid JSON"), std::string::npos) << bad.out;
+}
+
+// Prompts of different lengths in one run: left-padded and masked, each row's tokens are its own.
+TEST(ModelsCli, PromptsOfDifferentLengthsInOneRun) {
+  REQUIRE_CLI();
+  const std::string run = "run '" + fixture("tiny_qwen2") + "' --dtype float32 --max-new-tokens 6 --json --ids ";
+  Result together = run_cli(run + "'5 9 2 7 11;4 1;10 12 14'", false);
+  ASSERT_EQ(together.status, 0) << together.out;
+  auto j = nlohmann::json::parse(together.stdout_only);
+  EXPECT_EQ(j["prompt"][1], nlohmann::json::array({4, 1})) << "prompts are reported without their padding";
+  int row = 0;
+  for (const char* alone : {"'5 9 2 7 11'", "'4 1'", "'10 12 14'"}) {
+    Result r = run_cli(run + alone, false);
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(j["generated"][row], nlohmann::json::parse(r.stdout_only)["generated"][0]) << "prompt " << row;
+    ++row;
+  }
+}
+
+// Loading shows its progress: a line when it starts and one when it ends when stderr is not a
+// terminal (with bytes, tensors and shards); nothing with --quiet.
+TEST(ModelsCli, LoadingProgressAndQuiet) {
+  REQUIRE_CLI();
+  const std::string run = "run '" + fixture("tiny_llama") + "' --ids '1 2 3' --max-new-tokens 2";
+  Result r = run_cli(run);
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("loading "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(" in 14 shard(s) from "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("tensors, 14 shard(s)) in "), std::string::npos) << r.out;
+  Result q = run_cli(run + " --quiet");
+  ASSERT_EQ(q.status, 0) << q.out;
+  EXPECT_EQ(q.out.find("loading"), std::string::npos) << q.out;
+  EXPECT_EQ(q.out.find("model:"), std::string::npos) << q.out;
+  EXPECT_EQ(q.out.find("timings:"), std::string::npos) << q.out;
+  EXPECT_NE(q.out.find("] -> "), std::string::npos) << q.out;
+}
+
+// `ferry chat` against whole conversations played by transformers (scripts/make_chat_fixtures.py):
+// each fixture model with its family's tokenizer and published chat template; the user's lines come
+// through a pipe. Every turn's prompt ids (the history rendered and encoded), reply ids and reply
+// text are transformers' — so the template, the history and the decode all agree.
+TEST(ModelsCli, ChatMatchesTransformersTurnByTurn) {
+  REQUIRE_CLI();
+  int cases = 0;
+  for (const auto& entry : fs::directory_iterator(fixture("chat"))) {
+    std::ifstream in(entry.path());
+    const auto want = nlohmann::json::parse(in);
+    SCOPED_TRACE(entry.path().filename().string());
+    TempDir dir("chat");
+    link_fixture_with_tokenizer(want["model"], want["tokenizer"], dir);
+    std::ofstream(dir.path() / "tokenizer_config.json") << want["tokenizer_config"].dump();
+    std::ofstream lines(dir.path() / "user.txt");
+    for (const auto& turn : want["turns"]) lines << turn["user"].get<std::string>() << "\n";
+    lines.close();
+    std::string system = want["system"].is_null() ? "" : " --system '" + want["system"].get<std::string>() + "'";
+    Result r = run_cli("chat '" + dir.str() + "' --json --greedy --max-new-tokens " + want["max_new_tokens"].dump() +
+                           system + " < '" + (dir.path() / "user.txt").string() + "'",
+                       false);
+    ASSERT_EQ(r.status, 0) << r.out;
+    std::istringstream replies(r.stdout_only);
+    std::string line;
+    size_t turn = 0;
+    while (std::getline(replies, line)) {
+      ASSERT_LT(turn, want["turns"].size()) << line;
+      const auto got = nlohmann::json::parse(line);
+      const auto& expected = want["turns"][turn];
+      EXPECT_EQ(got["prompt_ids"], expected["prompt_ids"]) << "turn " << turn;
+      EXPECT_EQ(got["reply_ids"], expected["reply_ids"]) << "turn " << turn;
+      EXPECT_EQ(got["reply"], expected["reply"]) << "turn " << turn;
+      ++turn;
+    }
+    EXPECT_EQ(turn, want["turns"].size());
+    ++cases;
+  }
+  EXPECT_GE(cases, 5);
+  // Text mode through a pipe: the replies, one line per turn, on stdout; a model without a template is refused.
+  TempDir dir("chat_text");
+  link_fixture_with_tokenizer("tiny_llama", "llama3", dir);
+  Result no_template = run_cli("chat '" + dir.str() + "' < /dev/null");
+  EXPECT_NE(no_template.status, 0);
+  EXPECT_NE(no_template.out.find("has no chat template"), std::string::npos) << no_template.out;
+  std::ifstream llama(fixture("chat/llama.json"));
+  const auto want = nlohmann::json::parse(llama);
+  std::ofstream(dir.path() / "tokenizer_config.json") << want["tokenizer_config"].dump();
+  Result text = run_cli("chat '" + dir.str() + "' --greedy --max-new-tokens 6 --system 'Answer briefly.'", false,
+                        "printf 'Hi! Who are you?\\n/reset\\nHi! Who are you?\\n' | ");
+  ASSERT_EQ(text.status, 0) << text.out;
+  const std::string& both = text.stdout_only;
+  ASSERT_EQ(both.size() % 2, 0u) << both;
+  EXPECT_EQ(both.substr(0, both.size() / 2), both.substr(both.size() / 2))
+      << "after /reset the same first turn gives the same reply";
+}
+
 // Mixtures of experts through `ferry run`, resident and planned under a budget that puts layers on disk.
 TEST(ModelsCli, MixturesOfExpertsMatchTransformers) {
   REQUIRE_CLI();
@@ -321,9 +504,9 @@ TEST(ModelsCli, BadInputExitsNonZeroWithAClearMessage) {
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.out.find("token id 1000 (prompt 0, position 2) is outside the vocabulary [0, 1000)"), std::string::npos)
       << r.out;
-  r = run_cli("run " + fixture("tiny_llama") + " --ids \"1 2;3\"");
+  r = run_cli("run " + fixture("tiny_llama") + " --ids \"1 2;;3\"");  // prompts of different lengths are fine; empty ones not
   EXPECT_NE(r.status, 0);
-  EXPECT_NE(r.out.find("prompts must have equal lengths"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--ids: prompt 1 is empty"), std::string::npos) << r.out;
   r = run_cli("run " + fixture("tiny_llama") + " --ids \"1 x\"");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.out.find("'x' is not an integer token id"), std::string::npos) << r.out;

@@ -1,0 +1,264 @@
+#include "model_session.h"
+
+#include "interrupt.h"
+
+#include "ferry/core/byte_size.h"
+#include "ferry/core/dtype.h"
+#include "ferry/core/error.h"
+#include "ferry/models/pretrained.h"
+
+#include <ATen/Context.h>
+#if defined(FERRY_WITH_CUDA)
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <sstream>
+
+namespace ferry::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// --seed as an unsigned 64-bit integer: out of range is an error, not a silent wrap.
+uint64_t parse_seed(const std::string& text) {
+  size_t used = 0;
+  unsigned long long v = 0;
+  try {
+    FERRY_CHECK(!text.empty() && text[0] != '-', "");
+    v = std::stoull(text, &used, 10);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  FERRY_CHECK(used == text.size() && used > 0, "--seed must be an integer from 0 to 18446744073709551615, got '", text, "'");
+  return static_cast<uint64_t>(v);
+}
+
+// Loading progress on stderr. On a terminal, a bar redrawn in place at most ten times a second:
+//   loading [##########..........]  52%  1.40 GiB / 2.69 GiB  shard 2/3  57/123 tensors  1.9 GiB/s
+// Elsewhere (a log, a pipe), one line when loading starts and one when it ends.
+class ProgressDisplay {
+ public:
+  ProgressDisplay(ProgressStyle style, std::string what) : what_(std::move(what)) {
+    if (style == ProgressStyle::automatic) style = isatty(STDERR_FILENO) ? ProgressStyle::automatic : ProgressStyle::lines;
+    style_ = style;
+  }
+
+  void update(const LoadProgress& p) {
+    if (style_ == ProgressStyle::none) return;
+    const auto now = Clock::now();
+    if (p.tensors_done == 0) {
+      start_ = last_draw_ = now;
+      if (style_ == ProgressStyle::lines) std::fprintf(stderr, "loading %s\n", what_.c_str());
+    }
+    const bool done = p.tensors_done == p.tensors_total;
+    if (style_ == ProgressStyle::automatic && (done || p.tensors_done == 0 || now - last_draw_ > std::chrono::milliseconds(100))) {
+      last_draw_ = now;
+      draw_bar(p, now);
+    }
+    if (done) {
+      const double s = std::chrono::duration<double>(now - start_).count();
+      const std::string rate = s > 0 ? ", " + format_bytes(static_cast<double>(p.bytes_done) / s) + "/s" : "";
+      std::fprintf(stderr, "%sloaded %s (%zu tensors, %zu shard(s)) in %.2f s%s\n",
+                   style_ == ProgressStyle::automatic ? "\r\033[K" : "", format_bytes(static_cast<double>(p.bytes_done)).c_str(),
+                   p.tensors_total, p.shards, s, rate.c_str());
+    }
+    std::fflush(stderr);
+  }
+
+ private:
+  void draw_bar(const LoadProgress& p, Clock::time_point now) {
+    const double fraction = p.bytes_total > 0 ? static_cast<double>(p.bytes_done) / static_cast<double>(p.bytes_total) : 1.0;
+    constexpr int kWidth = 20;
+    const int filled = static_cast<int>(fraction * kWidth);
+    std::string bar = std::string(static_cast<size_t>(filled), '#') + std::string(static_cast<size_t>(kWidth - filled), '.');
+    const double s = std::chrono::duration<double>(now - start_).count();
+    const std::string rate = s > 0.05 ? "  " + format_bytes(static_cast<double>(p.bytes_done) / s) + "/s" : "";
+    std::fprintf(stderr, "\r\033[Kloading [%s] %3d%%  %s / %s  shard %zu/%zu  %zu/%zu tensors%s", bar.c_str(),
+                 static_cast<int>(fraction * 100), format_bytes(static_cast<double>(p.bytes_done)).c_str(),
+                 format_bytes(static_cast<double>(p.bytes_total)).c_str(), p.shard, p.shards, p.tensors_done,
+                 p.tensors_total, rate.c_str());
+  }
+
+  ProgressStyle style_;
+  std::string what_;
+  Clock::time_point start_, last_draw_;
+};
+
+}  // namespace
+
+void add_load_flags(CLI::App* cmd, LoadFlags& f) {
+  cmd->add_option("model_dir", f.model_dir, "Folder with config.json and safetensors weights")->required();
+  cmd->add_option("--device-map", f.device_map,
+                  "auto | balanced | balanced_low_0 | sequential | MAP.json (default: resident on the CPU)");
+  cmd->add_option("--max-memory", f.max_memory, "Budgets for the planner, e.g. 0=4GiB,cpu=8GiB");
+  cmd->add_option("--offload-folder", f.offload_folder,
+                  "Write disk-placed weights to this folder first, as Accelerate does (default: read them in place "
+                  "from the checkpoint)");
+  cmd->add_option("--dtype", f.dtype, "float32 | bfloat16 | float16 (default: the config's)");
+  cmd->add_option("--attention", f.attention,
+                  "sdpa | eager: fused at::scaled_dot_product_attention (the default with LibTorch 2.x) or the explicit math");
+  cmd->add_option("--prefetch-bytes", f.prefetch_bytes, "Weight streamer prefetch budget in bytes (0: load on demand)");
+  cmd->add_option("--disk-read", f.disk_read,
+                  "How disk-placed weights are read: auto (direct when they do not fit in free memory or the "
+                  "cgroup limit), mapped (in place, through the page cache) or direct (O_DIRECT into bounded buffers)")
+      ->check(CLI::IsMember({"auto", "mapped", "direct"}));
+  cmd->add_option("--direct-read-budget", f.direct_read_budget,
+                  "Memory direct reads may hold, e.g. 1GiB (default: what is free less 512 MiB)");
+  cmd->add_flag("--quiet,-q", f.quiet, "No progress or model information on stderr (errors and warnings only)");
+}
+
+void add_sampling_flags(CLI::App* cmd, SamplingFlags& f, int64_t default_max_new_tokens) {
+  cmd->add_option("--max-new-tokens", f.max_new_tokens,
+                  "Tokens to generate per prompt (default: generation_config.json's max_new_tokens, else " +
+                      std::to_string(default_max_new_tokens) + ")");
+  cmd->add_flag("--greedy", f.greedy, "Greedy decoding, whatever generation_config.json says");
+  cmd->add_option("--temperature", f.temperature, "Sampling temperature (turns sampling on)");
+  cmd->add_option("--top-k", f.top_k, "Sample among the k most likely tokens (0: all; default 50 or generation_config.json's)");
+  cmd->add_option("--top-p", f.top_p, "Nucleus sampling threshold (turns sampling on)");
+  cmd->add_option("--seed", f.seed, "Seed of the sampling generator (default 0)");
+  cmd->add_option("--stop", f.stop, "Stop when the text contains this string (not printed); may be given several times");
+}
+
+models::GenerationConfig generation_settings(const SamplingFlags& f, const std::string& model_dir,
+                                             const models::ModelConfig& config, int64_t default_max_new_tokens) {
+  models::GenerationConfig g = models::load_generation_config(model_dir, config);
+  // generation_config.json's max_new_tokens when it sets one (anything but the default), else the command's.
+  const bool file_sets_length = g.max_new_tokens != models::GenerationConfig{}.max_new_tokens;
+  g.max_new_tokens = f.max_new_tokens.value_or(file_sets_length ? g.max_new_tokens : default_max_new_tokens);
+  FERRY_CHECK(g.max_new_tokens >= 0, "--max-new-tokens must be >= 0, got ", g.max_new_tokens);
+  if (f.temperature) g.temperature = *f.temperature;
+  if (f.top_k) g.top_k = *f.top_k;
+  if (f.top_p) g.top_p = *f.top_p;
+  if (f.temperature || f.top_k || f.top_p) g.do_sample = true;
+  if (f.greedy) g.do_sample = false;
+  g.seed = parse_seed(f.seed);
+  if (g.do_sample) {
+    FERRY_CHECK(g.temperature > 0, "--temperature must be > 0, got ", g.temperature,
+                f.temperature ? "" : " (from generation_config.json); give --greedy or a --temperature");
+    FERRY_CHECK(g.top_p > 0 && g.top_p <= 1, "--top-p must be in (0, 1], got ", g.top_p);
+    FERRY_CHECK(g.top_k >= 0, "--top-k must be >= 0, got ", g.top_k);
+  }
+  for (const std::string& s : f.stop) FERRY_CHECK(!s.empty(), "--stop needs a non-empty string");
+  return g;
+}
+
+std::string describe_sampling(const models::GenerationConfig& g) {
+  if (!g.do_sample) return "greedy";
+  std::ostringstream s;
+  s << "sampling: temperature " << g.temperature << ", top-k " << g.top_k << ", top-p " << g.top_p << ", seed " << g.seed;
+  return s.str();
+}
+
+PreparedModel prepare_model(const LoadFlags& f) {
+  using namespace ferry::models;
+  // config.json is read once, the meta model built once and the checkpoint opened once (shards
+  // mapped, headers parsed), then all three are handed down.
+  ModelConfig config = load_config(f.model_dir);
+  if (!f.attention.empty()) config.attn_implementation = f.attention;
+  const c10::optional<c10::ScalarType> weight_dtype =
+      f.dtype.empty() ? c10::nullopt : c10::optional<c10::ScalarType>(parse_dtype(f.dtype));
+  std::shared_ptr<CausalLM> empty = create_empty_model(config, weight_dtype);
+  io::Checkpoint checkpoint = check_checkpoint_matches(*empty, open_model_checkpoint(f.model_dir));
+  const int64_t positions = config.max_position_embeddings;
+  FERRY_CHECK(positions > 0, f.model_dir, "/config.json: max_position_embeddings must be positive, got ", positions);
+  return PreparedModel{std::move(config), std::move(empty), std::move(checkpoint)};
+}
+
+ScratchOffloadFolder::ScratchOffloadFolder() {
+  std::string pattern = (std::filesystem::temp_directory_path() / "ferry-offload-XXXXXX").string();
+  FERRY_CHECK(::mkdtemp(pattern.data()) != nullptr, "cannot make a folder for the disk-placed weights under ",
+              std::filesystem::temp_directory_path().string(), ": ", std::strerror(errno),
+              ". Give one with --offload-folder");
+  path_ = pattern;
+}
+
+ScratchOffloadFolder::~ScratchOffloadFolder() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle progress_style) {
+  using namespace ferry::models;
+  Session session;
+  LoadModelOptions lo;
+  lo.device_map = f.device_map;
+  lo.max_memory = f.max_memory;
+  lo.offload_folder = f.offload_folder;
+  if (prepared.checkpoint.format() == io::CheckpointFormat::torch && !f.device_map.empty() && f.offload_folder.empty()) {
+    session.scratch = std::make_unique<ScratchOffloadFolder>();
+    lo.offload_folder = session.scratch->path();
+    if (!f.quiet)
+      std::cerr << "note: a PyTorch .bin checkpoint cannot be read in place: any disk-placed weights are written to "
+                << session.scratch->path() << " (removed at the end; --offload-folder to keep them)\n";
+  }
+  if (!f.dtype.empty()) lo.dtype = parse_dtype(f.dtype);
+  if (f.prefetch_bytes >= 0) lo.prefetch_bytes = f.prefetch_bytes;
+  lo.disk_read = parse_disk_read(f.disk_read);
+  if (!f.direct_read_budget.empty()) {
+    lo.direct_read_budget_bytes = parse_byte_size(f.direct_read_budget);
+    FERRY_CHECK(lo.direct_read_budget_bytes > 0, "--direct-read-budget must be more than 0, got '",
+                f.direct_read_budget, "'");
+  }
+  FERRY_CHECK(!(!f.max_memory.empty() && f.device_map.empty()), "--max-memory needs --device-map (e.g. auto)");
+  ProgressDisplay progress(f.quiet ? ProgressStyle::none : progress_style,
+                           format_bytes(static_cast<double>(prepared.checkpoint.total_bytes())) + " in " +
+                               std::to_string(prepared.checkpoint.files().size()) + " shard(s) from " + f.model_dir);
+  // Ctrl-C while loading stops after the weight being loaded (a large model takes minutes).
+  install_interrupt_handlers();
+  lo.on_progress = [&](const LoadProgress& p) {
+    progress.update(p);
+    throw_if_interrupted();
+  };
+  session.loaded = load_model(std::move(prepared.empty), prepared.checkpoint, lo);
+  // Decided now, with the model loaded: the free memory it measures counts the resident weights.
+  session.streamer = session.loaded.dispatch ? session.loaded.dispatch->streamer : nullptr;
+  if (session.streamer) session.disk_reads = session.streamer->disk_read_plan();
+  return session;
+}
+
+void print_model_info(std::ostream& info, const Session& session, const std::string& model_dir) {
+  const models::ModelConfig& c = session.loaded.model->config();
+  info << "model: " << c.architecture << " (" << c.num_hidden_layers << " layers, hidden " << c.hidden_size
+       << ", vocab " << c.vocab_size << ") " << dtype_name(c.dtype) << " from " << model_dir << "\n";
+  info << "placement:";
+  for (const auto& [p, b] : session.loaded.bytes_per_placement) info << "  " << p.str() << " " << format_bytes(static_cast<double>(b));
+  info << "\n";
+  if (session.loaded.device_map.size() > 1 || !session.loaded.device_map.contains(""))
+    info << "device map: " << session.loaded.device_map.to_json() << "\n";
+  if (session.disk_reads && session.disk_reads->file_bytes > 0) info << "disk reads: " << session.disk_reads->reason << "\n";
+}
+
+int64_t peak_rss_bytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<int64_t>(u.ru_maxrss) * 1024;
+}
+
+int64_t rss_anon_bytes() {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  long long kb = -1;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "RssAnon: %lld kB", &kb) == 1) break;
+  std::fclose(f);
+  return kb < 0 ? -1 : kb * 1024;
+}
+
+int64_t peak_gpu_bytes() {
+#if defined(FERRY_WITH_CUDA)
+  if (at::hasCUDA()) return c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].peak;  // [0]: all pools
+#endif
+  return -1;
+}
+
+}  // namespace ferry::cli
