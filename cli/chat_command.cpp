@@ -22,6 +22,7 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -44,8 +45,13 @@ struct ChatOptions {
 void chat(const ChatOptions& o) {
   using namespace ferry::models;
   // The tokenizer and the template are checked before any weight is read.
+  auto seconds_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
+  const auto setup_start = std::chrono::steady_clock::now();
   tokenizers::Tokenizer tokenizer = tokenizers::Tokenizer::from_model_dir(o.load.model_dir);
   std::optional<tokenizers::ChatTemplate> chat_template = tokenizers::ChatTemplate::from_model_dir(o.load.model_dir);
+  const double setup_seconds = seconds_since(setup_start);  // tokenizer and template loaded and parsed
   FERRY_CHECK(chat_template.has_value(), o.load.model_dir,
               " has no chat template (tokenizer_config.json's chat_template or chat_template.jinja): it is not a chat "
               "model; use ferry run --prompt \"text\" to continue text instead");
@@ -75,11 +81,13 @@ void chat(const ChatOptions& o) {
       continue;
     }
     history.push_back({"user", line});
+    const auto render_start = std::chrono::steady_clock::now();
     tokenizers::ChatRenderOptions render_options;
     render_options.add_generation_prompt = true;
     const std::string rendered = chat_template->render(history, render_options);
     const std::vector<int64_t> prompt = tokenizer.encode(rendered, /*add_special_tokens=*/false);
     FERRY_CHECK(!prompt.empty(), "the chat template rendered nothing to encode");
+    const double render_seconds = seconds_since(render_start);  // the history rendered and encoded
     at::Tensor ids = at::tensor(prompt, at::kLong).unsqueeze(0);
     check_input_ids(model, ids);
 
@@ -112,14 +120,17 @@ void chat(const ChatOptions& o) {
                           {"prompt_ids", prompt},
                           {"reply_ids", reply_ids},
                           {"reply", reply},
+                          {"setup_s", setup_seconds},
+                          {"template_s", render_seconds},
                           {"prefill_s", out.prefill_seconds},
                           {"decode_ms_per_token", decode_ms}};
       std::cout << j.dump() << std::endl;
     } else {
       std::cout << tail << '\n' << std::flush;
       if (!o.load.quiet)
-        std::fprintf(stderr, "(%zu prompt tokens, %lld new; prefill %.3f s, decode %.2f ms/token)\n", prompt.size(),
-                     static_cast<long long>(out.new_tokens), out.prefill_seconds, decode_ms);
+        std::fprintf(stderr, "(%zu prompt tokens, %lld new; template and encoding %.2f ms, prefill %.3f s, decode %.2f ms/token)\n",
+                     prompt.size(), static_cast<long long>(out.new_tokens), 1000 * render_seconds, out.prefill_seconds,
+                     decode_ms);
     }
     ++turn;
   }

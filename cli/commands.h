@@ -27,7 +27,7 @@ inline constexpr const char* kConvertDescription =
 inline constexpr const char* kEstimateMemoryDescription =
     "Memory a model needs per dtype, resident and offloaded, from its config.json alone (no weights)";
 inline constexpr const char* kTokenizeDescription =
-    "Text to token ids and pieces with a model's tokenizer.json (or --decode ids to text)";
+    "Text to token ids and pieces with a model's tokenizer.json or tokenizer.model (or --decode ids to text)";
 inline constexpr const char* kDemoDescription =
     "Write a tiny Llama checkpoint and run it resident and offloaded to disk";
 

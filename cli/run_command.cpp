@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -90,9 +91,12 @@ void run(const RunOptions& o) {
   FERRY_CHECK(o.sampling.stop.empty() || !o.prompt.empty(), "--stop needs --prompt: stop strings are matched in the text");
   std::optional<tokenizers::Tokenizer> tokenizer;
   std::vector<std::vector<int64_t>> prompts;
+  double tokenizer_seconds = 0;  // loading the tokenizer and encoding the prompt: set-up, not the model
   if (!o.prompt.empty()) {
+    const auto start = std::chrono::steady_clock::now();
     tokenizer = tokenizers::Tokenizer::from_model_dir(o.load.model_dir);
     std::vector<int64_t> encoded = tokenizer->encode(o.prompt);
+    tokenizer_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     FERRY_CHECK(!encoded.empty(), "--prompt encodes to no tokens with ", tokenizer->source());
     prompts.push_back(std::move(encoded));
   } else {
@@ -240,6 +244,7 @@ void run(const RunOptions& o) {
     }
     const int64_t gpu_peak = peak_gpu_bytes();
     j["timings"] = {{"load_s", loaded.load_seconds},
+                    {"tokenizer_s", tokenizer_seconds},
                     {"prefill_s", out.prefill_seconds},
                     {"decode_ms_per_token", decode_ms},
                     {"decode_steps", out.decode_steps},
@@ -281,6 +286,7 @@ void run(const RunOptions& o) {
   }
   if (o.load.quiet) return;
   if (text_mode && stop_reason != "max_new_tokens") std::cerr << "stopped: " << (stops.stopped() ? "stop string" : "EOS") << "\n";
+  if (tokenizer) std::fprintf(stderr, "tokenizer: loaded and prompt encoded in %.1f ms\n", 1000 * tokenizer_seconds);
   std::fprintf(text_mode ? stderr : stdout,
                "timings: load %.3f s, prefill %.3f s, decode %.2f ms/token (%lld steps), peak RSS %s (anonymous now %s), "
                "offloaded bytes moved per token %s\n",

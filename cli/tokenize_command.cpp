@@ -152,7 +152,7 @@ void run_tokenize(const TokenizeArgs& args) {
 void add_tokenize_command(CLI::App& app) {
   auto args = std::make_shared<TokenizeArgs>();
   CLI::App* cmd = app.add_subcommand("tokenize", kTokenizeDescription);
-  cmd->add_option("model", args->model, "A model folder with a tokenizer.json, or a tokenizer.json file")->required();
+  cmd->add_option("model", args->model, "A model folder with a tokenizer.json (or tokenizer.model), or either file")->required();
   cmd->add_option("--text", args->text, "The text to tokenize (UTF-8)");
   cmd->add_option("--file", args->file, "Tokenize the contents of this file instead");
   cmd->add_option("--decode", args->decode, "Decode these ids instead, e.g. \"1 450 3681\"");
