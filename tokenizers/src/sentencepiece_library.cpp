@@ -8,11 +8,12 @@
 #include <cstdlib>
 #include <mutex>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define FERRY_ASAN 1
+// AddressSanitizer and ThreadSanitizer refuse dlopen(RTLD_DEEPBIND).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define FERRY_SANITIZER_RUNTIME 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define FERRY_ASAN 1
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define FERRY_SANITIZER_RUNTIME 1
 #endif
 #endif
 
@@ -35,12 +36,12 @@ std::vector<std::string> module_candidates() {
 }
 
 OpenFn load_module() {
-  // RTLD_DEEPBIND is what keeps the module's protobuf its own; AddressSanitizer refuses it, so a
+  // RTLD_DEEPBIND is what keeps the module's protobuf its own; the sanitizers refuse it, so a
   // sanitizer build opens the module plainly and must not have another protobuf in the process.
-#if defined(FERRY_ASAN)
+#if defined(FERRY_SANITIZER_RUNTIME)
   const int flags = RTLD_NOW | RTLD_LOCAL;
   FERRY_CHECK(dlopen("libprotobuf.so.32", RTLD_NOW | RTLD_NOLOAD) == nullptr,
-              "tokenizer.model support is not available in an AddressSanitizer build that also loads LibTorch's "
+              "tokenizer.model support is not available in a sanitizer build that also loads LibTorch's "
               "protobuf (see Note [sentencepiece in its own scope]); use a normal build");
 #else
   const int flags = RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND;
