@@ -113,6 +113,12 @@ void add_load_flags(CLI::App* cmd, LoadFlags& f) {
       ->check(CLI::IsMember({"auto", "mapped", "direct"}));
   cmd->add_option("--direct-read-budget", f.direct_read_budget,
                   "Memory direct reads may hold, e.g. 1GiB (default: what is free less 512 MiB)");
+  cmd->add_option("--expert-cache", f.expert_cache,
+                  "Mixtures of experts: keep up to this much of offloaded experts' weights loaded after they run, "
+                  "e.g. 2GiB (most-picked kept; default none)");
+  cmd->add_option("--expert-cache-policy", f.expert_cache_policy,
+                  "frequency (most picked kept, with aging; default) or recency (LRU, for comparison)")
+      ->check(CLI::IsMember({"frequency", "recency"}));
   cmd->add_flag("--quiet,-q", f.quiet, "No progress or model information on stderr (errors and warnings only)");
 }
 
@@ -208,6 +214,12 @@ Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle p
     FERRY_CHECK(lo.direct_read_budget_bytes > 0, "--direct-read-budget must be more than 0, got '",
                 f.direct_read_budget, "'");
   }
+  if (!f.expert_cache.empty()) {
+    lo.expert_cache_bytes = parse_byte_size(f.expert_cache);
+    FERRY_CHECK(lo.expert_cache_bytes >= 0, "--expert-cache must not be negative, got '", f.expert_cache, "'");
+  }
+  lo.expert_cache_policy = f.expert_cache_policy == "recency" ? StreamerOptions::ExpertCachePolicy::recency
+                                                               : StreamerOptions::ExpertCachePolicy::frequency;
   FERRY_CHECK(!(!f.max_memory.empty() && f.device_map.empty()), "--max-memory needs --device-map (e.g. auto)");
   ProgressDisplay progress(f.quiet ? ProgressStyle::none : progress_style,
                            format_bytes(static_cast<double>(prepared.checkpoint.total_bytes())) + " in " +

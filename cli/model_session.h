@@ -38,6 +38,8 @@ struct LoadFlags {
   int64_t prefetch_bytes = -1;
   std::string disk_read = "auto";
   std::string direct_read_budget;
+  std::string expert_cache;
+  std::string expert_cache_policy = "frequency";
   bool quiet = false;
 };
 

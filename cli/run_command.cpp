@@ -165,7 +165,8 @@ void run(const RunOptions& o) {
   };
   g.stopping_criteria = [&](const at::Tensor&) { return stops.stopped(); };
   auto finish_text = [&] { return decoder ? stops.push(decoder->finish()) + stops.finish() : std::string(); };
-  const int64_t streamed_before = session.streamer ? session.streamer->stats().bytes_loaded : 0;
+  const StreamerStats stats_before = session.streamer ? session.streamer->stats() : StreamerStats{};
+  const int64_t streamed_before = stats_before.bytes_loaded;
   GenerationOutput out;
   try {
     out = generate(*loaded.model, ids, g, batch_ids.attention_mask);
@@ -265,6 +266,21 @@ void run(const RunOptions& o) {
                         {"direct_reads", st.direct_reads},
                         {"direct_bytes_read", st.direct_bytes_read},
                         {"read_buffers_made", st.read_buffers_made}};
+    }
+    if (session.streamer && session.streamer->stats().routed_loads > 0) {
+      // Mixtures of experts: what the routed experts cost per forward (token), and the cache's share.
+      const StreamerStats st = session.streamer->stats();
+      const double per = forwards > 0 ? 1.0 / static_cast<double>(forwards) : 0.0;
+      const int64_t hits = st.expert_cache_hits - stats_before.expert_cache_hits;
+      const int64_t misses = st.expert_cache_misses - stats_before.expert_cache_misses;
+      j["experts"] = {{"picks", hits + misses},
+                      {"cache_hits", hits},
+                      {"cache_hit_rate", hits + misses > 0 ? static_cast<double>(hits) / static_cast<double>(hits + misses) : 0.0},
+                      {"cache_budget_bytes", session.streamer->options().expert_cache_bytes},
+                      {"cache_bytes", session.streamer->expert_cache_bytes()},
+                      {"cache_evictions", st.expert_cache_evictions - stats_before.expert_cache_evictions},
+                      {"bytes_loaded_per_token", per * static_cast<double>(st.expert_bytes_loaded - stats_before.expert_bytes_loaded)},
+                      {"bytes_from_cache_per_token", per * static_cast<double>(st.expert_bytes_cached - stats_before.expert_bytes_cached)}};
     }
     j["io"] = {{"files_mapped", io::io_counters().files_mapped.load()},
                {"safetensors_headers_parsed", io::io_counters().safetensors_headers_parsed.load()}};

@@ -419,6 +419,36 @@ TEST(ModelsCli, MixturesOfExpertsMatchTransformers) {
   }
 }
 
+// --expert-cache: offloaded experts that the router picks again are served from the cache, the
+// tokens unchanged, and --json reports the picks, hits and bytes per token.
+TEST(ModelsCli, ExpertCacheCountersAndSameTokens) {
+  REQUIRE_CLI();
+  TempDir dir("expert_cache");
+  std::string map = "{\"model.embed_tokens\": \"cpu\", \"model.rotary_emb\": \"cpu\", \"model.norm\": \"cpu\", "
+                    "\"lm_head\": \"cpu\"";
+  for (int l = 0; l < 2; ++l) {
+    const std::string layer = "model.layers." + std::to_string(l);
+    for (const char* part : {".self_attn", ".input_layernorm", ".post_attention_layernorm", ".block_sparse_moe.gate"})
+      map += ", \"" + layer + part + "\": \"cpu\"";
+    for (int e = 0; e < 8; ++e) map += ", \"" + layer + ".block_sparse_moe.experts." + std::to_string(e) + "\": \"disk\"";
+  }
+  std::ofstream(dir.path() / "map.json") << map << "}";
+  const std::string run = "run '" + fixture("tiny_mixtral") + "' --ids '1 5 9 14 3' --max-new-tokens 12 --json --device-map '" +
+                          (dir.path() / "map.json").string() + "'";
+  Result plain = run_cli(run, false), cached = run_cli(run + " --expert-cache 1MiB", false);
+  ASSERT_EQ(plain.status, 0) << plain.out;
+  ASSERT_EQ(cached.status, 0) << cached.out;
+  auto p = nlohmann::json::parse(plain.stdout_only), c = nlohmann::json::parse(cached.stdout_only);
+  EXPECT_EQ(p["generated"], c["generated"]);
+  EXPECT_EQ(p["experts"]["cache_hits"], 0);
+  EXPECT_GT(p["experts"]["bytes_loaded_per_token"].get<double>(), 0);
+  EXPECT_GT(c["experts"]["cache_hits"].get<int64_t>(), 0) << c["experts"];
+  EXPECT_GT(c["experts"]["cache_hit_rate"].get<double>(), 0);
+  EXPECT_GT(c["experts"]["bytes_from_cache_per_token"].get<double>(), 0);
+  EXPECT_LT(c["experts"]["bytes_loaded_per_token"].get<double>(), p["experts"]["bytes_loaded_per_token"].get<double>());
+  EXPECT_LE(c["experts"]["cache_bytes"].get<int64_t>(), int64_t{1} << 20);
+}
+
 // Disk weights read with O_DIRECT into ferry's own buffers (models larger than RAM) give the same
 // tokens and logits; asked for, or chosen by ferry inside a memory limit smaller than what the
 // weights in files need beside the process.

@@ -126,3 +126,43 @@ TEST(ModelsMoe, ExpertsOffloadedOneByOneMatchTransformersAndOnlyPickedOnesLoad) 
     EXPECT_EQ(stats.prefetched_loads, 2 * 3) << name << ": three Linear weights per expert";
   }
 }
+
+// The expert cache through a model: every expert of layer 0 on disk, a cache with room for half of
+// them; generation gives transformers' tokens, and picks are served from the cache.
+TEST(ModelsMoe, ExpertCacheServesRepeatedPicksAndChangesNoToken) {
+  for (const char* name : kMoeFixtures) {
+    const std::string dir = fixture(name);
+    const Reference ref = read_reference(dir);
+    TempDir tmp("moe_cache");
+    const std::string block = moe_block_name(name, 0);
+    std::string map = "{";
+    for (const char* resident : {"model.embed_tokens", "model.rotary_emb", "model.norm", "lm_head", "model.layers.1",
+                                 "model.layers.0.self_attn", "model.layers.0.input_layernorm",
+                                 "model.layers.0.post_attention_layernorm"})
+      map += std::string("\"") + resident + "\": \"cpu\", ";
+    map += "\"" + block + ".gate\": \"cpu\"";
+    if (std::string(name) == "tiny_qwen2_moe")
+      map += ", \"" + block + ".shared_expert\": \"cpu\", \"" + block + ".shared_expert_gate\": \"cpu\"";
+    for (int e = 0; e < 8; ++e) map += ", \"" + block + ".experts." + std::to_string(e) + "\": \"disk\"";
+    const std::string path = (tmp.path() / "map.json").string();
+    std::ofstream(path) << map << "}";
+    LoadModelOptions options;
+    options.device_map = path;
+    options.dtype = at::kFloat;
+    LoadedModel probe = load_model(dir, LoadModelOptions{});
+    int64_t expert_bytes = 0;
+    for (const auto& [n, t] : probe.model->submodule(block + ".experts.0").named_parameters())
+      expert_bytes += static_cast<int64_t>(t.numel()) * 4;
+    options.expert_cache_bytes = 4 * expert_bytes;
+    LoadedModel loaded = load_model(dir, options);
+    ASSERT_TRUE(loaded.dispatch && loaded.dispatch->streamer) << name;
+    auto& streamer = *loaded.dispatch->streamer;
+    expect_matches(*loaded.model, ref, std::string(name) + " with an expert cache");
+    const StreamerStats stats = streamer.stats();
+    EXPECT_GT(stats.expert_cache_hits, 0) << name;
+    EXPECT_GT(stats.expert_cache_misses, 0) << name;
+    EXPECT_EQ(stats.expert_cache_hits + stats.expert_cache_misses, stats.routed_loads) << name;
+    EXPECT_LE(streamer.expert_cache_bytes(), 4 * expert_bytes) << name;
+    EXPECT_GT(streamer.expert_cache_bytes(), 0) << name;
+  }
+}

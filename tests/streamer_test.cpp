@@ -171,6 +171,72 @@ TEST(StreamerAloneTest, LearnsTheOrderThenServesFromPrefetchWithTheMapsOwnBits) 
   }
 }
 
+// The expert cache (Note [Expert cache policy]): routed modules stay loaded after they run, within
+// the byte budget, ranked by how often they are picked. The workload that defeats recency: every
+// "token" picks one hot expert and then two never seen before; a cache of two experts kept by
+// recency would hold the last two cold ones and miss the hot one every time. Ranked by use, the hot
+// one is served from the cache on every token after the first, and the picks stay exact.
+TEST(StreamerAloneTest, ExpertCacheKeepsTheMostPickedWithinItsBudget) {
+  at::manual_seed(12);
+  const int experts = 41;
+  io::NamedTensors tensors = layer_tensors(experts);
+  io::WeightsMapPtr weights = io::make_state_dict_weights_map(tensors);
+  StreamerOptions options;
+  Registered r;
+  {
+    WeightStreamer probe;
+    r = register_layers(probe, weights, 1);
+  }
+  options.expert_cache_bytes = 2 * r.modules[0].bytes;  // room for two experts
+  WeightStreamer streamer(options);
+  r = register_layers(streamer, weights, experts);
+  auto pick = [&](int e) {
+    streamer.load_routed(r.ids[e]);
+    run_pass(streamer, r, {e});  // on_forward, fetch (checked against the map), release
+  };
+  const int tokens = 20;
+  for (int t = 0; t < tokens; ++t) {
+    pick(0);               // the hot expert
+    pick(1 + 2 * t);       // two cold ones, each picked once
+    pick(2 + 2 * t);
+    EXPECT_LE(streamer.expert_cache_bytes(), options.expert_cache_bytes);
+  }
+  const StreamerStats stats = streamer.stats();
+  EXPECT_EQ(stats.routed_loads, 3 * tokens);
+  // The hot expert from the third token on: in the first it was picked no more often than the cold
+  // ones, and the least recently picked of equals made room.
+  EXPECT_EQ(stats.expert_cache_hits, tokens - 2);
+  EXPECT_EQ(stats.expert_cache_misses, 2 * tokens + 2);
+  EXPECT_EQ(stats.expert_bytes_cached, (tokens - 2) * r.modules[0].bytes);
+  EXPECT_TRUE(streamer.expert_cached(r.ids[0]));
+  EXPECT_EQ(stats.demand_loads, 0) << "every fetch served by a routed load or the cache";
+  // The same picks kept by recency: the hot expert is always the least recent of three, never hit.
+  StreamerOptions lru_options = options;
+  lru_options.expert_cache_policy = StreamerOptions::ExpertCachePolicy::recency;
+  WeightStreamer lru(lru_options);
+  Registered l = register_layers(lru, weights, experts);
+  for (int t = 0; t < tokens; ++t)
+    for (int e : {0, 1 + 2 * t, 2 + 2 * t}) {
+      lru.load_routed(l.ids[e]);
+      run_pass(lru, l, {e});
+    }
+  EXPECT_EQ(lru.stats().expert_cache_hits, 0);
+  // Without a budget nothing is kept.
+  WeightStreamer uncached;
+  Registered u = register_layers(uncached, weights, 2);
+  for (int t = 0; t < 3; ++t) {
+    uncached.load_routed(u.ids[0]);
+    run_pass(uncached, u, {0});
+  }
+  EXPECT_EQ(uncached.stats().expert_cache_hits, 0);
+  EXPECT_EQ(uncached.stats().expert_cache_misses, 3);
+  EXPECT_EQ(uncached.expert_cache_bytes(), 0);
+  // drop_prefetched empties it.
+  streamer.drop_prefetched();
+  EXPECT_EQ(streamer.expert_cache_bytes(), 0);
+  EXPECT_FALSE(streamer.expert_cached(r.ids[0]));
+}
+
 TEST(StreamerAloneTest, AChangedOrderRelearns) {
   at::manual_seed(11);
   io::NamedTensors tensors = layer_tensors(4);

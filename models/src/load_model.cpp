@@ -58,6 +58,8 @@ LoadedModel load_model(std::shared_ptr<CausalLM> empty_model, const io::Checkpoi
   options.dispatch.streamer.pin_cpu_weights = o.pin_cpu_weights;
   options.dispatch.streamer.disk_read = o.disk_read;
   options.dispatch.streamer.direct_read_budget_bytes = o.direct_read_budget_bytes;
+  options.dispatch.streamer.expert_cache_bytes = o.expert_cache_bytes;
+  options.dispatch.streamer.expert_cache_policy = o.expert_cache_policy;
   if (!o.max_memory.empty()) options.plan.max_memory = parse_max_memory(o.max_memory);
   if (o.device_map.empty()) {
     options.device_map = DeviceMap{{"", Placement::cpu()}};

@@ -268,6 +268,11 @@ void WeightStreamer::remove_module(StreamedModuleId id) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (modules_.erase(id) == 0) return;
   drop_pending(id);
+  if (auto cached = expert_cache_.find(id); cached != expert_cache_.end()) {
+    expert_cache_used_ -= cached->second.bytes;
+    expert_cache_.erase(cached);
+  }
+  expert_use_.erase(id);
   learned_ = false;
   order_.clear();
   recording_.clear();
@@ -377,8 +382,66 @@ at::Tensor WeightStreamer::fetch(StreamedModuleId id, size_t index, c10::Device 
 void WeightStreamer::release(StreamedModuleId id) {
   if (options_.prefetch_bytes <= 0) return;
   std::lock_guard<std::mutex> lock(mutex_);
-  drop_pending(id);
+  auto module = modules_.find(id);
+  if (module != modules_.end() && module->second.routed && options_.expert_cache_bytes > 0)
+    cache_or_drop(id);
+  else
+    drop_pending(id);
   if (learned_ && cursor_ > 0) schedule_after(cursor_ - 1);
+}
+
+// Note [Expert cache policy]
+// A mixture of experts' router picks a few experts per layer and token, with a skewed and slowly
+// shifting popularity: some experts of a layer are picked far more than others, and which ones
+// drifts with the text. Recency alone (LRU) lets a burst of one-off picks flush the hot experts, and
+// with top-k over many layers every token brings k new entries per layer. So the cache ranks experts
+// by how often they were picked, with aging: each pick adds 1 to the expert's count, and every
+// kAgingPicks picks (of all experts) every count is halved, so that yesterday's favourites fade
+// (LFU with decay, as in frequency sketches like TinyLFU). Eviction takes the lowest count, the
+// least recently picked on a tie; admission asks the newcomer to be picked at least as often as the
+// expert it would evict, so a one-off pick never pushes out a hot expert. A hit moves the entry back
+// to the streamer's loads for the module to use; release() puts it back.
+namespace {
+constexpr uint64_t kAgingPicks = 1024;
+}  // namespace
+
+void WeightStreamer::count_use(StreamedModuleId id) {
+  ExpertUse& use = expert_use_[id];
+  use.count += 1;
+  use.last_pick = ++picks_;
+  if (picks_ % kAgingPicks == 0)
+    for (auto& [other, u] : expert_use_) u.count /= 2;
+}
+
+void WeightStreamer::cache_or_drop(StreamedModuleId id) {
+  auto it = pending_.find(id);
+  if (it == pending_.end()) return;
+  Pending loads = std::move(it->second);
+  pending_bytes_ -= loads.bytes;
+  pending_.erase(it);
+  const int64_t budget = options_.expert_cache_bytes;
+  if (loads.bytes > budget) return;
+  const ExpertUse mine = expert_use_[id];
+  const bool recency = options_.expert_cache_policy == StreamerOptions::ExpertCachePolicy::recency;
+  while (expert_cache_used_ + loads.bytes > budget) {
+    auto victim = expert_cache_.end();
+    for (auto c = expert_cache_.begin(); c != expert_cache_.end(); ++c) {
+      if (victim == expert_cache_.end()) {
+        victim = c;
+        continue;
+      }
+      const ExpertUse &a = expert_use_[c->first], &b = expert_use_[victim->first];
+      if (recency ? a.last_pick < b.last_pick : a.count < b.count || (a.count == b.count && a.last_pick < b.last_pick))
+        victim = c;
+    }
+    if (victim == expert_cache_.end()) return;
+    if (!recency && expert_use_[victim->first].count > mine.count) return;  // not admitted: the cached ones are used more
+    expert_cache_used_ -= victim->second.bytes;
+    expert_cache_.erase(victim);
+    ++stats_.expert_cache_evictions;
+  }
+  expert_cache_used_ += loads.bytes;
+  expert_cache_[id] = std::move(loads);
 }
 
 void WeightStreamer::load_routed(StreamedModuleId id) {
@@ -389,6 +452,23 @@ void WeightStreamer::load_routed(StreamedModuleId id) {
   it->second.routed = true;
   ++stats_.routed_loads;
   if (threads_.empty() || pending_.count(id)) return;
+  count_use(id);
+  auto cached = expert_cache_.find(id);
+  if (cached != expert_cache_.end() && cached->second.device == it->second.module.device) {
+    ++stats_.expert_cache_hits;
+    stats_.expert_bytes_cached += cached->second.bytes;
+    expert_cache_used_ -= cached->second.bytes;
+    pending_bytes_ += cached->second.bytes;
+    pending_[id] = std::move(cached->second);
+    expert_cache_.erase(cached);
+    return;
+  }
+  if (cached != expert_cache_.end()) {  // cached for another device: stale
+    expert_cache_used_ -= cached->second.bytes;
+    expert_cache_.erase(cached);
+  }
+  ++stats_.expert_cache_misses;
+  stats_.expert_bytes_loaded += it->second.module.bytes;
   start_prefetch(id, it->second);
 }
 
@@ -396,6 +476,18 @@ void WeightStreamer::drop_prefetched() {
   std::lock_guard<std::mutex> lock(mutex_);
   pending_.clear();
   pending_bytes_ = 0;
+  expert_cache_.clear();
+  expert_cache_used_ = 0;
+}
+
+int64_t WeightStreamer::expert_cache_bytes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return expert_cache_used_;
+}
+
+bool WeightStreamer::expert_cached(StreamedModuleId id) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return expert_cache_.count(id) > 0;
 }
 
 void WeightStreamer::decide_disk_read() {

@@ -128,6 +128,15 @@ struct StreamerOptions {
   /// Direct reads: the memory their buffers may take (the window read ahead plus the module that
   /// runs). 0: what host_memory() has available less kWorkingMemoryReserveBytes.
   int64_t direct_read_budget_bytes = 0;
+  /// Routed modules (a mixture of experts' experts, load_routed): after one runs, its loaded weights
+  /// may stay, within this many bytes, so that the next time the router picks it nothing is read or
+  /// copied. 0: no cache (every pick loads). See Note [Expert cache policy] in weight_streamer.cpp.
+  int64_t expert_cache_bytes = 0;
+  /// How the expert cache chooses what to keep: `frequency` (the default: most picked, with aging,
+  /// and a newcomer admitted only if picked as often as what it evicts) or `recency` (plain LRU, for
+  /// comparison).
+  enum class ExpertCachePolicy { frequency, recency };
+  ExpertCachePolicy expert_cache_policy = ExpertCachePolicy::frequency;
 };
 
 /// Counters since construction (or the last reset_stats()).
@@ -142,6 +151,11 @@ struct StreamerStats {
   int64_t direct_bytes_read = 0; ///< bytes they read, alignment padding included
   int64_t read_buffers_made = 0; ///< buffers the direct reads had to allocate (not reused; since construction)
   int64_t routed_loads = 0;      ///< load_routed() calls (modules of experts picked by a router)
+  int64_t expert_cache_hits = 0;    ///< routed picks served by the expert cache (nothing loaded)
+  int64_t expert_cache_misses = 0;  ///< routed picks that started a load
+  int64_t expert_bytes_loaded = 0;  ///< bytes (StreamedModule::bytes) of those loads: read from files or copied
+  int64_t expert_bytes_cached = 0;  ///< bytes served by the cache instead
+  int64_t expert_cache_evictions = 0;  ///< cached experts dropped to make room for more used ones
 };
 
 /// One weight of a StreamedModule.
@@ -215,9 +229,13 @@ class WeightStreamer {
   /// its on_forward() is not an order change. Does nothing without I/O threads (no prefetching) or
   /// when its loads are already pending. Throws ferry::Error for an unregistered module.
   void load_routed(StreamedModuleId module);
-  /// Drops every prefetched tensor (keeping the learned order), releasing their memory and
-  /// file mappings; prefetching resumes at the next forward.
+  /// Drops every prefetched tensor and the expert cache (keeping the learned order), releasing their
+  /// memory and file mappings; prefetching resumes at the next forward.
   void drop_prefetched();
+  /// Bytes the expert cache holds now (at most options().expert_cache_bytes).
+  int64_t expert_cache_bytes() const;
+  /// Whether `module`'s weights are in the expert cache (for tests and reports).
+  bool expert_cached(StreamedModuleId module) const;
 
   /// What happens to weights stored in files, and why. Decided once, at the first call of this,
   /// on_forward() or fetch() (after the model is loaded, so the measure of free memory counts its
@@ -267,6 +285,10 @@ class WeightStreamer {
   Loaded finish_load(at::Tensor host, c10::ScalarType dtype, c10::Device device);
   /// Drops `id`'s pending loads, if any.
   void drop_pending(StreamedModuleId id);
+  /// A routed module ran: keeps its loads in the expert cache if the policy admits it, else drops them.
+  void cache_or_drop(StreamedModuleId id);
+  /// Counts a pick of `id` for the cache policy (with aging).
+  void count_use(StreamedModuleId id);
   /// Loads one weight for `device`: see the file comment.
   Loaded load_now(const io::WeightsMapPtr& weights, const std::string& name, c10::ScalarType dtype,
                   c10::Device device, bool on_io_thread, const io::FileExtent* direct_extent = nullptr);
@@ -291,6 +313,15 @@ class WeightStreamer {
   size_t cursor_ = 0;                        // position of the next expected module in order_
   std::unordered_map<StreamedModuleId, Pending> pending_;
   int64_t pending_bytes_ = 0;
+  /// The expert cache: routed modules' loads kept after they ran, and the use counts that rank them.
+  struct ExpertUse {
+    double count = 0;       // picks, halved every kAgingPicks picks of all experts
+    uint64_t last_pick = 0;  // when last picked (the tie-break: least recent goes first)
+  };
+  std::unordered_map<StreamedModuleId, Pending> expert_cache_;
+  std::unordered_map<StreamedModuleId, ExpertUse> expert_use_;
+  int64_t expert_cache_used_ = 0;
+  uint64_t picks_ = 0;
   StreamerStats stats_;
 
   std::once_flag copier_once_;

@@ -51,6 +51,10 @@ struct LoadModelOptions {
   /// memory direct reads may take (0: derived from what is available).
   DiskRead disk_read = DiskRead::automatic;
   int64_t direct_read_budget_bytes = 0;
+  /// Bytes of experts the streamer keeps loaded after they ran (StreamerOptions::expert_cache_bytes;
+  /// 0: none).
+  int64_t expert_cache_bytes = 0;
+  StreamerOptions::ExpertCachePolicy expert_cache_policy = StreamerOptions::ExpertCachePolicy::frequency;
   /// Page-lock CPU-offloaded weights when the model executes on an accelerator (default true;
   /// false gives Accelerate's pageable copies, for comparison).
   bool pin_cpu_weights = true;
