@@ -30,6 +30,23 @@ std::string moe_block_name(const std::string& fixture_name, int layer) {
 }
 
 // Logits within 1e-4 of transformers' and the same greedy tokens.
+// A device map with layer 0's experts each on disk on its own and everything else resident; its path.
+std::string layer0_experts_on_disk(const std::string& name, const TempDir& tmp) {
+  const std::string block = moe_block_name(name, 0);
+  std::string map = "{";
+  for (const char* resident : {"model.embed_tokens", "model.rotary_emb", "model.norm", "lm_head", "model.layers.1",
+                               "model.layers.0.self_attn", "model.layers.0.input_layernorm",
+                               "model.layers.0.post_attention_layernorm"})
+    map += std::string("\"") + resident + "\": \"cpu\", ";
+  map += "\"" + block + ".gate\": \"cpu\"";
+  if (name == "tiny_qwen2_moe")
+    map += ", \"" + block + ".shared_expert\": \"cpu\", \"" + block + ".shared_expert_gate\": \"cpu\"";
+  for (int e = 0; e < 8; ++e) map += ", \"" + block + ".experts." + std::to_string(e) + "\": \"disk\"";
+  const std::string path = (tmp.path() / "map.json").string();
+  std::ofstream(path) << map << "}";
+  return path;
+}
+
 void expect_matches(CausalLM& model, const Reference& ref, const std::string& what) {
   at::Tensor logits;
   {
@@ -78,17 +95,7 @@ TEST(ModelsMoe, ExpertsOffloadedOneByOneMatchTransformersAndOnlyPickedOnesLoad) 
     TempDir tmp("moe");
     // Layer 0's experts each on disk on its own, everything else resident.
     const std::string block = moe_block_name(name, 0);
-    std::string map = "{";
-    for (const char* resident : {"model.embed_tokens", "model.rotary_emb", "model.norm", "lm_head", "model.layers.1",
-                                 "model.layers.0.self_attn", "model.layers.0.input_layernorm",
-                                 "model.layers.0.post_attention_layernorm"})
-      map += std::string("\"") + resident + "\": \"cpu\", ";
-    map += "\"" + block + ".gate\": \"cpu\"";
-    if (std::string(name) == "tiny_qwen2_moe")
-      map += ", \"" + block + ".shared_expert\": \"cpu\", \"" + block + ".shared_expert_gate\": \"cpu\"";
-    for (int e = 0; e < 8; ++e) map += ", \"" + block + ".experts." + std::to_string(e) + "\": \"disk\"";
-    const std::string path = (tmp.path() / "map.json").string();
-    std::ofstream(path) << map << "}";
+    const std::string path = layer0_experts_on_disk(name, tmp);
     LoadModelOptions options;
     options.device_map = path;
     options.dtype = at::kFloat;
@@ -135,17 +142,7 @@ TEST(ModelsMoe, ExpertCacheServesRepeatedPicksAndChangesNoToken) {
     const Reference ref = read_reference(dir);
     TempDir tmp("moe_cache");
     const std::string block = moe_block_name(name, 0);
-    std::string map = "{";
-    for (const char* resident : {"model.embed_tokens", "model.rotary_emb", "model.norm", "lm_head", "model.layers.1",
-                                 "model.layers.0.self_attn", "model.layers.0.input_layernorm",
-                                 "model.layers.0.post_attention_layernorm"})
-      map += std::string("\"") + resident + "\": \"cpu\", ";
-    map += "\"" + block + ".gate\": \"cpu\"";
-    if (std::string(name) == "tiny_qwen2_moe")
-      map += ", \"" + block + ".shared_expert\": \"cpu\", \"" + block + ".shared_expert_gate\": \"cpu\"";
-    for (int e = 0; e < 8; ++e) map += ", \"" + block + ".experts." + std::to_string(e) + "\": \"disk\"";
-    const std::string path = (tmp.path() / "map.json").string();
-    std::ofstream(path) << map << "}";
+    const std::string path = layer0_experts_on_disk(name, tmp);
     LoadModelOptions options;
     options.device_map = path;
     options.dtype = at::kFloat;

@@ -9,6 +9,7 @@
 #include "ferry/core/error.h"
 #include "ferry/io/json.h"
 #include "test_util.h"
+#include "tokenizer_test_util.h"
 
 #include <gtest/gtest.h>
 
@@ -25,39 +26,15 @@ using ferry::tokenizers::Tokenizer;
 std::string dir() { return std::string(FERRY_TEST_DATA_DIR) + "/sentencepiece/"; }
 
 // Every <name>.reference.json of tests/data/sentencepiece.
-std::vector<std::string> references() {
-  std::vector<std::string> names;
-  for (const auto& entry : std::filesystem::directory_iterator(dir())) {
-    const std::string file = entry.path().filename().string(), suffix = ".reference.json";
-    if (file.size() > suffix.size() && file.compare(file.size() - suffix.size(), suffix.size(), suffix) == 0)
-      names.push_back(file.substr(0, file.size() - suffix.size()));
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
+std::vector<std::string> references() { return ferry_test::reference_names(dir()); }
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using ferry_test::ids_of;
+using ferry_test::read_text;
+using ferry_test::show;
 
 void write_text(const std::string& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary);
   out << text;
-}
-
-std::vector<int64_t> ids_of(const ferry::io::JsonValue& v) {
-  std::vector<int64_t> ids;
-  for (ferry::io::JsonValue e : v.elements()) ids.push_back(*e.as_int64());
-  return ids;
-}
-
-std::string show(const std::vector<int64_t>& ids) {
-  std::string s = "[";
-  for (size_t i = 0; i < ids.size(); ++i) s += (i ? " " : "") + std::to_string(ids[i]);
-  return s + "]";
 }
 
 /// The tokenizer a reference is checked against: its model alone (from_file), or, when the reference

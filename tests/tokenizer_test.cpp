@@ -3,6 +3,7 @@
 // decodings of the hard-case corpus; streaming decode; refusals and damaged files.
 
 #include "ferry/tokenizers/tokenizer.h"
+#include "tokenizer_test_util.h"
 
 #include "ferry/core/error.h"
 #include "ferry/io/json.h"
@@ -24,35 +25,11 @@ std::string dir() { return std::string(FERRY_TEST_DATA_DIR) + "/tokenizers/"; }
 
 // The families (gpt2, llama3, qwen2, llama2, mistral) and the variants that exercise the other
 // options of their pieces (v_*): every <name>.reference.json beside its <name>.tokenizer.json.
-std::vector<std::string> families() {
-  std::vector<std::string> names;
-  for (const auto& entry : std::filesystem::directory_iterator(dir())) {
-    const std::string file = entry.path().filename().string(), suffix = ".reference.json";
-    if (file.size() > suffix.size() && file.compare(file.size() - suffix.size(), suffix.size(), suffix) == 0)
-      names.push_back(file.substr(0, file.size() - suffix.size()));
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
+std::vector<std::string> families() { return ferry_test::reference_names(dir()); }
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-std::vector<int64_t> ids_of(const ferry::io::JsonValue& v) {
-  std::vector<int64_t> ids;
-  for (ferry::io::JsonValue e : v.elements()) ids.push_back(*e.as_int64());
-  return ids;
-}
-
-std::string show(const std::vector<int64_t>& ids) {
-  std::string s = "[";
-  for (size_t i = 0; i < ids.size(); ++i) s += (i ? " " : "") + std::to_string(ids[i]);
-  return s + "]";
-}
+using ferry_test::ids_of;
+using ferry_test::read_text;
+using ferry_test::show;
 
 bool valid_utf8(const std::string& s) {
   for (size_t i = 0; i < s.size();) {
