@@ -136,10 +136,11 @@ GenerationOutput generate(CausalLM& model, const at::Tensor& input_ids, const Ge
     out.sequences = sequences;
     return out;
   }
-  // With padding, every forward gets the mask of all positions so far and each row's own positions.
+  // With padding, every forward gets the mask of all positions so far and each row's own positions:
+  // the prompt's from the mask, then each step's one past the row's last (no cumsum per step).
+  at::Tensor positions = mask.defined() ? positions_from_mask(mask) : at::Tensor();
   auto forward = [&](const at::Tensor& ids, int64_t keep) {
     if (!mask.defined()) return model.logits(ids.to(device), cache, keep);
-    at::Tensor positions = positions_from_mask(mask).narrow(1, mask.size(1) - ids.size(1), ids.size(1));
     return model.logits(ids.to(device), cache, keep, mask.to(device), positions.to(device));
   };
   at::Tensor logits = forward(sequences, g.return_prompt_logits ? 0 : 1);
@@ -147,7 +148,10 @@ GenerationOutput generate(CausalLM& model, const at::Tensor& input_ids, const Ge
   for (int64_t step = 0; step < g.max_new_tokens; ++step) {
     auto step_start = Clock::now();
     if (step > 0) {
-      if (mask.defined()) mask = at::cat({mask, at::ones({batch, 1}, at::kLong)}, 1);
+      if (mask.defined()) {
+        mask = at::cat({mask, at::ones({batch, 1}, at::kLong)}, 1);
+        positions = positions.narrow(1, positions.size(1) - 1, 1) + 1;
+      }
       logits = forward(sequences.narrow(1, sequences.size(1) - 1, 1), 1);
     }
     at::Tensor next = choose(logits);
