@@ -1,5 +1,7 @@
 #include "model_session.h"
 
+#include "ferry/plan/expert_plan.h"
+
 #include "interrupt.h"
 
 #include "ferry/core/byte_size.h"
@@ -21,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <sstream>
 
 namespace ferry::cli {
@@ -100,6 +103,9 @@ void add_load_flags(CLI::App* cmd, LoadFlags& f) {
   cmd->add_option("--device-map", f.device_map,
                   "auto | balanced | balanced_low_0 | sequential | MAP.json (default: resident on the CPU)");
   cmd->add_option("--max-memory", f.max_memory, "Budgets for the planner, e.g. 0=4GiB,cpu=8GiB");
+  cmd->add_flag("--whole-layers", f.whole_layers,
+                "Plan a mixture of experts' layers whole, as Accelerate does (default: dense parts first, then "
+                "each routed expert where room remains)");
   cmd->add_option("--offload-folder", f.offload_folder,
                   "Write disk-placed weights to this folder first, as Accelerate does (default: read them in place "
                   "from the checkpoint)");
@@ -198,6 +204,7 @@ Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle p
   LoadModelOptions lo;
   lo.device_map = f.device_map;
   lo.max_memory = f.max_memory;
+  lo.plan_by_expert = !f.whole_layers;
   lo.offload_folder = f.offload_folder;
   if (prepared.checkpoint.format() == io::CheckpointFormat::torch && !f.device_map.empty() && f.offload_folder.empty()) {
     session.scratch = std::make_unique<ScratchOffloadFolder>();
@@ -244,8 +251,16 @@ void print_model_info(std::ostream& info, const Session& session, const std::str
   info << "placement:";
   for (const auto& [p, b] : session.loaded.bytes_per_placement) info << "  " << p.str() << " " << format_bytes(static_cast<double>(b));
   info << "\n";
-  if (session.loaded.device_map.size() > 1 || !session.loaded.device_map.contains(""))
-    info << "device map: " << session.loaded.device_map.to_json() << "\n";
+  const DeviceMap& map = session.loaded.device_map;
+  if (map.size() > 16) {  // a mixture of experts planned by the expert: thousands of keys
+    std::map<Placement, int64_t> keys;
+    for (const auto& entry : map) ++keys[entry.second];
+    info << "device map: " << map.size() << " keys:";
+    for (const auto& [p, n] : keys) info << " " << n << " on " << p.hf_str() << ",";
+    info << " listed by `ferry plan`\n";
+  } else if (map.size() > 1 || !map.contains("")) {
+    info << "device map: " << map.to_json() << "\n";
+  }
   if (session.disk_reads && session.disk_reads->file_bytes > 0) info << "disk reads: " << session.disk_reads->reason << "\n";
 }
 

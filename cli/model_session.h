@@ -32,6 +32,7 @@ struct LoadFlags {
   std::string model_dir;
   std::string device_map;
   std::string max_memory;
+  bool whole_layers = false;
   std::string offload_folder;
   std::string dtype;
   std::string attention;

@@ -30,6 +30,8 @@ struct PlanArgs {
   bool verbose = false;
   bool offload_buffers = false;
   bool fallback = false;
+  bool whole_layers = false;
+  int64_t experts_per_token = 0;
 };
 
 std::string read_text(const std::string& path) {
@@ -57,6 +59,8 @@ void run_plan(const PlanArgs& args) {
   const Strategy strategy = parse_strategy(args.strategy);
   options.offload_buffers = args.offload_buffers;
   options.fallback_allocation = args.fallback;
+  options.plan_by_expert = !args.whole_layers;
+  options.experts_per_token = args.experts_per_token;
   if (args.verbose) options.verbose = [](const std::string& line) { std::cerr << line << '\n'; };
 
   LoadedModelTree loaded = load_model_tree(args.model);
@@ -115,6 +119,11 @@ void add_plan_command(CLI::App& app) {
   cmd->add_flag("--verbose", args->verbose, "Explain every decision on stderr");
   cmd->add_flag("--offload-buffers", args->offload_buffers, "Buffers of offloaded modules are offloaded too");
   cmd->add_flag("--fallback-allocation", args->fallback, "Fill a device with a smaller module when the next does not fit");
+  cmd->add_flag("--whole-layers", args->whole_layers,
+                "Plan a mixture of experts' layers whole, as Accelerate does (default: dense parts first, then each "
+                "routed expert where room remains)");
+  cmd->add_option("--experts-per-token", args->experts_per_token,
+                  "A mixture of experts' top-k, for the room kept to stream experts in (default 2)");
   cmd->callback([args]() { run_plan(*args); });
 }
 

@@ -134,6 +134,34 @@ TEST(ModelsMoe, ExpertsOffloadedOneByOneMatchTransformersAndOnlyPickedOnesLoad) 
   }
 }
 
+// device_map "auto" plans a mixture of experts by the expert: with a CPU budget for the dense
+// parts and four experts, those four stay in RAM, the other twelve go to disk, and the tokens are
+// transformers'. Accelerate's whole layers (plan_by_expert = false) put layer 1 on disk whole.
+TEST(ModelsMoe, AutoDeviceMapPlacesExpertsOneByOneAndMatches) {
+  const std::string dir = fixture("tiny_mixtral");
+  const Reference ref = read_reference(dir);
+  constexpr int64_t kDense = 648448, kReserve = 256000, kExpert = 36864;  // as tests/plan_expert_test.cpp
+  LoadModelOptions options;
+  options.device_map = "auto";
+  options.max_memory = "cpu=" + std::to_string(kDense + kReserve + 4 * kExpert + 1000);
+  options.dtype = at::kFloat;
+  LoadedModel loaded = load_model(dir, options);
+  const DeviceMap& map = loaded.device_map;
+  const std::string experts0 = "model.layers.0.block_sparse_moe.experts.";
+  EXPECT_EQ(map.placement_of("model.layers.1.self_attn.q_proj.weight"), Placement::cpu()) << map.to_json(1);
+  EXPECT_EQ(map.placement_of("lm_head.weight"), Placement::cpu()) << map.to_json(1);
+  EXPECT_EQ(map.placement_of(experts0 + "3.w1.weight"), Placement::cpu()) << map.to_json(1);
+  EXPECT_EQ(map.placement_of(experts0 + "4.w1.weight"), Placement::disk()) << map.to_json(1);
+  EXPECT_EQ(map.placement_of("model.layers.1.block_sparse_moe.experts.0.w1.weight"), Placement::disk());
+  expect_matches(*loaded.model, ref, "tiny_mixtral planned by the expert");
+
+  options.plan_by_expert = false;
+  LoadedModel whole = load_model(dir, options);
+  EXPECT_EQ(whole.device_map.placement_of("model.layers.1.self_attn.q_proj.weight"), Placement::disk())
+      << whole.device_map.to_json(1);
+  EXPECT_FALSE(whole.device_map.contains(experts0 + "0")) << whole.device_map.to_json(1);
+}
+
 // The expert cache through a model: every expert of layer 0 on disk, a cache with room for half of
 // them; generation gives transformers' tokens, and picks are served from the cache.
 TEST(ModelsMoe, ExpertCacheServesRepeatedPicksAndChangesNoToken) {

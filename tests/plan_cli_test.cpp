@@ -114,3 +114,27 @@ TEST(PlanCli, CorruptHeaderIsReportedWithTheFile) {
   std::string rm = "rm -rf '" + dir + "'";
   std::system(rm.c_str());
 }
+
+// A mixture of experts from its checkpoint: planned by the expert unless --whole-layers.
+TEST(PlanCli, MixtureOfExpertsByTheExpertOrWholeLayers) {
+  REQUIRE_CLI();
+  // Budgets of PlanByExpert.DenseFirstThenExpertsByTheExpertWhereRoomRemains (the same shapes).
+  const std::string model = "'" + kData + "/tiny_mixtral' --max-memory 0=1089768,cpu=477284 --no-split 'model.layers.*'";
+  CliRun table = run_cli(model + " --verbose 2>&1");
+  ASSERT_EQ(table.status, 0) << table.output;
+  EXPECT_NE(table.output.find("model.layers.1.block_sparse_moe.experts: 8 routed experts (36.0 KiB each) -> 3 on cpu "
+                              "5 on disk"),
+            std::string::npos)
+      << table.output;
+  CliRun json = run_cli(model + " --json");
+  ASSERT_EQ(json.status, 0) << json.output;
+  auto map = nlohmann::json::parse(json.output);
+  EXPECT_EQ(map["model.layers.0.block_sparse_moe.experts.4"], 0) << json.output;
+  EXPECT_EQ(map["model.layers.0.block_sparse_moe.experts.5"], "cpu") << json.output;
+  EXPECT_EQ(map["model.layers.1.block_sparse_moe.experts.7"], "disk") << json.output;
+  EXPECT_EQ(map["model.layers.1.self_attn"], 0) << json.output;
+
+  CliRun whole = run_cli(model + " --whole-layers --json");
+  ASSERT_EQ(whole.status, 0) << whole.output;
+  EXPECT_EQ(whole.output.find("experts"), std::string::npos) << whole.output;
+}

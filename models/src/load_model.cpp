@@ -38,6 +38,8 @@ LoadedModel load_model(std::shared_ptr<CausalLM> empty_model, const io::Checkpoi
   CausalLM& model = *out.model;
   LoadAndDispatchOptions options;
   options.plan.no_split.classes = model.no_split_module_classes();
+  options.plan.plan_by_expert = o.plan_by_expert;
+  options.plan.experts_per_token = model.config().num_experts_per_tok;
   options.dispatch.skip_keys = {"past_key_values"};
   if (!o.offload_folder.empty()) {
     // Given a folder, disk-placed weights are written there as Accelerate does (an option is used

@@ -5,6 +5,7 @@
 #include "ferry/core/log.h"
 #include "ferry/plan/balanced_memory.h"
 #include "ferry/plan/check_device_map.h"
+#include "ferry/plan/expert_plan.h"
 #include "plan_tree.h"
 
 #include <algorithm>
@@ -573,6 +574,7 @@ DeviceMap Planner::finish(DeviceMap map) {
 }  // namespace
 
 DeviceMap infer_auto_device_map(const ModelTree& tree, const PlanOptions& options) {
+  if (options.plan_by_expert && has_routed_experts(tree)) return plan_by_expert(tree, options);
   Planner planner(tree, options, plan_detail::build_plan_tree(tree, options.sizes, options.no_split));
   return planner.run();
 }
@@ -617,6 +619,7 @@ DeviceMap plan_device_map(const ModelTree& tree, Strategy strategy, const PlanOp
                                                         strategy == Strategy::BalancedLow0);
     if (options.verbose) options.verbose("Balanced budgets (" + std::string(to_string(strategy)) + "): " + to_string(effective.max_memory));
   }
+  if (options.plan_by_expert && has_routed_experts(tree)) return plan_by_expert(tree, effective);
   planning_tree();
   Planner planner(tree, effective, std::move(*plan));
   return planner.run();

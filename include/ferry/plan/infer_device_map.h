@@ -60,12 +60,19 @@ struct PlanOptions {
   bool offload_buffers = false;
   /// On a device where nothing fits, look for a smaller module that does (fallback_allocate).
   bool fallback_allocation = false;
+  /// Mixtures of experts: the dense parts first, then the routed experts one by one where room
+  /// remains (plan_by_expert, ferry/plan/expert_plan.h). False keeps Accelerate's whole layers.
+  bool plan_by_expert = true;
+  /// Experts each token is routed to (a MoE's top-k), for the room kept on the main device for
+  /// experts streamed in from elsewhere; 0 means 2.
+  int64_t experts_per_token = 0;
 };
 
 /// Accelerate's infer_auto_device_map. The map covers every parameter and buffer of `tree`,
 /// keeps every device within its budget, and uses only devices of `options.max_memory` (and
 /// "disk"). Logs Accelerate's warning about offloaded buffers and its INFO line about devices
-/// that received nothing. Throws ferry::Error for a bad budget.
+/// that received nothing. Throws ferry::Error for a bad budget. A tree with routed experts is
+/// planned by the expert (see PlanOptions::plan_by_expert).
 DeviceMap infer_auto_device_map(const ModelTree& tree, const PlanOptions& options = {});
 
 /// The device_map strings of load_checkpoint_and_dispatch.

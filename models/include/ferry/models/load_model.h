@@ -40,6 +40,9 @@ struct LoadModelOptions {
   std::string device_map;
   /// Budgets for the planner, "0=4GiB,cpu=8GiB" (empty: what the machine has free).
   std::string max_memory;
+  /// A mixture of experts is planned by the expert (dense parts first, then each routed expert
+  /// where room remains; ferry/plan/expert_plan.h); false keeps Accelerate's whole layers.
+  bool plan_by_expert = true;
   /// Empty: disk-placed weights are read in place from the checkpoint. A folder: they are written
   /// there first, as Accelerate's offload_folder (created; must be a writable folder).
   std::string offload_folder;
