@@ -9,6 +9,12 @@ For each row (a device map) it runs, in a fresh child process each time:
 Both get the same MAP.json and the same thread count. It prints load time, prefill time, ms per decode
 token and peak RSS (plus peak GPU memory on a GPU) for both, and exits 1 unless the greedy tokens agree.
 
+Mixtures of experts (Mixtral, Qwen3-MoE; bench/make_big_moe.py makes a 2.7 GB one) get other rows:
+resident, experts-disk (every routed expert on disk, the rest in RAM; see moe_maps for why Accelerate's
+map names each layer's fused experts) and experts-disk-cache (ferry only, --expert-cache with room for
+every expert), and the expert bytes ferry read per decode token against the routed experts' bytes.
+--drop-caches drops the page cache before every run (cold reads).
+
 Rows: resident (everything on "cpu") and disk (embeddings, final norm and lm_head on "cpu", every
 decoder layer on "disk"); with a GPU also gpu (everything on 0), cpu-offload (layers on "cpu", the
 rest on 0) and disk-gpu (layers on "disk", the rest on 0). An explicit map leaves nothing for
@@ -41,6 +47,47 @@ import subprocess
 import sys
 import tempfile
 import time
+
+
+def moe_maps(config):
+    """Mixture-of-experts rows: row name -> (Accelerate's map, ferry's map, ferry's extra flags).
+
+    Every routed expert on disk, the rest in RAM. transformers 5 fuses a layer's experts into one
+    module (model.layers.i.mlp.experts, every expert's weights in one tensor), so that module is
+    Accelerate's finest unit: it reads all of a layer's experts to run two. ferry's map puts each
+    expert (the Hub's model.layers.i.block_sparse_moe.experts.j) on disk on its own.
+    """
+    layers = config["num_hidden_layers"]
+    experts = config.get("num_local_experts") or config["num_experts"]
+    block = "block_sparse_moe" if config["model_type"] == "mixtral" else "mlp"
+    if config["model_type"] not in ("mixtral", "qwen3_moe"):
+        sys.exit(f"vs_accelerate: MoE rows support mixtral and qwen3_moe, not {config['model_type']}")
+    dense = {"model.embed_tokens": "cpu", "model.norm": "cpu", "lm_head": "cpu", "model.rotary_emb": "cpu"}
+    accelerate, ferry = dict(dense), dict(dense)
+    for i in range(layers):
+        for part in ("self_attn", "input_layernorm", "post_attention_layernorm"):
+            accelerate[f"model.layers.{i}.{part}"] = ferry[f"model.layers.{i}.{part}"] = "cpu"
+        accelerate[f"model.layers.{i}.mlp.gate"] = "cpu"
+        accelerate[f"model.layers.{i}.mlp.experts"] = "disk"
+        ferry[f"model.layers.{i}.{block}.gate"] = "cpu"
+        ferry.update({f"model.layers.{i}.{block}.experts.{e}": "disk" for e in range(experts)})
+    return {"resident": ({"": "cpu"}, {"": "cpu"}, []),
+            "experts-disk": (accelerate, ferry, []),
+            # ferry only: an expert cache with room for every expert, so later picks are served from RAM
+            "experts-disk-cache": (None, ferry, ["--expert-cache", "64GiB"])}
+
+
+def routed_bytes_per_token(config, bytes_per_weight=4):
+    """Bytes of the experts one token runs: top-k experts of every layer, three matrices each."""
+    inter = config.get("moe_intermediate_size") or config["intermediate_size"]
+    return config["num_hidden_layers"] * config["num_experts_per_tok"] * 3 * config["hidden_size"] * inter * bytes_per_weight
+
+
+def drop_page_cache():
+    """Cold reads for both tools: write back, then drop the page cache (root only)."""
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
 
 
 def device_maps(layers, gpu):
@@ -152,6 +199,7 @@ def main():
     ap.add_argument("--rows", help="comma-separated subset of the rows, e.g. resident,disk")
     ap.add_argument("--work-dir", default=tempfile.gettempdir(), help="device maps, child specs and offload folders go under WORK_DIR/ferry-vs-accelerate")
     ap.add_argument("--out", help="write every measurement as JSON here")
+    ap.add_argument("--drop-caches", action="store_true", help="drop the page cache before every run (root): cold reads")
     ap.add_argument("--hf-child", metavar="SPEC.json", help="internal: run one Accelerate measurement described by SPEC.json")
     a = ap.parse_args()
     if a.hf_child:
@@ -165,7 +213,11 @@ def main():
     with open(os.path.join(a.model_dir, "config.json")) as f:
         config = json.load(f)
     gpu = torch.cuda.is_available()
-    rows = device_maps(config["num_hidden_layers"], gpu)
+    moe = bool(config.get("num_local_experts") or config.get("num_experts"))
+    if moe:  # (Accelerate's map or None, ferry's map, ferry's extra flags)
+        rows = moe_maps(config)
+    else:
+        rows = {name: (m, m, []) for name, m in device_maps(config["num_hidden_layers"], gpu).items()}
     if a.rows:
         rows = {name: rows[name] for name in a.rows.split(",")}
     rng = random.Random(0)
@@ -176,21 +228,27 @@ def main():
     os.makedirs(work, exist_ok=True)
 
     commands, runs = {}, []  # runs: one dict per (round, row, tool)
-    for name, device_map in rows.items():
+    for name, (accelerate_map, ferry_map, ferry_flags) in rows.items():
         map_path = os.path.join(work, f"{name}.json")
         with open(map_path, "w") as f:
-            json.dump(device_map, f)
+            json.dump(ferry_map, f)
+        commands[(name, "ferry")] = [a.ferry, "run", a.model_dir, "--ids", " ".join(map(str, ids)), "--max-new-tokens",
+                                     str(a.max_new_tokens), "--device-map", map_path, "--json"] + ferry_flags
+        if accelerate_map is None:
+            continue
         spec_path = os.path.join(work, f"{name}.accelerate.json")
         with open(spec_path, "w") as f:
-            json.dump({"model_dir": a.model_dir, "device_map": device_map, "offload_folder": os.path.join(work, f"offload-{name}"),
+            json.dump({"model_dir": a.model_dir, "device_map": accelerate_map, "offload_folder": os.path.join(work, f"offload-{name}"),
                        "ids": ids, "max_new_tokens": a.max_new_tokens, "threads": a.threads}, f)
         commands[(name, "accelerate")] = [sys.executable, os.path.abspath(__file__), a.model_dir, "--hf-child", spec_path]
-        commands[(name, "ferry")] = [a.ferry, "run", a.model_dir, "--ids", " ".join(map(str, ids)), "--max-new-tokens",
-                                     str(a.max_new_tokens), "--device-map", map_path, "--json"]
     for r in range(a.rounds):
         for name in rows:
             for tool in (["accelerate", "ferry"] if r % 2 == 0 else ["ferry", "accelerate"]):
+                if (name, tool) not in commands:
+                    continue
                 shutil.rmtree(os.path.join(work, f"offload-{name}"), ignore_errors=True)  # a fresh offload folder each run
+                if a.drop_caches:
+                    drop_page_cache()
                 result = run_child(commands[(name, tool)], env)
                 runs.append({"round": r, "row": name, "tool": tool, **result})
                 t = result["timings"]
@@ -220,14 +278,29 @@ def main():
     print("|---|---|---:|---:|---:|---:|---:|" + ("---:|" if gpu else "") + "---:|---:|")
     for name in rows:
         for tool in ["accelerate", "ferry"]:
+            if (name, tool) not in commands:
+                continue
             m = {k: median(name, tool, k) for k in ["load_s", "prefill_s", "decode_ms_per_token", "peak_rss_bytes",
                                                    "rss_anon_bytes", "peak_gpu_bytes", "wall_s"]}
             ratio = ""
-            if tool == "ferry":
+            if tool == "ferry" and (name, "accelerate") in commands:
                 ratio = f"{m['decode_ms_per_token'] / median(name, 'accelerate', 'decode_ms_per_token'):.2f}x"
+            elif tool == "ferry" and ("resident", "ferry") in commands:
+                ratio = f"{m['decode_ms_per_token'] / median('resident', 'ferry', 'decode_ms_per_token'):.2f}x resident"
             gpu_cell = f" {fmt_bytes(m['peak_gpu_bytes'])} |" if gpu else ""
             print(f"| {name} | {tool} | {m['load_s']:.2f} | {m['prefill_s']:.3f} | {m['decode_ms_per_token']:.2f} | "
                   f"{fmt_bytes(m['peak_rss_bytes'])} | {fmt_bytes(m['rss_anon_bytes'])} |{gpu_cell} {m['wall_s']:.2f} | {ratio} |")
+    if moe:  # what ferry read per token against what the routed experts weigh
+        routed = routed_bytes_per_token(config)
+        print(f"\nrouted experts per token (top-{config['num_experts_per_tok']} x {config['num_hidden_layers']} layers): "
+              f"{routed / 2**20:.1f} MiB")
+        for name in rows:
+            mine = [x["experts"] for x in runs if x["row"] == name and x["tool"] == "ferry" and "experts" in x]
+            if mine:
+                per_token = statistics.median(e["decode_bytes_loaded_per_token"] for e in mine)
+                hit = statistics.median(e["decode_cache_hit_rate"] for e in mine)
+                print(f"{name}: ferry read {per_token / 2**20:.1f} MiB of experts per decode token ({per_token / routed:.2f}x "
+                      f"the routed bytes; the dense parts are in RAM), decode cache hit rate {hit:.1%}")
     print(f"\nbenchmark: {shlex.join([sys.executable] + sys.argv)}")
     for (name, tool), cmd in commands.items():
         print(f"{name} {tool}: {shlex.join(cmd)}")
