@@ -28,6 +28,8 @@ inline constexpr const char* kEstimateMemoryDescription =
     "Memory a model needs per dtype, resident and offloaded, from its config.json alone (no weights)";
 inline constexpr const char* kTokenizeDescription =
     "Text to token ids and pieces with a model's tokenizer.json or tokenizer.model (or --decode ids to text)";
+inline constexpr const char* kLaunchDescription =
+    "Start N ranks of a ferry command on this host, as torchrun does: ferry launch --nproc 2 -- run MODEL ...";
 inline constexpr const char* kDemoDescription =
     "Write a tiny Llama checkpoint and run it resident and offloaded to disk";
 
@@ -40,6 +42,7 @@ void add_demo_command(CLI::App& app);     ///< ferry demo: the built-in example 
 void add_convert_command(CLI::App& app);  ///< ferry convert: .bin or safetensors -> safetensors (convert_command.cpp)
 void add_estimate_memory_command(CLI::App& app);  ///< ferry estimate-memory (estimate_memory_command.cpp)
 void add_tokenize_command(CLI::App& app);  ///< ferry tokenize: text <-> ids (tokenize_command.cpp)
+void add_launch_command(CLI::App& app);    ///< ferry launch: N ranks of a command (launch_command.cpp)
 
 /// The main() of both programs: installs the SIGBUS message (io/mapped_file_faults.h), builds the
 /// `ferry` app with the subcommands `add_commands` registers, parses and runs, and maps errors to

@@ -70,6 +70,7 @@ int main(int argc, char** argv) {
     ferry::cli::add_plan_command(app);
     ferry::cli::add_inspect_command(app);
     ferry::cli::add_tokenize_command(app);
+    ferry::cli::add_launch_command(app);
     // Listed here for `ferry --help`; main() hands them to ferry-torch before parsing.
     app.add_subcommand("offload", ferry::cli::kOffloadDescription);
     app.add_subcommand("run", ferry::cli::kRunDescription);

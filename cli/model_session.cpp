@@ -228,6 +228,15 @@ Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle p
   lo.expert_cache_policy = f.expert_cache_policy == "recency" ? StreamerOptions::ExpertCachePolicy::recency
                                                                : StreamerOptions::ExpertCachePolicy::frequency;
   FERRY_CHECK(!(!f.max_memory.empty() && f.device_map.empty()), "--max-memory needs --device-map (e.g. auto)");
+  // Several processes (RANK/WORLD_SIZE, as torchrun or `ferry launch` set them): this one joins the
+  // group first (a missing peer is reported before minutes of loading), then loads its stage only.
+  if (std::optional<DistributedEnv> env = DistributedEnv::from_environment(); env && env->world_size > 1) {
+    FERRY_CHECK(f.device_map.empty() && f.max_memory.empty(), "--device-map and --max-memory do not apply across ",
+                env->world_size, " ranks yet: each rank holds its stage's layers in RAM");
+    session.group = std::make_shared<ProcessGroup>(ProcessGroup::connect(*env));
+    session.stage = split_stages(prepared.config.num_hidden_layers, env->world_size)[static_cast<size_t>(env->rank)];
+    lo.device_map_entries = stage_device_map(*prepared.empty, *session.stage);
+  }
   ProgressDisplay progress(f.quiet ? ProgressStyle::none : progress_style,
                            format_bytes(static_cast<double>(prepared.checkpoint.total_bytes())) + " in " +
                                std::to_string(prepared.checkpoint.files().size()) + " shard(s) from " + f.model_dir);
@@ -238,6 +247,8 @@ Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle p
     throw_if_interrupted();
   };
   session.loaded = load_model(std::move(prepared.empty), prepared.checkpoint, lo);
+  if (session.stage)
+    session.loaded.model = std::make_shared<PipelineModel>(session.loaded.model, session.group, *session.stage);
   // Decided now, with the model loaded: the free memory it measures counts the resident weights.
   session.streamer = session.loaded.dispatch ? session.loaded.dispatch->streamer : nullptr;
   if (session.streamer) session.disk_reads = session.streamer->disk_read_plan();

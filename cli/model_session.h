@@ -15,6 +15,7 @@
 #include "ferry/io/checkpoint.h"
 #include "ferry/models/generate.h"
 #include "ferry/models/load_model.h"
+#include "ferry/models/pipeline.h"
 
 #include <CLI/CLI.hpp>
 
@@ -106,6 +107,9 @@ struct Session {
   /// The streamer of offloaded weights (null for a resident model) and how it reads disk weights.
   std::shared_ptr<WeightStreamer> streamer;
   std::optional<DiskReadPlan> disk_reads;
+  /// Across several processes: the group and this rank's stage (loaded.model is then a PipelineModel).
+  std::shared_ptr<ProcessGroup> group;
+  std::optional<models::PipelineStage> stage;
 };
 
 /// Loads the prepared model as the flags say (Ctrl-C stops between weights), showing progress.

@@ -131,6 +131,8 @@ void run(const RunOptions& o) {
   LoadedModel& loaded = session.loaded;
   const ModelConfig& c = loaded.model->config();
   const std::string dtype = dtype_name(c.dtype);
+  // Across ranks every one generates the same tokens in step; rank 0 prints them.
+  if (session.stage && !session.stage->is_first()) std::cout.setstate(std::ios::badbit);
   if (say) {
     print_model_info(info, session, o.load.model_dir);
     info << describe_sampling(g) << "\n";
@@ -154,7 +156,10 @@ void run(const RunOptions& o) {
     if (!ok) ++unknown_ids;
     return ok;
   };
+  // The streamer's counters when the prompt's forward is done: what decoding alone cost.
+  std::optional<StreamerStats> after_prefill;
   g.on_step = [&](int64_t, const at::Tensor& next) {
+    if (!after_prefill && session.streamer) after_prefill = session.streamer->stats();
     for (int64_t b = 0; b < batch; ++b) produced[static_cast<size_t>(b)].push_back(next[b].item<int64_t>());
     if (stream) std::cout << ' ' << produced[0].back() << std::flush;
     if (decoder && known(produced[0].back())) {
@@ -197,7 +202,9 @@ void run(const RunOptions& o) {
   const int64_t streamed = session.streamer ? session.streamer->stats().bytes_loaded - streamed_before : 0;
   const int64_t forwards = out.new_tokens > 0 ? out.new_tokens : (g.return_prompt_logits ? 1 : 0);
   double moved_per_token = forwards > 0 ? static_cast<double>(streamed) / static_cast<double>(forwards) : 0.0;
-  if (moved_per_token == 0 && loaded.offloaded_bytes_per_forward > 0) moved_per_token = static_cast<double>(loaded.offloaded_bytes_per_forward);
+  // (Across ranks the disk-placed weights are other stages', never moved here.)
+  if (moved_per_token == 0 && loaded.offloaded_bytes_per_forward > 0 && !session.stage)
+    moved_per_token = static_cast<double>(loaded.offloaded_bytes_per_forward);
   const double decode_ms = out.decode_steps > 0 ? 1000.0 * out.decode_seconds / static_cast<double>(out.decode_steps) : 0.0;
   // Why generation ended (the single prompt of --prompt): a stop string, EOS, or the token budget.
   std::string stop_reason = "max_new_tokens";
@@ -212,7 +219,7 @@ void run(const RunOptions& o) {
     for (int64_t i = ids.size(1); i < out.sequences.size(1); ++i)
       generated[static_cast<size_t>(b)].push_back(out.sequences[b][i].item<int64_t>());
 
-  if (!o.logits_out.empty())
+  if (!o.logits_out.empty() && !(session.stage && !session.stage->is_first()))  // one writer across ranks
     io::save_safetensors(o.logits_out, {{"logits", out.prompt_logits.contiguous()}}, {{"format", "pt"}});
 
   if (o.json) {
@@ -281,6 +288,25 @@ void run(const RunOptions& o) {
                       {"cache_evictions", st.expert_cache_evictions - stats_before.expert_cache_evictions},
                       {"bytes_loaded_per_token", per * static_cast<double>(st.expert_bytes_loaded - stats_before.expert_bytes_loaded)},
                       {"bytes_from_cache_per_token", per * static_cast<double>(st.expert_bytes_cached - stats_before.expert_bytes_cached)}};
+      if (after_prefill && out.decode_steps > 0) {  // the prompt picks many experts at once; decoding, top-k per layer
+        const double per_step = 1.0 / static_cast<double>(out.decode_steps);
+        const int64_t decode_hits = st.expert_cache_hits - after_prefill->expert_cache_hits;
+        const int64_t decode_picks = decode_hits + st.expert_cache_misses - after_prefill->expert_cache_misses;
+        j["experts"]["decode_bytes_loaded_per_token"] =
+            per_step * static_cast<double>(st.expert_bytes_loaded - after_prefill->expert_bytes_loaded);
+        j["experts"]["decode_bytes_from_cache_per_token"] =
+            per_step * static_cast<double>(st.expert_bytes_cached - after_prefill->expert_bytes_cached);
+        j["experts"]["decode_cache_hit_rate"] =
+            decode_picks > 0 ? static_cast<double>(decode_hits) / static_cast<double>(decode_picks) : 0.0;
+      }
+    }
+    if (const auto* pipeline = dynamic_cast<const PipelineModel*>(loaded.model.get())) {
+      const PipelineStage& st = pipeline->stage();
+      j["pipeline"] = {{"rank", st.rank},
+                       {"world_size", st.world_size},
+                       {"layers", {st.first_layer, st.end_layer}},
+                       {"bytes_sent_per_token", forwards > 0 ? static_cast<double>(pipeline->bytes_sent()) / forwards : 0.0},
+                       {"communication_s", pipeline->communication_seconds()}};
     }
     j["io"] = {{"files_mapped", io::io_counters().files_mapped.load()},
                {"safetensors_headers_parsed", io::io_counters().safetensors_headers_parsed.load()}};

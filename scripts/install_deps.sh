@@ -3,9 +3,10 @@
 set -euo pipefail
 # libpcre2-dev, libutf8proc-dev: the tokenizers' Unicode-aware pre-tokenizer regexes and NFC normalisation;
 # libsentencepiece-dev: SentencePiece models (tokenizer.model) for model folders without a tokenizer.json;
-# all found through pkg-config (pkgconf)
+# all found through pkg-config (pkgconf); libgloo-dev: the headers torch.distributed's ProcessGroupGloo
+# includes (LibTorch ships the library, not them), for pipeline parallelism across processes and hosts
 packages=(libgtest-dev nlohmann-json3-dev libsimdjson-dev libcli11-dev libpcre2-dev libutf8proc-dev libsentencepiece-dev
-          pkgconf cmake g++ ninja-build)
+          libgloo-dev pkgconf cmake g++ ninja-build)
 # Debian's LibTorch 1.13 unless the build uses PyTorch 2.x's (FERRY_TORCH=pypi, scripts/install_torch2.sh)
 [ "${FERRY_TORCH:-debian}" = pypi ] || packages+=(libtorch-dev libopenblas0-pthread)
 [ "${FERRY_WITH_FUZZER:-0}" = 1 ] && packages+=(clang)

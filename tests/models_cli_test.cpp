@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 
 #include <cstdio>
 #include <filesystem>
@@ -67,16 +68,23 @@ std::string ids_arg(const at::Tensor& ids) {
 
 // Runs a fixture through the CLI and checks tokens and logits against transformers'; returns the
 // run's JSON report.
-nlohmann::json check_fixture(const std::string& name, const std::string& extra, const std::string& prefix = "") {
+// `launch`: "launch --nproc N -- " runs it as N ranks (rank 0's output, "[rank 0] "-prefixed, is read).
+nlohmann::json check_fixture(const std::string& name, const std::string& extra, const std::string& prefix = "",
+                             const std::string& launch = "") {
   auto ref = ferry::io::SafetensorsFile::open(fixture(name) + "/reference.safetensors");
   at::Tensor ids = ref.load("input_ids"), logits = ref.load("logits"), generated = ref.load("generated");
   TempDir tmp("cli_" + name);
   std::string logits_file = (tmp.path() / "logits.safetensors").string();
-  Result r = run_cli("run " + fixture(name) + " --ids " + ids_arg(ids) + " --max-new-tokens 16 --dtype float32 --json" +
+  Result r = run_cli(launch + "run " + fixture(name) + " --ids " + ids_arg(ids) + " --max-new-tokens 16 --dtype float32 --json" +
                          " --logits-out " + logits_file + " " + extra,
                      /*merge_stderr=*/false, prefix);
   EXPECT_EQ(r.status, 0) << r.out;
   if (r.status != 0) return {};
+  if (!launch.empty()) {
+    const std::string tag = "[rank 0] ";
+    EXPECT_EQ(r.stdout_only.rfind(tag, 0), 0u) << r.stdout_only;
+    r.stdout_only.erase(0, tag.size());
+  }
   auto j = nlohmann::json::parse(r.stdout_only);
   at::Tensor want = generated.narrow(1, ids.size(1), generated.size(1) - ids.size(1));
   EXPECT_EQ(j["generated"].size(), 2u);
@@ -447,6 +455,12 @@ TEST(ModelsCli, ExpertCacheCountersAndSameTokens) {
   EXPECT_GT(c["experts"]["bytes_from_cache_per_token"].get<double>(), 0);
   EXPECT_LT(c["experts"]["bytes_loaded_per_token"].get<double>(), p["experts"]["bytes_loaded_per_token"].get<double>());
   EXPECT_LE(c["experts"]["cache_bytes"].get<int64_t>(), int64_t{1} << 20);
+  // Decoding alone: one token picks top-2 of 8 experts in each of 2 layers, 36 KiB each, so without a
+  // cache exactly 4 experts' bytes per decode token; the prompt's forward (5 tokens) picks more.
+  EXPECT_DOUBLE_EQ(p["experts"]["decode_bytes_loaded_per_token"].get<double>(), 4.0 * 36864) << p["experts"];
+  EXPECT_EQ(p["experts"]["decode_cache_hit_rate"].get<double>(), 0.0);
+  EXPECT_GT(c["experts"]["decode_cache_hit_rate"].get<double>(), c["experts"]["cache_hit_rate"].get<double>() - 1e-9)
+      << "the prompt's picks are first sights";
 }
 
 // Disk weights read with O_DIRECT into ferry's own buffers (models larger than RAM) give the same
@@ -707,4 +721,71 @@ TEST(ModelsCli, AShardTruncatedDuringARunIsNamedNotABusError) {
   EXPECT_EQ(WEXITSTATUS(status), 1) << text;
   EXPECT_NE(text.find("changed while it was being read (truncated or replaced)"), std::string::npos) << text;
   EXPECT_NE(text.find((model / "model-").string()), std::string::npos) << text;
+}
+
+// Pipeline parallelism (models/pipeline.h) through `ferry launch` on loopback: 2 and 3 ranks, each
+// holding its stage's layers, give transformers' tokens and logits, as one process does; Mixtral's
+// experts too.
+TEST(ModelsCli, PipelineAcrossRanksMatchesTransformers) {
+  REQUIRE_CLI();
+  for (int n : {2, 3}) {
+    nlohmann::json j = check_fixture("tiny_llama", "", "", "launch --nproc " + std::to_string(n) + " --timeout 60 -- ");
+    EXPECT_EQ(j["pipeline"]["world_size"], n) << j.dump();
+    EXPECT_EQ(j["pipeline"]["layers"], nlohmann::json::array({0, n == 2 ? 2 : 1})) << j.dump();
+    // Each decode step sends one position's hidden states per prompt: 2 x 64 float32.
+    EXPECT_GT(j["pipeline"]["bytes_sent_per_token"].get<double>(), 0) << j.dump();
+  }
+  nlohmann::json j = check_fixture("tiny_mixtral", "", "", "launch --nproc 2 --timeout 60 -- ");
+  EXPECT_EQ(j["pipeline"]["layers"], nlohmann::json::array({0, 1})) << j.dump();
+}
+
+// A rank that cannot reach the master says which address it tried, within the timeout.
+TEST(ModelsCli, PipelineRankWithoutMasterNamesTheAddress) {
+  REQUIRE_CLI();
+  const auto t0 = std::chrono::steady_clock::now();
+  Result r = run_cli("run " + fixture("tiny_llama") + " --ids '1 2 3' --max-new-tokens 2", true,
+                     "RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=9 FERRY_DIST_TIMEOUT=2 ");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("rank 1 of 2"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("127.0.0.1:9"), std::string::npos) << r.out;
+  EXPECT_LT(seconds, 30) << r.out;
+  Result bad = run_cli("run " + fixture("tiny_llama") + " --ids '1 2 3'", true, "RANK=2 WORLD_SIZE=2 ");
+  EXPECT_EQ(bad.status, 1) << bad.out;
+  EXPECT_NE(bad.out.find("RANK='2' is not an integer in [0, 1]"), std::string::npos) << bad.out;
+}
+
+// Killing one rank mid-run: the other stops within the timeout, naming the lost rank; `ferry
+// launch` exits non-zero and says which rank failed.
+TEST(ModelsCli, PipelineRankKilledStopsTheOthersCleanly) {
+  REQUIRE_CLI();
+  bool killed = false;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto [status, text] = run_cli_watching(
+      {"launch", "--nproc", "2", "--timeout", "10", "--", "run", fixture("tiny_llama"), "--ids", "1 2 3",
+       "--max-new-tokens", "250"},
+      [&](const std::string& out, pid_t launcher) {
+        if (killed || out.find("[rank 1] loaded") == std::string::npos) return;  // (rank 1 prints only to stderr)
+        // rank 1: the launcher's child whose environment says RANK=1
+        for (const auto& e : fs::directory_iterator("/proc")) {
+          std::ifstream stat(e.path() / "stat");
+          std::string pid, comm, state;
+          pid_t parent = 0;
+          if (!(stat >> pid >> comm >> state >> parent) || parent != launcher) continue;
+          std::ifstream environ(e.path() / "environ");
+          std::string env((std::istreambuf_iterator<char>(environ)), std::istreambuf_iterator<char>());
+          if (env.find(std::string("RANK=1\0", 7)) == 0 || env.find(std::string("\0RANK=1\0", 8)) != std::string::npos) {
+            ::kill(std::stoi(pid), SIGKILL);
+            killed = true;
+          }
+        }
+      });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(killed) << text;
+  ASSERT_TRUE(WIFEXITED(status)) << text;
+  EXPECT_NE(WEXITSTATUS(status), 0) << text;
+  EXPECT_NE(text.find("[rank 0] ferry: error: "), std::string::npos) << text;
+  EXPECT_NE(text.find("(rank 1 stopped"), std::string::npos) << text;
+  EXPECT_NE(text.find("ferry launch: rank"), std::string::npos) << text;
+  EXPECT_LT(seconds, 40) << text;
 }

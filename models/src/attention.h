@@ -44,10 +44,27 @@ inline const c10::IValue& keyword_or_none(const Args& args, const std::string& n
   return v ? *v : none;
 }
 
-/// Tokens already in the KV cache passed as past_key_values (0 without one).
+/// Tokens already in the KV cache passed as past_key_values (0 without one): the first layer with
+/// entries, since a pipeline stage fills only its own layers.
 inline int64_t cached_length(const Args& args) {
   KVCache* cache = KVCache::from_ivalue(keyword_or_none(args, "past_key_values"));
-  return cache ? cache->seq_length(0) : 0;
+  if (!cache) return 0;
+  for (int64_t layer = 0; layer < cache->num_layers(); ++layer)
+    if (const int64_t n = cache->seq_length(layer)) return n;
+  return 0;
+}
+
+/// True when a pipeline stage before the last asks for the hidden states after its layers
+/// (keyword `return_hidden_states`) instead of the final norm and the logits.
+inline bool returns_hidden_states(const Args& args) {
+  const c10::IValue* v = args.find("return_hidden_states");
+  return v && v->isBool() && v->toBool();
+}
+
+/// Integer keyword `name`, or `fallback` when absent or None.
+inline int64_t int_keyword(const Args& args, const std::string& name, int64_t fallback) {
+  const c10::IValue* v = args.find(name);
+  return v && v->isInt() ? v->toInt() : fallback;
 }
 
 /// Position ids continuing after the cache: [1, seq] = past .. past + seq - 1.

@@ -172,9 +172,18 @@ c10::IValue LlamaModel::forward(Args& args) {
   const c10::IValue& cache_value = detail::keyword_or_none(args, "past_key_values");
   at::Tensor position_ids = args.optional_tensor("position_ids");
   if (!position_ids.defined()) position_ids = detail::positions_after_cache(ids, detail::cached_length(args));
-  at::Tensor h = (*embed_tokens)(ids);
+  // A pipeline stage (models/pipeline.h) starts from the previous stage's hidden states and runs
+  // only its layers, [first_layer, end_layer).
+  at::Tensor h = args.optional_tensor("hidden_states");
+  if (!h.defined()) h = (*embed_tokens)(ids);
   c10::IValue position_embeddings = (*rotary_emb)(Args{h, position_ids});
-  for (const auto& [name, layer] : layers->children()) {
+  const auto& all_layers = layers->children();
+  const int64_t count = static_cast<int64_t>(all_layers.size());
+  const int64_t first = detail::int_keyword(args, "first_layer", 0), end = detail::int_keyword(args, "end_layer", count);
+  FERRY_CHECK(0 <= first && first <= end && end <= count, "layers [", first, ", ", end, ") are not within the model's ",
+              count);
+  for (int64_t i = first; i < end; ++i) {
+    const std::shared_ptr<Module>& layer = all_layers[static_cast<size_t>(i)].second;
     Args layer_args{h};
     layer_args.set("position_embeddings", position_embeddings);
     layer_args.set("position_ids", position_ids);
@@ -182,6 +191,7 @@ c10::IValue LlamaModel::forward(Args& args) {
     if (const c10::IValue* mask = args.find("attention_mask")) layer_args.set("attention_mask", *mask);
     h = (*layer)(std::move(layer_args)).toTensor();
   }
+  if (detail::returns_hidden_states(args)) return h;
   return (*norm)(h);
 }
 
@@ -200,6 +210,7 @@ LlamaForCausalLM::LlamaForCausalLM(const ModelConfig& config, c10::ScalarType dt
 
 c10::IValue LlamaForCausalLM::forward(Args& args) {
   at::Tensor h = (*model)(args).toTensor();
+  if (detail::returns_hidden_states(args)) return h;  // a pipeline stage before the last
   return (*lm_head)(keep_last_positions(h, args));
 }
 

@@ -63,7 +63,9 @@ LoadedModel load_model(std::shared_ptr<CausalLM> empty_model, const io::Checkpoi
   options.dispatch.streamer.expert_cache_bytes = o.expert_cache_bytes;
   options.dispatch.streamer.expert_cache_policy = o.expert_cache_policy;
   if (!o.max_memory.empty()) options.plan.max_memory = parse_max_memory(o.max_memory);
-  if (o.device_map.empty()) {
+  if (o.device_map_entries) {
+    options.device_map = *o.device_map_entries;
+  } else if (o.device_map.empty()) {
     options.device_map = DeviceMap{{"", Placement::cpu()}};
   } else if (find_strategy(o.device_map)) {
     options.strategy = o.device_map;

@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace ferry::models {
@@ -38,6 +39,8 @@ struct LoadModelOptions {
   /// Empty: resident on the CPU (no hooks). Otherwise "auto", "balanced", "balanced_low_0",
   /// "sequential" (planned with max_memory), or the path of an hf_device_map JSON file.
   std::string device_map;
+  /// A device map given as entries (a pipeline stage's, say); wins over `device_map`.
+  std::optional<DeviceMap> device_map_entries;
   /// Budgets for the planner, "0=4GiB,cpu=8GiB" (empty: what the machine has free).
   std::string max_memory;
   /// A mixture of experts is planned by the expert (dense parts first, then each routed expert

@@ -1,0 +1,81 @@
+#pragma once
+/// \file
+/// Pipeline-parallel inference: a model's decoder layers split into consecutive stages, one per
+/// rank of a torch.distributed process group (ferry/distributed/process_group.h). Each rank loads
+/// only its stage; hidden states go from stage to stage with c10d send/recv; each stage keeps the
+/// KV cache of its layers; the last stage's logits reach every rank, so every rank's generate()
+/// picks the same token and all of them step together.
+///
+///     // on every rank (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set, e.g. by `ferry launch`)
+///     DistributedEnv env = *DistributedEnv::from_environment();
+///     auto group = std::make_shared<ProcessGroup>(ProcessGroup::connect(env));
+///     auto model = create_empty_model(dir);
+///     PipelineStage stage = split_stages(model->config().num_hidden_layers, env.world_size)[env.rank];
+///     LoadModelOptions options;
+///     options.device_map_entries = stage_device_map(*model, stage);   // the other stages stay on disk
+///     LoadedModel loaded = load_model(model, open_model_checkpoint(dir), options);
+///     auto pipeline = std::make_shared<PipelineModel>(loaded.model, group, stage);
+///     GenerationOutput out = generate(*pipeline, ids, g);               // the same tokens on every rank
+///
+/// Supported: the Llama family (Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE, Qwen3-MoE), one batch at a
+/// time (no micro-batches in flight yet).
+
+#include "ferry/distributed/process_group.h"
+#include "ferry/models/causal_lm.h"
+#include "ferry/plan/device_map.h"
+
+#include <memory>
+#include <vector>
+
+namespace ferry::models {
+
+/// The decoder layers [first_layer, end_layer) of one rank.
+struct PipelineStage {
+  int rank = 0;
+  int world_size = 1;
+  int64_t first_layer = 0;
+  int64_t end_layer = 0;
+  bool is_first() const { return rank == 0; }
+  bool is_last() const { return rank == world_size - 1; }
+};
+
+/// Consecutive stages of `layers` decoder layers, one per share, in proportion to the shares (a
+/// rank's memory budget, say; equal shares split evenly, earlier stages taking the remainder).
+/// Every stage gets at least one layer. Throws ferry::Error for more ranks than layers or a share
+/// that is not positive.
+std::vector<PipelineStage> split_stages(int64_t layers, const std::vector<double>& shares);
+/// Equal shares for `world_size` ranks.
+std::vector<PipelineStage> split_stages(int64_t layers, int world_size);
+
+/// The device map that loads one stage: its decoder layers on "cpu", the input embeddings on the
+/// first stage (and on the last when tied to the head), the final norm and head on the last, modules
+/// without weights (rotary embeddings) everywhere; the rest "disk", read in place and never touched.
+DeviceMap stage_device_map(const CausalLM& model, const PipelineStage& stage);
+
+/// One rank's view of a pipelined model: a CausalLM whose forward runs this stage between its
+/// neighbours and returns the last stage's logits. Every rank must call it the same way, in the
+/// same order (as generate() does on every rank).
+class PipelineModel : public CausalLM {
+ public:
+  PipelineModel(std::shared_ptr<CausalLM> stage_model, std::shared_ptr<ProcessGroup> group, PipelineStage stage);
+
+  c10::IValue forward(Args& args) override;
+  std::vector<std::string> no_split_module_classes() const override { return inner_->no_split_module_classes(); }
+  std::string input_embeddings_name() const override { return inner_->input_embeddings_name(); }
+  std::vector<std::string> decoder_layer_names() const override { return inner_->decoder_layer_names(); }
+
+  const PipelineStage& stage() const { return stage_; }
+  /// Bytes this rank sent to the next stage and the seconds it spent sending and receiving.
+  int64_t bytes_sent() const { return bytes_sent_; }
+  double communication_seconds() const { return communication_seconds_; }
+
+ private:
+  std::shared_ptr<CausalLM> inner_;
+  std::shared_ptr<ProcessGroup> group_;
+  PipelineStage stage_;
+  int step_ = 0;
+  int64_t bytes_sent_ = 0;
+  double communication_seconds_ = 0;
+};
+
+}  // namespace ferry::models

@@ -1,0 +1,143 @@
+#include "ferry/models/pipeline.h"
+
+#include "ferry/core/error.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <functional>
+
+namespace ferry::models {
+namespace {
+
+// Positions whose logits the model returns: CausalLM's logits_to_keep (0 or more than the
+// sequence: all).
+int64_t kept_positions(const Args& args, int64_t seq) {
+  const c10::IValue* keep = args.find("logits_to_keep");
+  const int64_t n = keep && keep->isInt() ? keep->toInt() : 0;
+  return n > 0 && n < seq ? n : seq;
+}
+
+}  // namespace
+
+std::vector<PipelineStage> split_stages(int64_t layers, const std::vector<double>& shares) {
+  const int world = static_cast<int>(shares.size());
+  FERRY_CHECK(world >= 1, "a pipeline needs at least one rank");
+  FERRY_CHECK(layers >= world, "a pipeline of ", world, " ranks needs at least ", world, " decoder layers; this model has ",
+              layers, ". Use at most ", layers, " ranks");
+  double total = 0;
+  for (size_t r = 0; r < shares.size(); ++r) {
+    FERRY_CHECK(shares[r] > 0 && std::isfinite(shares[r]), "rank ", r, "'s share of the layers must be positive, got ",
+                shares[r]);
+    total += shares[r];
+  }
+  std::vector<PipelineStage> stages(static_cast<size_t>(world));
+  double cumulative = 0;
+  int64_t begin = 0;
+  for (int r = 0; r < world; ++r) {
+    cumulative += shares[static_cast<size_t>(r)];
+    // Round the cumulative boundary, keeping one layer for each later rank and at least one here.
+    int64_t end = r == world - 1 ? layers : static_cast<int64_t>(std::ceil(cumulative / total * layers - 1e-9));
+    end = std::max(end, begin + 1);
+    end = std::min(end, layers - (world - 1 - r));
+    stages[static_cast<size_t>(r)] = {r, world, begin, end};
+    begin = end;
+  }
+  return stages;
+}
+
+std::vector<PipelineStage> split_stages(int64_t layers, int world_size) {
+  return split_stages(layers, std::vector<double>(static_cast<size_t>(std::max(world_size, 0)), 1.0));
+}
+
+DeviceMap stage_device_map(const CausalLM& model, const PipelineStage& stage) {
+  const Placement here = Placement::cpu(), elsewhere = Placement::disk();
+  const std::vector<std::string> layers = model.decoder_layer_names();
+  const std::string embeddings = model.input_embeddings_name();
+  DeviceMap map;
+  // Walk down from the root: a decoder layer or the embeddings is one entry; a module holding some
+  // of them is opened; any other module is one entry (the final norm, the head, rotary embeddings).
+  auto holds = [&](const std::string& name) {
+    const std::string prefix = name + ".";
+    if (embeddings.rfind(prefix, 0) == 0) return true;
+    for (const auto& l : layers)
+      if (l.rfind(prefix, 0) == 0) return true;
+    return false;
+  };
+  std::function<void(const Module&, const std::string&)> visit = [&](const Module& m, const std::string& path) {
+    for (const auto& [name, child] : m.children()) {
+      const std::string full = path.empty() ? name : path + "." + name;
+      if (const auto it = std::find(layers.begin(), layers.end(), full); it != layers.end()) {
+        const auto i = static_cast<int64_t>(it - layers.begin());
+        map.set(full, i >= stage.first_layer && i < stage.end_layer ? here : elsewhere);
+      } else if (full == embeddings) {
+        const bool tied = model.config().tie_word_embeddings;
+        map.set(full, stage.is_first() || (tied && stage.is_last()) ? here : elsewhere);
+      } else if (holds(full)) {
+        visit(*child, full);
+      } else {
+        const bool weightless = child->named_parameters().empty();
+        map.set(full, stage.is_last() || weightless ? here : elsewhere);
+      }
+    }
+  };
+  visit(model, "");
+  return map;
+}
+
+PipelineModel::PipelineModel(std::shared_ptr<CausalLM> stage_model, std::shared_ptr<ProcessGroup> group,
+                             PipelineStage stage)
+    : CausalLM(stage_model->class_name(), stage_model->config()),
+      inner_(std::move(stage_model)),
+      group_(std::move(group)),
+      stage_(stage) {
+  FERRY_CHECK(inner_->config().model_type != "gpt2", "pipeline parallelism runs the Llama family (Llama, Mistral, "
+              "Qwen2, Mixtral, Qwen2-MoE, Qwen3-MoE); not ", inner_->config().architecture, " yet");
+  FERRY_CHECK(group_ && group_->size() == stage_.world_size && group_->rank() == stage_.rank, "the process group (rank ",
+              group_ ? group_->rank() : -1, " of ", group_ ? group_->size() : 0, ") does not match the stage (rank ",
+              stage_.rank, " of ", stage_.world_size, ")");
+  // The same names as the model it wraps (generate() looks up the input embeddings by name).
+  for (const auto& [name, child] : inner_->children()) register_module(name, child);
+}
+
+c10::IValue PipelineModel::forward(Args& args) {
+  using Clock = std::chrono::steady_clock;
+  const at::Tensor ids = args.tensor(0);
+  const int64_t batch = ids.size(0), seq = ids.size(1);
+  const ModelConfig& c = config();
+  const auto options = at::TensorOptions().dtype(c.dtype);
+  const int tag = step_++;
+  Args stage_args = args;
+  stage_args.set("first_layer", stage_.first_layer);
+  stage_args.set("end_layer", stage_.end_layer);
+  auto timed = [&](auto&& f) {
+    const auto t0 = Clock::now();
+    f();
+    communication_seconds_ += std::chrono::duration<double>(Clock::now() - t0).count();
+  };
+  if (!stage_.is_first()) {
+    at::Tensor hidden = at::empty({batch, seq, c.hidden_size}, options);
+    timed([&] { group_->recv(hidden, stage_.rank - 1, tag); });
+    stage_args.set("hidden_states", hidden);
+  }
+  const int64_t keep = kept_positions(args, seq);
+  at::Tensor logits;
+  if (!stage_.is_last()) {
+    stage_args.set("return_hidden_states", true);
+    const at::Tensor hidden = (*inner_)(std::move(stage_args)).toTensor().to(at::kCPU).contiguous();
+    timed([&] { group_->send(hidden, stage_.rank + 1, tag); });
+    bytes_sent_ += static_cast<int64_t>(hidden.nbytes());
+    logits = at::empty({batch, keep, c.vocab_size}, options);
+    timed([&] { group_->recv(logits, stage_.world_size - 1, tag); });
+  } else {
+    logits = (*inner_)(std::move(stage_args)).toTensor().to(at::kCPU).contiguous();
+    timed([&] {
+      for (int r = 0; r < stage_.world_size - 1; ++r) group_->send(logits, r, tag);
+    });
+  }
+  return logits;
+}
+
+}  // namespace ferry::models

@@ -1,0 +1,62 @@
+// Pipeline stages (models/pipeline.h): how layers split over ranks and what each rank loads. The
+// runs across processes are in models_cli_test.cpp (ModelsCli.Pipeline*).
+#include "ferry/models/pipeline.h"
+#include "ferry/models/pretrained.h"
+#include "models_test_util.h"
+
+#include <gtest/gtest.h>
+
+using namespace ferry;
+using namespace ferry::models;
+using namespace ferry::models::testing;
+
+namespace {
+
+std::vector<std::pair<int64_t, int64_t>> ranges(const std::vector<PipelineStage>& stages) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (const auto& s : stages) out.emplace_back(s.first_layer, s.end_layer);
+  return out;
+}
+
+using Ranges = std::vector<std::pair<int64_t, int64_t>>;
+
+}  // namespace
+
+TEST(PipelineStages, ConsecutiveLayersInProportionToTheShares) {
+  EXPECT_EQ(ranges(split_stages(7, 2)), (Ranges{{0, 4}, {4, 7}}));
+  EXPECT_EQ(ranges(split_stages(3, 3)), (Ranges{{0, 1}, {1, 2}, {2, 3}}));
+  EXPECT_EQ(ranges(split_stages(32, 4)), (Ranges{{0, 8}, {8, 16}, {16, 24}, {24, 32}}));
+  EXPECT_EQ(ranges(split_stages(6, std::vector<double>{1, 2})), (Ranges{{0, 2}, {2, 6}}));
+  // A tiny share still gets a layer; a huge one leaves one for each later rank.
+  EXPECT_EQ(ranges(split_stages(4, std::vector<double>{0.01, 100, 0.01})), (Ranges{{0, 1}, {1, 3}, {3, 4}}));
+  const auto stages = split_stages(5, 2);
+  EXPECT_TRUE(stages[0].is_first() && !stages[0].is_last());
+  EXPECT_TRUE(stages[1].is_last() && stages[1].world_size == 2 && stages[1].rank == 1);
+  EXPECT_NE(error_of([] { split_stages(2, 3); })
+                .find("a pipeline of 3 ranks needs at least 3 decoder layers; this model has 2. Use at most 2 ranks"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { split_stages(4, std::vector<double>{1, 0}); }).find("rank 1's share of the layers must be positive"),
+            std::string::npos);
+}
+
+TEST(PipelineStages, EachRankLoadsItsLayersAndLeavesTheRestOnDisk) {
+  auto model = create_empty_model(fixture("tiny_llama"));  // 3 layers, untied head
+  const auto stages = split_stages(3, 2);
+  const DeviceMap first = stage_device_map(*model, stages[0]), last = stage_device_map(*model, stages[1]);
+  const Placement cpu = Placement::cpu(), disk = Placement::disk();
+  EXPECT_EQ(first.placement_of("model.embed_tokens.weight"), cpu) << first.to_json();
+  EXPECT_EQ(first.placement_of("model.layers.1.mlp.up_proj.weight"), cpu) << first.to_json();
+  EXPECT_EQ(first.placement_of("model.layers.2.mlp.up_proj.weight"), disk) << first.to_json();
+  EXPECT_EQ(first.placement_of("lm_head.weight"), disk) << first.to_json();
+  EXPECT_EQ(first.placement_of("model.norm.weight"), disk) << first.to_json();
+  EXPECT_EQ(last.placement_of("model.embed_tokens.weight"), disk) << last.to_json();
+  EXPECT_EQ(last.placement_of("model.layers.0.self_attn.q_proj.weight"), disk) << last.to_json();
+  EXPECT_EQ(last.placement_of("model.layers.2.self_attn.q_proj.weight"), cpu) << last.to_json();
+  EXPECT_EQ(last.placement_of("lm_head.weight"), cpu) << last.to_json();
+  EXPECT_EQ(last.placement_of("model.norm.weight"), cpu) << last.to_json();
+  for (const DeviceMap* map : {&first, &last}) EXPECT_EQ(map->placement_of("model.rotary_emb"), cpu) << "no weights";
+  // A head tied to the embeddings lives with them on the last stage too.
+  auto tied = create_empty_model(fixture("tiny_qwen2"));
+  ASSERT_TRUE(tied->config().tie_word_embeddings);
+  EXPECT_EQ(stage_device_map(*tied, split_stages(3, 2)[1]).placement_of("model.embed_tokens.weight"), cpu);
+}
