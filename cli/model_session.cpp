@@ -1,13 +1,12 @@
 #include "model_session.h"
 
-#include "ferry/plan/expert_plan.h"
-
 #include "interrupt.h"
 
 #include "ferry/core/byte_size.h"
 #include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
 #include "ferry/models/pretrained.h"
+#include "ferry/plan/max_memory.h"
 
 #include <ATen/Context.h>
 #if defined(FERRY_WITH_CUDA)
@@ -227,15 +226,36 @@ Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle p
   }
   lo.expert_cache_policy = f.expert_cache_policy == "recency" ? StreamerOptions::ExpertCachePolicy::recency
                                                                : StreamerOptions::ExpertCachePolicy::frequency;
-  FERRY_CHECK(!(!f.max_memory.empty() && f.device_map.empty()), "--max-memory needs --device-map (e.g. auto)");
   // Several processes (RANK/WORLD_SIZE, as torchrun or `ferry launch` set them): this one joins the
   // group first (a missing peer is reported before minutes of loading), then loads its stage only.
-  if (std::optional<DistributedEnv> env = DistributedEnv::from_environment(); env && env->world_size > 1) {
-    FERRY_CHECK(f.device_map.empty() && f.max_memory.empty(), "--device-map and --max-memory do not apply across ",
-                env->world_size, " ranks yet: each rank holds its stage's layers in RAM");
+  const std::optional<DistributedEnv> env = DistributedEnv::from_environment();
+  const bool pipeline = env && env->world_size > 1;
+  FERRY_CHECK(pipeline || f.max_memory.empty() || !f.device_map.empty(), "--max-memory needs --device-map (e.g. auto)");
+  if (pipeline) {
+    FERRY_CHECK(f.device_map.empty(), "--device-map does not apply across ", env->world_size, " ranks yet: each rank "
+                "holds its stage's layers in RAM (--max-memory sets its share of the layers)");
     session.group = std::make_shared<ProcessGroup>(ProcessGroup::connect(*env));
-    session.stage = split_stages(prepared.config.num_hidden_layers, env->world_size)[static_cast<size_t>(env->rank)];
+    const ModelConfig& c = prepared.config;
+    const std::string model = c.architecture + ", " + std::to_string(c.num_hidden_layers) + " layers, hidden " +
+                              std::to_string(c.hidden_size);
+    const std::vector<std::string> models = session.group->exchange("model", model);
+    for (size_t r = 0; r < models.size(); ++r)
+      FERRY_CHECK(models[r] == model, "rank ", r, " runs ", models[r], " but rank ", env->rank, " runs ", model,
+                  ": every rank must run the same model");
+    // A rank's share of the layers is its memory budget: --max-memory, else what this host has free.
+    const MaxMemory budgets = f.max_memory.empty() ? get_max_memory() : parse_max_memory(f.max_memory);
+    double mine = 0;
+    for (const auto& b : budgets)
+      if (!b.device.is_disk()) mine += static_cast<double>(b.bytes);
+    std::vector<double> shares;
+    for (const std::string& text : session.group->exchange("layer_share", std::to_string(mine)))
+      shares.push_back(std::stod(text));
+    session.stage = split_stages(c.num_hidden_layers, shares)[static_cast<size_t>(env->rank)];
     lo.device_map_entries = stage_device_map(*prepared.empty, *session.stage);
+    if (!f.quiet)
+      std::cerr << "rank " << env->rank << " of " << env->world_size << ": decoder layers " << session.stage->first_layer
+                << "-" << session.stage->end_layer - 1 << " of " << c.num_hidden_layers << " (budget "
+                << format_bytes(mine) << ")\n";
   }
   ProgressDisplay progress(f.quiet ? ProgressStyle::none : progress_style,
                            format_bytes(static_cast<double>(prepared.checkpoint.total_bytes())) + " in " +

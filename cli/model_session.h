@@ -109,7 +109,7 @@ struct Session {
   std::optional<DiskReadPlan> disk_reads;
   /// Across several processes: the group and this rank's stage (loaded.model is then a PipelineModel).
   std::shared_ptr<ProcessGroup> group;
-  std::optional<models::PipelineStage> stage;
+  std::optional<PipelineStage> stage;
 };
 
 /// Loads the prepared model as the flags say (Ctrl-C stops between weights), showing progress.

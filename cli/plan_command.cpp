@@ -8,6 +8,7 @@
 #include "ferry/plan/infer_device_map.h"
 #include "ferry/plan/model_source.h"
 #include "ferry/plan/module_sizes.h"
+#include "ferry/plan/pipeline_stages.h"
 
 #include <cstdio>
 #include <fstream>
@@ -32,6 +33,8 @@ struct PlanArgs {
   bool fallback = false;
   bool whole_layers = false;
   int64_t experts_per_token = 0;
+  int nproc = 0;
+  std::string rank_memory;
 };
 
 std::string read_text(const std::string& path) {
@@ -44,6 +47,37 @@ std::string read_text(const std::string& path) {
 
 std::string pad(const std::string& s, size_t width) { return s.size() >= width ? s : s + std::string(width - s.size(), ' '); }
 std::string lpad(const std::string& s, size_t width) { return s.size() >= width ? s : std::string(width - s.size(), ' ') + s; }
+
+// `--nproc N`: the decoder layers each of N pipeline ranks would hold (models/pipeline.h), in
+// proportion to --rank-memory or evenly.
+void print_stages(const ModelTree& tree, const ModuleSizes& sizes, const PlanArgs& args) {
+  std::string prefix;
+  for (const char* candidate : {"model.layers", "transformer.h", "model.decoder.layers"})
+    if (sizes.contains(std::string(candidate) + ".0")) prefix = candidate;
+  FERRY_CHECK(!prefix.empty(), "--nproc: this model has no decoder layers named model.layers.N or transformer.h.N");
+  int64_t layers = 0;
+  while (sizes.contains(prefix + "." + std::to_string(layers))) ++layers;
+  std::vector<double> shares(static_cast<size_t>(args.nproc), 1.0);
+  if (!args.rank_memory.empty()) {
+    shares.clear();
+    std::stringstream list(args.rank_memory);
+    for (std::string item; std::getline(list, item, ',');) shares.push_back(static_cast<double>(parse_byte_size(item)));
+    FERRY_CHECK(static_cast<int>(shares.size()) == args.nproc, "--rank-memory gives ", shares.size(),
+                " budgets for --nproc ", args.nproc, "; give one per rank, e.g. 8GiB,16GiB");
+  }
+  const auto stages = split_stages(layers, shares);
+  std::cout << "\nPipeline over " << args.nproc << " ranks ("
+            << (args.rank_memory.empty() ? "even shares" : "shares from --rank-memory " + args.rank_memory)
+            << "; the first also holds the embeddings, the last the final norm and head):\n";
+  std::cout << pad("rank", 4) << "  " << pad("decoder layers", 20) << "  " << lpad("their size", 10) << '\n';
+  for (const auto& st : stages) {
+    int64_t bits = 0;
+    for (int64_t i = st.first_layer; i < st.end_layer; ++i) bits += sizes.bits(prefix + "." + std::to_string(i));
+    std::cout << pad(std::to_string(st.rank), 4) << "  "
+              << pad(prefix + "." + std::to_string(st.first_layer) + "-" + std::to_string(st.end_layer - 1), 20) << "  "
+              << lpad(format_bytes(static_cast<double>(bits) / 8.0), 10) << '\n';
+  }
+}
 
 void run_plan(const PlanArgs& args) {
   if (!args.cases.empty()) {
@@ -97,6 +131,7 @@ void run_plan(const PlanArgs& args) {
   if (used.count(Placement::disk()) && budget_of(options.max_memory, Placement::disk()) < 0)
     std::cout << pad("disk", 9) << "  " << lpad(format_bytes(static_cast<double>(used[Placement::disk()]) / 8.0), 10)
               << "  " << lpad("-", 10) << "  " << lpad("-", 10) << '\n';
+  if (args.nproc > 0) print_stages(loaded.tree, sizes, args);
   finish_now();
 }
 
@@ -124,6 +159,9 @@ void add_plan_command(CLI::App& app) {
                 "routed expert where room remains)");
   cmd->add_option("--experts-per-token", args->experts_per_token,
                   "A mixture of experts' top-k, for the room kept to stream experts in (default 2)");
+  cmd->add_option("--nproc", args->nproc, "Also show the decoder layers each of N pipeline ranks holds (ferry launch)");
+  cmd->add_option("--rank-memory", args->rank_memory,
+                  "With --nproc: each rank's budget, comma-separated (e.g. 8GiB,16GiB); layers go in proportion");
   cmd->callback([args]() { run_plan(*args); });
 }
 

@@ -739,6 +739,33 @@ TEST(ModelsCli, PipelineAcrossRanksMatchesTransformers) {
   EXPECT_EQ(j["pipeline"]["layers"], nlohmann::json::array({0, 1})) << j.dump();
 }
 
+// Each rank's --max-memory is its share of the layers (ranks started by hand, as on two hosts):
+// 1 GiB and 2 GiB split tiny_llama's 3 layers 1 + 2; a rank running another model is refused.
+TEST(ModelsCli, PipelineStagesFollowEachRanksBudget) {
+  REQUIRE_CLI();
+  const std::string port = std::to_string(29400 + (::getpid() % 500));
+  const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port + " FERRY_DIST_TIMEOUT=30 ";
+  const std::string run = "run " + fixture("tiny_llama") + " --ids '1 2 3' --max-new-tokens 4 --json ";
+  TempDir tmp("budgets");
+  const std::string other = (tmp.path() / "rank1.txt").string();
+  Result r0 = run_cli(run + "--max-memory cpu=1GiB", true,
+                      "( RANK=1 " + env + "'" + cli_path() + "' " + run + "--max-memory cpu=2GiB > '" + other +
+                          "' 2>&1 & ) ; RANK=0 " + env);
+  ASSERT_EQ(r0.status, 0) << r0.out;
+  EXPECT_NE(r0.out.find("rank 0 of 2: decoder layers 0-0 of 3 (budget 1.00 GiB)"), std::string::npos) << r0.out;
+  for (int i = 0; i < 100 && !fs::exists(other); ++i) ::usleep(100000);
+  ::usleep(300000);
+  std::ifstream in(other);
+  const std::string rank1((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(rank1.find("rank 1 of 2: decoder layers 1-2 of 3 (budget 2.00 GiB)"), std::string::npos) << rank1;
+
+  Result mixed = run_cli(run, true, "( RANK=1 " + env + "'" + cli_path() + "' run " + fixture("tiny_qwen2") +
+                                         " --ids '1 2 3' > /dev/null 2>&1 & ) ; RANK=0 " + env);
+  EXPECT_EQ(mixed.status, 1) << mixed.out;
+  EXPECT_NE(mixed.out.find("rank 1 runs Qwen2ForCausalLM"), std::string::npos) << mixed.out;
+  EXPECT_NE(mixed.out.find("every rank must run the same model"), std::string::npos) << mixed.out;
+}
+
 // A rank that cannot reach the master says which address it tried, within the timeout.
 TEST(ModelsCli, PipelineRankWithoutMasterNamesTheAddress) {
   REQUIRE_CLI();

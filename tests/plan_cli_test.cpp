@@ -138,3 +138,23 @@ TEST(PlanCli, MixtureOfExpertsByTheExpertOrWholeLayers) {
   ASSERT_EQ(whole.status, 0) << whole.output;
   EXPECT_EQ(whole.output.find("experts"), std::string::npos) << whole.output;
 }
+
+// `ferry plan --nproc N`: the decoder layers each pipeline rank would hold.
+TEST(PlanCli, PipelineStagesEvenOrByRankMemory) {
+  REQUIRE_CLI();
+  CliRun even = run_cli("'" + kData + "/tiny_llama' --max-memory cpu=1GiB --nproc 3");
+  ASSERT_EQ(even.status, 0) << even.output;
+  EXPECT_NE(even.output.find("Pipeline over 3 ranks (even shares"), std::string::npos) << even.output;
+  EXPECT_NE(even.output.find("2     model.layers.2-2"), std::string::npos) << even.output;
+  CliRun shares = run_cli("'" + kData + "/tiny_llama' --max-memory cpu=1GiB --nproc 2 --rank-memory 1GiB,2GiB");
+  ASSERT_EQ(shares.status, 0) << shares.output;
+  EXPECT_NE(shares.output.find("0     model.layers.0-0"), std::string::npos) << shares.output;
+  EXPECT_NE(shares.output.find("1     model.layers.1-2"), std::string::npos) << shares.output;
+  CliRun bad = run_cli("'" + kData + "/tiny_llama' --nproc 2 --rank-memory 1GiB");
+  EXPECT_EQ(bad.status, 1) << bad.output;
+  EXPECT_NE(bad.output.find("--rank-memory gives 1 budgets for --nproc 2"), std::string::npos) << bad.output;
+  CliRun many = run_cli("'" + kData + "/tiny_llama' --nproc 4");
+  EXPECT_EQ(many.status, 1) << many.output;
+  EXPECT_NE(many.output.find("a pipeline of 4 ranks needs at least 4 decoder layers; this model has 3"), std::string::npos)
+      << many.output;
+}

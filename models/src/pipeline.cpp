@@ -22,36 +22,6 @@ int64_t kept_positions(const Args& args, int64_t seq) {
 
 }  // namespace
 
-std::vector<PipelineStage> split_stages(int64_t layers, const std::vector<double>& shares) {
-  const int world = static_cast<int>(shares.size());
-  FERRY_CHECK(world >= 1, "a pipeline needs at least one rank");
-  FERRY_CHECK(layers >= world, "a pipeline of ", world, " ranks needs at least ", world, " decoder layers; this model has ",
-              layers, ". Use at most ", layers, " ranks");
-  double total = 0;
-  for (size_t r = 0; r < shares.size(); ++r) {
-    FERRY_CHECK(shares[r] > 0 && std::isfinite(shares[r]), "rank ", r, "'s share of the layers must be positive, got ",
-                shares[r]);
-    total += shares[r];
-  }
-  std::vector<PipelineStage> stages(static_cast<size_t>(world));
-  double cumulative = 0;
-  int64_t begin = 0;
-  for (int r = 0; r < world; ++r) {
-    cumulative += shares[static_cast<size_t>(r)];
-    // Round the cumulative boundary, keeping one layer for each later rank and at least one here.
-    int64_t end = r == world - 1 ? layers : static_cast<int64_t>(std::ceil(cumulative / total * layers - 1e-9));
-    end = std::max(end, begin + 1);
-    end = std::min(end, layers - (world - 1 - r));
-    stages[static_cast<size_t>(r)] = {r, world, begin, end};
-    begin = end;
-  }
-  return stages;
-}
-
-std::vector<PipelineStage> split_stages(int64_t layers, int world_size) {
-  return split_stages(layers, std::vector<double>(static_cast<size_t>(std::max(world_size, 0)), 1.0));
-}
-
 DeviceMap stage_device_map(const CausalLM& model, const PipelineStage& stage) {
   const Placement here = Placement::cpu(), elsewhere = Placement::disk();
   const std::vector<std::string> layers = model.decoder_layer_names();

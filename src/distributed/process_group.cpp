@@ -135,4 +135,20 @@ void ProcessGroup::recv(at::Tensor& tensor, int src, int tag) {
   }
 }
 
+std::vector<std::string> ProcessGroup::exchange(const std::string& key, const std::string& value) {
+  const std::string prefix = "ferry/" + key + "/";
+  std::vector<std::string> values;
+  try {
+    impl_->store->set(prefix + std::to_string(rank()), std::vector<uint8_t>(value.begin(), value.end()));
+    for (int r = 0; r < size(); ++r) {
+      const std::vector<uint8_t> v = impl_->store->get(prefix + std::to_string(r));  // waits, within the timeout
+      values.emplace_back(v.begin(), v.end());
+    }
+  } catch (const std::exception& e) {
+    FERRY_FAIL("rank ", rank(), ": exchanging '", key, "' with the other ranks failed (one stopped or did not get there "
+               "within ", impl_->env.timeout.count() / 1000, " s): ", message_of(e));
+  }
+  return values;
+}
+
 }  // namespace ferry

@@ -21,6 +21,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace ferry {
 
@@ -57,6 +58,9 @@ class ProcessGroup {
   void send(const at::Tensor& tensor, int dst, int tag);
   /// Receives into `tensor` (contiguous, its size and dtype as the sender's) from rank `src`.
   void recv(at::Tensor& tensor, int src, int tag);
+  /// Every rank's `value` for `key`, in rank order, through the rendezvous store (small values:
+  /// budgets, checks that all ranks run the same model). Every rank must call it with the same key.
+  std::vector<std::string> exchange(const std::string& key, const std::string& value);
 
  private:
   struct Impl;

@@ -22,30 +22,13 @@
 
 #include "ferry/distributed/process_group.h"
 #include "ferry/models/causal_lm.h"
+#include "ferry/plan/pipeline_stages.h"
 #include "ferry/plan/device_map.h"
 
 #include <memory>
 #include <vector>
 
 namespace ferry::models {
-
-/// The decoder layers [first_layer, end_layer) of one rank.
-struct PipelineStage {
-  int rank = 0;
-  int world_size = 1;
-  int64_t first_layer = 0;
-  int64_t end_layer = 0;
-  bool is_first() const { return rank == 0; }
-  bool is_last() const { return rank == world_size - 1; }
-};
-
-/// Consecutive stages of `layers` decoder layers, one per share, in proportion to the shares (a
-/// rank's memory budget, say; equal shares split evenly, earlier stages taking the remainder).
-/// Every stage gets at least one layer. Throws ferry::Error for more ranks than layers or a share
-/// that is not positive.
-std::vector<PipelineStage> split_stages(int64_t layers, const std::vector<double>& shares);
-/// Equal shares for `world_size` ranks.
-std::vector<PipelineStage> split_stages(int64_t layers, int world_size);
 
 /// The device map that loads one stage: its decoder layers on "cpu", the input embeddings on the
 /// first stage (and on the last when tied to the head), the final norm and head on the last, modules
