@@ -816,3 +816,42 @@ TEST(ModelsCli, PipelineRankKilledStopsTheOthersCleanly) {
   EXPECT_NE(text.find("ferry launch: rank"), std::string::npos) << text;
   EXPECT_LT(seconds, 40) << text;
 }
+
+// Two "hosts": network namespaces joined by a veth pair (iproute2, as root), one rank in each, the
+// master's address on the first; the tokens and logits are transformers', as on one host. Skipped,
+// saying why, where namespaces cannot be made.
+TEST(ModelsCli, PipelineAcrossTwoNetworkNamespaces) {
+  REQUIRE_CLI();
+  const std::string id = std::to_string(::getpid() % 10000);
+  const std::string a = "ferry_a" + id, b = "ferry_b" + id, va = "fva" + id, vb = "fvb" + id;
+  const std::string net = "10.77." + std::to_string(::getpid() % 250) + ".";
+  const std::string setup = "ip netns add " + a + " && ip netns add " + b + " && ip link add " + va +
+                            " type veth peer name " + vb + " && ip link set " + va + " netns " + a + " && ip link set " +
+                            vb + " netns " + b + " && ip -n " + a + " addr add " + net + "1/24 dev " + va + " && ip -n " +
+                            b + " addr add " + net + "2/24 dev " + vb + " && ip -n " + a + " link set " + va +
+                            " up && ip -n " + b + " link set " + vb + " up && ip -n " + a + " link set lo up && ip -n " + b +
+                            " link set lo up";
+  struct Cleanup {
+    std::string a, b;
+    ~Cleanup() { (void)std::system(("ip netns del " + a + " 2>/dev/null; ip netns del " + b + " 2>/dev/null").c_str()); }
+  } cleanup{a, b};
+  if (std::system((setup + " 2>/dev/null").c_str()) != 0)
+    GTEST_SKIP() << "cannot make network namespaces here (needs root and iproute2's ip netns)";
+  const std::string env = "WORLD_SIZE=2 MASTER_ADDR=" + net + "1 MASTER_PORT=29512 FERRY_DIST_TIMEOUT=60 ";
+  // Rank 1 in the second namespace, in the background; rank 0 (the master) is checked as usual.
+  TempDir tmp("netns");
+  const std::string rank1_out = (tmp.path() / "rank1.txt").string();
+  auto ref = ferry::io::SafetensorsFile::open(fixture("tiny_llama") + "/reference.safetensors");
+  const std::string rank1 = "ip netns exec " + b + " env RANK=1 GLOO_SOCKET_IFNAME=" + vb + " " + env + "'" +
+                            cli_path() + "' run " + fixture("tiny_llama") + " --ids " + ids_arg(ref.load("input_ids")) +
+                            " --max-new-tokens 16 --dtype float32 --json --logits-out /dev/null";
+  nlohmann::json j = check_fixture("tiny_llama", "", "( " + rank1 + " > '" + rank1_out + "' 2>&1 & ) ; ip netns exec " +
+                                                         a + " env RANK=0 GLOO_SOCKET_IFNAME=" + va + " " + env);
+  EXPECT_EQ(j["pipeline"]["world_size"], 2) << j.dump();
+  for (int i = 0; i < 100 && !fs::exists(rank1_out); ++i) ::usleep(100000);
+  ::usleep(500000);
+  std::ifstream in(rank1_out);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("rank 1 of 2: decoder layers"), std::string::npos) << text;
+  EXPECT_EQ(text.find("error"), std::string::npos) << text;
+}
