@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Pipeline parallelism (issue 17): one rank against two, on one model, rounds interleaved.
+
+Rows, each a fresh `ferry run --json` (or `ferry launch --nproc 2 -- run --json`):
+  * 1 rank resident: the whole model in one process;
+  * 2 ranks resident: each rank holds half the decoder layers (ferry launch on loopback);
+  * 1 rank at the budget: --device-map auto --max-memory cpu=BUDGET (what one rank may hold; the rest
+    of the model goes to disk) -- the capacity comparison: the same per-rank budget over 2 ranks holds
+    everything resident.
+It prints ms per decode token, tokens per second, the bytes each stage boundary carries per token and
+the time rank 0 spent in send/recv, and checks that every row generates the same tokens.
+
+  python3 bench/pipeline.py MODEL_DIR --ferry build/ferry [--budget 1.6GB] [--rounds 3] [--tokens 32]
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+
+
+def run(cmd):
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"pipeline.py: failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
+    line = p.stdout.strip().splitlines()[-1]
+    return json.loads(line[len("[rank 0] "):] if line.startswith("[rank 0] ") else line)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model_dir")
+    ap.add_argument("--ferry", default="build/ferry")
+    ap.add_argument("--budget", default="1.6GB", help="one rank's memory budget for the capacity row")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=32)
+    a = ap.parse_args()
+    ids = "1 2 3 4 5 6 7 8"
+    common = ["run", a.model_dir, "--ids", ids, "--max-new-tokens", str(a.tokens), "--json", "--quiet"]
+    rows = {
+        "1 rank resident": [a.ferry] + common,
+        "2 ranks resident": [a.ferry, "launch", "--nproc", "2", "--"] + common,
+        f"1 rank, {a.budget} budget": [a.ferry] + common + ["--device-map", "auto", "--max-memory", f"cpu={a.budget}"],
+    }
+    results = {name: [] for name in rows}
+    for r in range(a.rounds):
+        for name in (list(rows) if r % 2 == 0 else list(reversed(rows))):
+            j = run(rows[name])
+            results[name].append(j)
+            print(f"round {r + 1} {name:24} {j['timings']['decode_ms_per_token']:8.1f} ms/token", flush=True)
+    print(f"\n{a.model_dir}, {a.tokens} new tokens, median of {a.rounds} rounds\n")
+    print("| row | ms / decode token | tokens/s | bytes to the next stage / token | rank 0 send+recv s | bytes on disk |")
+    print("|---|---:|---:|---:|---:|---:|")
+    base = None
+    for name, runs in results.items():
+        ms = statistics.median(x["timings"]["decode_ms_per_token"] for x in runs)
+        base = base or ms
+        p = runs[0].get("pipeline", {})
+        # (a pipeline rank's "disk" is the other stages' layers, which it never reads)
+        disk = 0 if p else runs[0].get("bytes_per_placement", {}).get("disk", 0)
+        comm = statistics.median(x.get("pipeline", {}).get("communication_s", 0.0) for x in runs)
+        print(f"| {name} | {ms:.1f} | {1000 / ms:.2f} | {p.get('bytes_sent_per_token', 0):.0f} | {comm:.3f} | {disk / 2**30:.2f} GiB |")
+    tokens = {json.dumps(x["generated"]) for runs in results.values() for x in runs}
+    if len(tokens) != 1:
+        print("tokens DIVERGE between rows:", tokens)
+        return 1
+    print(f"\ntokens agree across all {sum(len(v) for v in results.values())} runs")
+    print("benchmark:", " ".join([sys.executable] + sys.argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
