@@ -7,7 +7,7 @@
 #include "ferry/plan/module_sizes.h"
 
 #include <algorithm>
-#include <climits>
+#include <cstdint>
 #include <optional>
 #include <unordered_set>
 #include <utility>
@@ -79,6 +79,10 @@ struct Expert {
   size_t device = 0;  // index into the device list
 };
 
+bool is_number(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
 // "model.layers.0.mlp.experts.3" -> "model.layers.0.mlp.experts"
 std::string container_of(const std::string& expert) { return expert.substr(0, expert.rfind('.')); }
 
@@ -86,22 +90,20 @@ std::string container_of(const std::string& expert) { return expert.substr(0, ex
 
 bool is_routed_expert(std::string_view name) {
   const size_t last = name.rfind('.');
-  if (last == std::string_view::npos || last + 1 == name.size()) return false;
-  std::string_view index = name.substr(last + 1);
-  if (!std::all_of(index.begin(), index.end(), [](char c) { return c >= '0' && c <= '9'; })) return false;
+  if (last == std::string_view::npos || !is_number(name.substr(last + 1))) return false;
   std::string_view parent = name.substr(0, last);
   const size_t before = parent.rfind('.');
   return parent.substr(before == std::string_view::npos ? 0 : before + 1) == "experts";
 }
 
 bool has_routed_experts(const ModelTree& tree) {
-  bool found = false;
-  walk_modules(tree, [&](ModuleId, const std::string& path) {
-    if (found) return false;
-    found = is_routed_expert(path);
-    return !found;
-  });
-  return found;
+  // On local names, without building paths: every plan of every model asks this.
+  for (size_t id = 0; id < tree.module_count(); ++id)
+    for (const auto& child : tree.module(static_cast<ModuleId>(id)).children)
+      if (child.name == "experts")
+        for (const auto& expert : tree.module(child.module).children)
+          if (is_number(expert.name)) return true;
+  return false;
 }
 
 DeviceMap plan_by_expert(const ModelTree& tree, const PlanOptions& options) {
