@@ -11,6 +11,7 @@
 #include "model_session.h"
 
 #include "ferry/core/error.h"
+#include "ferry/distributed/process_group.h"
 #include "ferry/models/generate.h"
 #include "ferry/tokenizers/chat_template.h"
 #include "ferry/tokenizers/stop_strings.h"
@@ -48,6 +49,10 @@ void chat(const ChatOptions& o) {
   auto seconds_since = [](std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
   };
+  // A conversation reads stdin, which every rank of a pipeline would read at once.
+  if (std::optional<DistributedEnv> env = DistributedEnv::from_environment())
+    FERRY_CHECK(env->world_size == 1, "ferry chat runs in one process (WORLD_SIZE is ", env->world_size,
+                "): every rank would read the same standard input. Across ranks, use ferry run --prompt");
   const auto setup_start = std::chrono::steady_clock::now();
   tokenizers::Tokenizer tokenizer = tokenizers::Tokenizer::from_model_dir(o.load.model_dir);
   std::optional<tokenizers::ChatTemplate> chat_template = tokenizers::ChatTemplate::from_model_dir(o.load.model_dir);

@@ -230,15 +230,16 @@ Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle p
   // group first (a missing peer is reported before minutes of loading), then loads its stage only.
   const std::optional<DistributedEnv> env = DistributedEnv::from_environment();
   const bool pipeline = env && env->world_size > 1;
+  std::shared_ptr<ProcessGroup> group;  // held by the PipelineModel once loaded
   FERRY_CHECK(pipeline || f.max_memory.empty() || !f.device_map.empty(), "--max-memory needs --device-map (e.g. auto)");
   if (pipeline) {
     FERRY_CHECK(f.device_map.empty(), "--device-map does not apply across ", env->world_size, " ranks yet: each rank "
                 "holds its stage's layers in RAM (--max-memory sets its share of the layers)");
-    session.group = std::make_shared<ProcessGroup>(ProcessGroup::connect(*env));
+    group = std::make_shared<ProcessGroup>(ProcessGroup::connect(*env));
     const ModelConfig& c = prepared.config;
     const std::string model = c.architecture + ", " + std::to_string(c.num_hidden_layers) + " layers, hidden " +
                               std::to_string(c.hidden_size);
-    const std::vector<std::string> models = session.group->exchange("model", model);
+    const std::vector<std::string> models = group->exchange("model", model);
     for (size_t r = 0; r < models.size(); ++r)
       FERRY_CHECK(models[r] == model, "rank ", r, " runs ", models[r], " but rank ", env->rank, " runs ", model,
                   ": every rank must run the same model");
@@ -248,7 +249,7 @@ Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle p
     for (const auto& b : budgets)
       if (!b.device.is_disk()) mine += static_cast<double>(b.bytes);
     std::vector<double> shares;
-    for (const std::string& text : session.group->exchange("layer_share", std::to_string(mine)))
+    for (const std::string& text : group->exchange("layer_share", std::to_string(mine)))
       shares.push_back(std::stod(text));
     session.stage = split_stages(c.num_hidden_layers, shares)[static_cast<size_t>(env->rank)];
     lo.device_map_entries = stage_device_map(*prepared.empty, *session.stage);
@@ -268,7 +269,7 @@ Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle p
   };
   session.loaded = load_model(std::move(prepared.empty), prepared.checkpoint, lo);
   if (session.stage)
-    session.loaded.model = std::make_shared<PipelineModel>(session.loaded.model, session.group, *session.stage);
+    session.loaded.model = std::make_shared<PipelineModel>(session.loaded.model, group, *session.stage);
   // Decided now, with the model loaded: the free memory it measures counts the resident weights.
   session.streamer = session.loaded.dispatch ? session.loaded.dispatch->streamer : nullptr;
   if (session.streamer) session.disk_reads = session.streamer->disk_read_plan();

@@ -107,9 +107,10 @@ struct Session {
   /// The streamer of offloaded weights (null for a resident model) and how it reads disk weights.
   std::shared_ptr<WeightStreamer> streamer;
   std::optional<DiskReadPlan> disk_reads;
-  /// Across several processes: the group and this rank's stage (loaded.model is then a PipelineModel).
-  std::shared_ptr<ProcessGroup> group;
+  /// Across several processes: this rank's stage (loaded.model is then a PipelineModel).
   std::optional<PipelineStage> stage;
+  /// False on ranks other than 0 of a pipeline: every rank has the same tokens, rank 0 prints them.
+  bool prints_results() const { return !stage || stage->is_first(); }
 };
 
 /// Loads the prepared model as the flags say (Ctrl-C stops between weights), showing progress.

@@ -131,8 +131,7 @@ void run(const RunOptions& o) {
   LoadedModel& loaded = session.loaded;
   const ModelConfig& c = loaded.model->config();
   const std::string dtype = dtype_name(c.dtype);
-  // Across ranks every one generates the same tokens in step; rank 0 prints them.
-  if (session.stage && !session.stage->is_first()) std::cout.setstate(std::ios::badbit);
+  if (!session.prints_results()) std::cout.setstate(std::ios::badbit);  // rank 0 of a pipeline prints
   if (say) {
     print_model_info(info, session, o.load.model_dir);
     info << describe_sampling(g) << "\n";
@@ -219,7 +218,7 @@ void run(const RunOptions& o) {
     for (int64_t i = ids.size(1); i < out.sequences.size(1); ++i)
       generated[static_cast<size_t>(b)].push_back(out.sequences[b][i].item<int64_t>());
 
-  if (!o.logits_out.empty() && !(session.stage && !session.stage->is_first()))  // one writer across ranks
+  if (!o.logits_out.empty() && session.prints_results())  // one writer across ranks
     io::save_safetensors(o.logits_out, {{"logits", out.prompt_logits.contiguous()}}, {{"format", "pt"}});
 
   if (o.json) {

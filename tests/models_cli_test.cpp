@@ -777,6 +777,10 @@ TEST(ModelsCli, PipelineRankWithoutMasterNamesTheAddress) {
   EXPECT_NE(r.out.find("rank 1 of 2"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("127.0.0.1:9"), std::string::npos) << r.out;
   EXPECT_LT(seconds, 30) << r.out;
+  Result chat = run_cli("chat " + fixture("tiny_llama") + " < /dev/null", true,
+                        "RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=9 ");
+  EXPECT_EQ(chat.status, 1) << chat.out;
+  EXPECT_NE(chat.out.find("ferry chat runs in one process (WORLD_SIZE is 2)"), std::string::npos) << chat.out;
   Result bad = run_cli("run " + fixture("tiny_llama") + " --ids '1 2 3'", true, "RANK=2 WORLD_SIZE=2 ");
   EXPECT_EQ(bad.status, 1) << bad.out;
   EXPECT_NE(bad.out.find("RANK='2' is not an integer in [0, 1]"), std::string::npos) << bad.out;
