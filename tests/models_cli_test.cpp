@@ -859,3 +859,27 @@ TEST(ModelsCli, PipelineAcrossTwoNetworkNamespaces) {
   EXPECT_NE(text.find("rank 1 of 2: decoder layers"), std::string::npos) << text;
   EXPECT_EQ(text.find("error"), std::string::npos) << text;
 }
+
+// `ferry run --device-map auto` on a mixture of experts plans by the expert (4 experts in RAM, the
+// rest on disk: tests/models_moe_test.cpp's budget), prints a summary of the many keys instead of
+// the map, and gives the resident tokens; --whole-layers plans Accelerate's way.
+TEST(ModelsCli, MixtureOfExpertsPlannedByTheExpertFromTheCommandLine) {
+  REQUIRE_CLI();
+  const std::string run = "run " + fixture("tiny_mixtral") + " --ids '1 2 3' --max-new-tokens 6 --json";
+  const std::string budget = " --device-map auto --max-memory cpu=1053904";
+  Result resident = run_cli(run, false), by_expert = run_cli(run + budget, false);
+  ASSERT_EQ(resident.status, 0) << resident.out;
+  ASSERT_EQ(by_expert.status, 0) << by_expert.out;
+  auto r = nlohmann::json::parse(resident.stdout_only), e = nlohmann::json::parse(by_expert.stdout_only);
+  EXPECT_EQ(r["generated"], e["generated"]);
+  EXPECT_EQ(e["device_map"]["model.layers.0.block_sparse_moe.experts.3"], "cpu") << e["device_map"];
+  EXPECT_EQ(e["device_map"]["model.layers.0.block_sparse_moe.experts.4"], "disk") << e["device_map"];
+  Result said = run_cli("run " + fixture("tiny_mixtral") + " --ids '1 2 3' --max-new-tokens 2" + budget);
+  EXPECT_NE(said.out.find("device map: 21 keys: 16 on cpu, 5 on disk, listed by `ferry plan`"), std::string::npos)
+      << said.out;
+  Result whole = run_cli(run + budget + " --whole-layers", false);
+  ASSERT_EQ(whole.status, 0) << whole.out;
+  auto w = nlohmann::json::parse(whole.stdout_only);
+  EXPECT_EQ(w["device_map"]["model.layers.1"], "disk") << w["device_map"];
+  EXPECT_EQ(w["generated"], r["generated"]);
+}
