@@ -13,6 +13,9 @@ Mixtures of experts (Mixtral, Qwen3-MoE; bench/make_big_moe.py makes a 2.7 GB on
 resident, experts-disk (every routed expert on disk, the rest in RAM; see moe_maps for why Accelerate's
 map names each layer's fused experts) and experts-disk-cache (ferry only, --expert-cache with room for
 every expert), and the expert bytes ferry read per decode token against the routed experts' bytes.
+With a GPU also gpu (everything on 0) and experts-cpu (dense parts on 0, routed experts in CPU RAM:
+Accelerate copies each layer's experts over, ferry chooses per call, --cpu-experts auto), with ferry's
+two policies forced as experts-cpu-compute and experts-cpu-copy.
 --drop-caches drops the page cache before every run (cold reads).
 
 Rows: resident (everything on "cpu") and disk (embeddings, final norm and lm_head on "cpu", every
@@ -49,7 +52,7 @@ import tempfile
 import time
 
 
-def moe_maps(config):
+def moe_maps(config, gpu=False):
     """Mixture-of-experts rows: row name -> (Accelerate's map, ferry's map, ferry's extra flags).
 
     Every routed expert on disk, the rest in RAM. transformers 5 fuses a layer's experts into one
@@ -71,10 +74,21 @@ def moe_maps(config):
         accelerate[f"model.layers.{i}.mlp.experts"] = "disk"
         ferry[f"model.layers.{i}.{block}.gate"] = "cpu"
         ferry.update({f"model.layers.{i}.{block}.experts.{e}": "disk" for e in range(experts)})
-    return {"resident": ({"": "cpu"}, {"": "cpu"}, []),
+    rows = {"resident": ({"": "cpu"}, {"": "cpu"}, []),
             "experts-disk": (accelerate, ferry, []),
             # ferry only: an expert cache with room for every expert, so later picks are served from RAM
             "experts-disk-cache": (None, ferry, ["--expert-cache", "64GiB"])}
+    if gpu:
+        # The dense parts on GPU 0, the routed experts in CPU RAM. Accelerate copies a layer's fused
+        # experts (all of them) to the GPU per forward; ferry chooses per call by its cost model
+        # (auto), or is forced to run them on the CPU (compute) or to copy the picked ones (copy).
+        on_gpu = lambda m: {k: 0 if v == "cpu" else "cpu" for k, v in m.items()}
+        accelerate_gpu, ferry_gpu = on_gpu(accelerate), on_gpu(ferry)
+        rows.update({"gpu": ({"": 0}, {"": 0}, []),
+                     "experts-cpu": (accelerate_gpu, ferry_gpu, []),
+                     "experts-cpu-compute": (None, ferry_gpu, ["--cpu-experts", "compute"]),
+                     "experts-cpu-copy": (None, ferry_gpu, ["--cpu-experts", "copy"])})
+    return rows
 
 
 def routed_bytes_per_token(config, bytes_per_weight=4):
@@ -215,7 +229,7 @@ def main():
     gpu = torch.cuda.is_available()
     moe = bool(config.get("num_local_experts") or config.get("num_experts"))
     if moe:  # (Accelerate's map or None, ferry's map, ferry's extra flags)
-        rows = moe_maps(config)
+        rows = moe_maps(config, gpu)
     else:
         rows = {name: (m, m, []) for name, m in device_maps(config["num_hidden_layers"], gpu).items()}
     if a.rows:
@@ -296,7 +310,12 @@ def main():
               f"{routed / 2**20:.1f} MiB")
         for name in rows:
             mine = [x["experts"] for x in runs if x["row"] == name and x["tool"] == "ferry" and "experts" in x]
-            if mine:
+            if mine and "cpu_experts" in mine[0]:  # experts in RAM beside a GPU: where they ran
+                runs_on_cpu = statistics.median(e.get("decode_runs_on_cpu_per_token", 0) for e in mine)
+                copied = statistics.median(e["decode_bytes_loaded_per_token"] for e in mine)
+                print(f"{name}: ferry ran {runs_on_cpu:.1f} expert Linear calls per decode token on the CPU and copied "
+                      f"{copied / 2**20:.1f} MiB of experts per decode token; {mine[0]['cpu_experts']['explanation']}")
+            elif mine:
                 per_token = statistics.median(e["decode_bytes_loaded_per_token"] for e in mine)
                 hit = statistics.median(e["decode_cache_hit_rate"] for e in mine)
                 print(f"{name}: ferry read {per_token / 2**20:.1f} MiB of experts per decode token ({per_token / routed:.2f}x "

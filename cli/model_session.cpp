@@ -124,6 +124,11 @@ void add_load_flags(CLI::App* cmd, LoadFlags& f) {
   cmd->add_option("--expert-cache-policy", f.expert_cache_policy,
                   "frequency (most picked kept, with aging; default) or recency (LRU, for comparison)")
       ->check(CLI::IsMember({"frequency", "recency"}));
+  cmd->add_option("--cpu-experts", f.cpu_experts,
+                  "Mixtures of experts on a GPU, experts in CPU RAM: compute (run them on the CPU, moving only their "
+                  "tokens), copy (copy their weights to the GPU, as Accelerate) or auto (per call, by a measured cost "
+                  "model; default)")
+      ->check(CLI::IsMember({"auto", "compute", "copy"}));
   cmd->add_flag("--quiet,-q", f.quiet, "No progress or model information on stderr (errors and warnings only)");
 }
 
@@ -226,6 +231,7 @@ Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle p
   }
   lo.expert_cache_policy = f.expert_cache_policy == "recency" ? StreamerOptions::ExpertCachePolicy::recency
                                                                : StreamerOptions::ExpertCachePolicy::frequency;
+  lo.cpu_experts = parse_cpu_experts(f.cpu_experts);
   // Several processes (RANK/WORLD_SIZE, as torchrun or `ferry launch` set them): this one joins the
   // group first (a missing peer is reported before minutes of loading), then loads its stage only.
   const std::optional<DistributedEnv> env = DistributedEnv::from_environment();
@@ -294,6 +300,7 @@ void print_model_info(std::ostream& info, const Session& session, const std::str
     info << "device map: " << map.to_json() << "\n";
   }
   if (session.disk_reads && session.disk_reads->file_bytes > 0) info << "disk reads: " << session.disk_reads->reason << "\n";
+  if (!session.loaded.cpu_experts.explanation.empty()) info << "experts: " << session.loaded.cpu_experts.explanation << "\n";
 }
 
 int64_t peak_rss_bytes() {

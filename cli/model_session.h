@@ -42,6 +42,7 @@ struct LoadFlags {
   std::string direct_read_budget;
   std::string expert_cache;
   std::string expert_cache_policy = "frequency";
+  std::string cpu_experts = "auto";
   bool quiet = false;
 };
 

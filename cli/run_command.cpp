@@ -273,7 +273,7 @@ void run(const RunOptions& o) {
                         {"direct_bytes_read", st.direct_bytes_read},
                         {"read_buffers_made", st.read_buffers_made}};
     }
-    if (session.streamer && session.streamer->stats().routed_loads > 0) {
+    if (session.streamer && (session.streamer->stats().routed_loads > 0 || session.streamer->stats().expert_runs_in_place > 0)) {
       // Mixtures of experts: what the routed experts cost per forward (token), and the cache's share.
       const StreamerStats st = session.streamer->stats();
       const double per = forwards > 0 ? 1.0 / static_cast<double>(forwards) : 0.0;
@@ -286,7 +286,19 @@ void run(const RunOptions& o) {
                       {"cache_bytes", session.streamer->expert_cache_bytes()},
                       {"cache_evictions", st.expert_cache_evictions - stats_before.expert_cache_evictions},
                       {"bytes_loaded_per_token", per * static_cast<double>(st.expert_bytes_loaded - stats_before.expert_bytes_loaded)},
-                      {"bytes_from_cache_per_token", per * static_cast<double>(st.expert_bytes_cached - stats_before.expert_bytes_cached)}};
+                      {"bytes_from_cache_per_token", per * static_cast<double>(st.expert_bytes_cached - stats_before.expert_bytes_cached)},
+                      // picks run on the CPU beside their weights in RAM (--cpu-experts): nothing copied
+                      {"runs_on_cpu", st.expert_runs_in_place - stats_before.expert_runs_in_place},
+                      {"bytes_run_in_place_per_token", per * static_cast<double>(st.expert_bytes_in_place - stats_before.expert_bytes_in_place)}};
+      const models::CpuExpertsPlan& cpu = loaded.cpu_experts;
+      if (cpu.experts > 0)
+        j["experts"]["cpu_experts"] = {{"mode", to_string(cpu.mode)},
+                                       {"experts", cpu.experts},
+                                       {"max_tokens_on_cpu", cpu.max_tokens_on_cpu},
+                                       {"link_bytes_per_second", cpu.cost_model.link_bytes_per_second},
+                                       {"cpu_bytes_per_second", cpu.cost_model.cpu_bytes_per_second},
+                                       {"cpu_flops", cpu.cost_model.cpu_flops},
+                                       {"explanation", cpu.explanation}};
       if (after_prefill && out.decode_steps > 0) {  // the prompt picks many experts at once; decoding, top-k per layer
         const double per_step = 1.0 / static_cast<double>(out.decode_steps);
         const int64_t decode_hits = st.expert_cache_hits - after_prefill->expert_cache_hits;
@@ -297,6 +309,8 @@ void run(const RunOptions& o) {
             per_step * static_cast<double>(st.expert_bytes_cached - after_prefill->expert_bytes_cached);
         j["experts"]["decode_cache_hit_rate"] =
             decode_picks > 0 ? static_cast<double>(decode_hits) / static_cast<double>(decode_picks) : 0.0;
+        j["experts"]["decode_runs_on_cpu_per_token"] =
+            per_step * static_cast<double>(st.expert_runs_in_place - after_prefill->expert_runs_in_place);
       }
     }
     if (const auto* pipeline = dynamic_cast<const PipelineModel*>(loaded.model.get())) {

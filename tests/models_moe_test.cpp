@@ -3,6 +3,7 @@
 // resident and with experts offloaded, only the experts the router picks run and load.
 
 #include "ferry/dispatch/big_modeling.h"
+#include "ferry/hooks/attach.h"
 #include "ferry/hooks/weight_streamer.h"
 #include "ferry/models/generate.h"
 #include "ferry/models/load_model.h"
@@ -189,5 +190,51 @@ TEST(ModelsMoe, ExpertCacheServesRepeatedPicksAndChangesNoToken) {
     EXPECT_EQ(stats.expert_cache_hits + stats.expert_cache_misses, stats.routed_loads) << name;
     EXPECT_LE(streamer.expert_cache_bytes(), 4 * expert_bytes) << name;
     EXPECT_GT(streamer.expert_cache_bytes(), 0) << name;
+  }
+}
+
+// Experts held in CPU RAM, as dispatch holds "cpu" experts beside a model executing on a GPU:
+// every expert's Linear layers offloaded to a state dict, with a streamer. With compute (and with
+// auto: the model executes on the CPU, so there is nothing to copy) every pick runs beside its
+// weights and nothing is loaded; with copy every pick goes through the streamer. Transformers'
+// logits and tokens in every case. (On a GPU: tests/dispatch_cuda_test.cpp.)
+TEST(ModelsMoe, ExpertsHeldInRamRunBesideTheirWeightsOrAreCopied) {
+  for (const char* name : kMoeFixtures) {
+    const std::string dir = fixture(name);
+    const Reference ref = read_reference(dir);
+    for (CpuExperts mode : {CpuExperts::compute, CpuExperts::automatic, CpuExperts::copy}) {
+      const std::string what = std::string(name) + " --cpu-experts " + to_string(mode);
+      auto model = load_pretrained(dir, {at::kFloat});
+      auto streamer = std::make_shared<WeightStreamer>(StreamerOptions{});
+      AttachOptions attach;
+      attach.streamer = streamer;
+      int64_t experts = 0;
+      for (const auto& [block_name, module] : model->named_modules()) {
+        auto* block = dynamic_cast<SparseMoeBlock*>(module);
+        if (!block) continue;
+        block->cpu_experts = mode;
+        for (size_t e = 0; e < block->experts->size(); ++e) {
+          Module& expert = *block->experts->at(e);
+          io::NamedTensors held;
+          for (const auto& [n, t] : expert.named_parameters()) held.emplace_back(n, t.clone());
+          attach_align_device_hook(expert, c10::Device(c10::kCPU), /*offload=*/true,
+                                   io::make_state_dict_weights_map(std::move(held)), attach);
+          ++experts;
+        }
+      }
+      ASSERT_GT(experts, 0) << what;
+      expect_matches(*model, ref, what);
+      const StreamerStats stats = streamer->stats();
+      if (mode == CpuExperts::copy) {
+        EXPECT_EQ(stats.expert_runs_in_place, 0) << what;
+        EXPECT_GT(stats.routed_loads, 0) << what;
+        EXPECT_GT(stats.demand_loads + stats.prefetched_loads, 0) << what;
+      } else {
+        EXPECT_GT(stats.expert_runs_in_place, 0) << what;
+        EXPECT_EQ(stats.routed_loads, 0) << what;
+        EXPECT_EQ(stats.bytes_loaded, 0) << what << ": the held tensors themselves";
+      }
+      EXPECT_EQ(stats.relearns, 0) << what << ": experts never enter the learned order";
+    }
   }
 }

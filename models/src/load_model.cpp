@@ -1,10 +1,15 @@
 #include "ferry/models/load_model.h"
 
+#include "ferry/core/byte_size.h"
 #include "ferry/core/error.h"
 #include "ferry/core/log.h"
+#include "ferry/dispatch/expert_cost_probe.h"
 #include "ferry/dispatch/load_checkpoint_and_dispatch.h"
+#include "ferry/hooks/align_devices_hook.h"
+#include "ferry/hooks/model_hook.h"
 #include "ferry/io/checkpoint.h"
 #include "ferry/io/weights_map.h"
+#include "ferry/models/moe.h"
 #include "ferry/models/pretrained.h"
 #include "ferry/nn/module_tensors.h"
 
@@ -17,12 +22,81 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <map>
 #include <set>
 
 namespace ferry::models {
+namespace {
+
+/// Sets where each SparseMoeBlock runs the experts it holds in CPU RAM while the model executes on
+/// an accelerator, measuring the cost model (once) when the choice is automatic, and says so.
+CpuExpertsPlan place_cpu_experts(CausalLM& model, const LoadModelOptions& o) {
+  CpuExpertsPlan plan;
+  plan.mode = o.cpu_experts;
+  std::vector<SparseMoeBlock*> blocks;
+  c10::ScalarType dtype = c10::ScalarType::Undefined;  // of an expert held in RAM
+  for (const auto& [name, module] : model.named_modules()) {
+    auto* block = dynamic_cast<SparseMoeBlock*>(module);
+    if (!block) continue;
+    blocks.push_back(block);
+    for (size_t e = 0; e < block->experts->size(); ++e) {
+      // Held in RAM: every hook of the expert offloads to RAM, and it executes elsewhere.
+      int64_t hooks = 0, held = 0, bytes = 0;
+      std::optional<c10::Device> device;
+      for_each_hook<AlignDevicesHook>(*block->experts->at(e), [&](AlignDevicesHook& hook) {
+        ++hooks;
+        if (!hook.weights_in_memory()) return;
+        ++held;
+        bytes += hook.offloaded_bytes();
+        device = hook.options().execution_device;
+        dtype = hook.offloaded_tensors().front().meta.scalar_type();
+      });
+      if (hooks == 0 || held < hooks || !device || device->is_cpu()) continue;
+      ++plan.experts;
+      plan.device = device;
+      plan.expert_bytes = bytes;
+    }
+  }
+  for (SparseMoeBlock* block : blocks) block->cpu_experts = o.cpu_experts;
+  if (plan.experts == 0) return plan;
+
+  const ModelConfig& config = model.config();
+  if (o.expert_cost_model)
+    plan.cost_model = *o.expert_cost_model;
+  else if (o.cpu_experts == CpuExperts::automatic)
+    plan.cost_model = measure_expert_cost_model(*plan.device, dtype, config.hidden_size, config.moe_intermediate_size);
+  for (SparseMoeBlock* block : blocks) block->cost_model = plan.cost_model;
+  const int64_t element_bytes = static_cast<int64_t>(c10::elementSize(dtype));
+  plan.max_tokens_on_cpu = plan.cost_model.max_tokens_on_cpu(plan.expert_bytes, element_bytes, config.hidden_size);
+
+  const std::string held = std::to_string(plan.experts) + " experts held in CPU RAM (" +
+                           format_bytes(static_cast<double>(plan.expert_bytes)) + " each)";
+  const std::string device = plan.device->str();
+  switch (o.cpu_experts) {
+    case CpuExperts::compute: plan.explanation = held + " run on the CPU (--cpu-experts compute)"; break;
+    case CpuExperts::copy: plan.explanation = held + " are copied to " + device + " for every call (--cpu-experts copy)"; break;
+    case CpuExperts::automatic: {
+      char figures[200];
+      std::snprintf(figures, sizeof figures, "copying one takes %.3f ms, running it on the CPU for one token %.3f ms",
+                    plan.cost_model.seconds_copying(plan.expert_bytes) * 1e3,
+                    plan.cost_model.seconds_on_cpu(plan.expert_bytes, element_bytes, config.hidden_size, 1) * 1e3);
+      plan.explanation = held + ": " +
+                         (plan.max_tokens_on_cpu > 0
+                              ? "run on the CPU for calls of up to " + std::to_string(plan.max_tokens_on_cpu) +
+                                    " tokens, copied to " + device + " for more"
+                              : "copied to " + device + " (the CPU is slower even for one token)") +
+                         "; " + figures + "; " + plan.cost_model.describe();
+      break;
+    }
+  }
+  return plan;
+}
+
+}  // namespace
+
 LoadedModel load_model(const std::string& dir, const LoadModelOptions& o) {
   auto model = create_empty_model(dir, o.dtype);
   const io::Checkpoint checkpoint = check_checkpoint_matches(*model, open_model_checkpoint(dir));
@@ -86,6 +160,7 @@ LoadedModel load_model(std::shared_ptr<CausalLM> empty_model, const io::Checkpoi
   if (!o.offload_folder.empty() && r.load.disk_keys.empty())
     log_warning("offload_folder '" + o.offload_folder + "' was not needed: nothing was placed on disk");
   if (out.dispatch) out.offloaded_bytes_per_forward = out.dispatch->offloaded_bytes_per_forward;
+  out.cpu_experts = place_cpu_experts(model, o);
   // A single-device map moves the model without hooks; the non-persistent buffers go along.
   std::vector<Placement> placements = out.device_map.placements();
   if (placements.size() == 1 && placements.front().is_device()) {

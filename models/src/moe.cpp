@@ -51,25 +51,89 @@ Routing SparseMoeBlock::route(const at::Tensor& h) {
   return r;
 }
 
+namespace {
+
+/// One picked expert's part of a forward: its (position in the top-k, token) pairs and where it runs.
+struct ExpertCall {
+  int64_t expert = 0;
+  at::Tensor position, token;
+  /// Non-empty: it runs on the CPU beside its weights, which these hooks (all of its own) hold in RAM.
+  std::vector<AlignDevicesHook*> on_cpu;
+  at::Tensor output;
+};
+
+/// The hooks of `expert` when every one of them offloads its weights to RAM (so that the whole
+/// expert can run on the CPU); empty otherwise. `bytes`: their weights' total.
+std::vector<AlignDevicesHook*> hooks_holding_all_weights_in_memory(Module& expert, int64_t& bytes) {
+  std::vector<AlignDevicesHook*> hooks;
+  bool all = true;
+  bytes = 0;
+  for_each_hook<AlignDevicesHook>(expert, [&](AlignDevicesHook& hook) {
+    all = all && hook.weights_in_memory();
+    hooks.push_back(&hook);
+    bytes += hook.offloaded_bytes();
+  });
+  if (!all) hooks.clear();
+  return hooks;
+}
+
+}  // namespace
+
+bool SparseMoeBlock::runs_on_cpu(const std::vector<AlignDevicesHook*>& hooks, int64_t weight_bytes,
+                                 int64_t element_bytes, int64_t hidden_size, int64_t tokens) const {
+  if (hooks.empty() || cpu_experts == CpuExperts::copy) return false;
+  for (const AlignDevicesHook* hook : hooks)
+    if (hook->weights_cached()) return false;  // already where it executes
+  const auto device = hooks.front()->options().execution_device;
+  if (!device || device->is_cpu()) return true;  // it executes on the CPU anyway: nothing to copy
+  if (cpu_experts == CpuExperts::compute) return true;
+  return cost_model.runs_on_cpu(weight_bytes, element_bytes, hidden_size, tokens);
+}
+
 c10::IValue SparseMoeBlock::forward(Args& args) {
   at::Tensor x = args.tensor(0);
   const auto shape = x.sizes().vec();
   at::Tensor h = x.reshape({-1, shape.back()});
   Routing r = route(h);
-  // Offloaded experts: every picked one starts loading now, before the first of them runs.
-  for (int64_t e : r.picked)
-    for_each_hook<AlignDevicesHook>(*experts->at(static_cast<size_t>(e)), [](AlignDevicesHook& hook) { hook.load_routed(); });
-  if (on_routed) on_routed(*this, r.picked);
-  at::Tensor out = at::zeros_like(h);
   // transformers' loop: per picked expert, its (position in the top-k, token) pairs in that order.
   at::Tensor mask = at::one_hot(r.experts, experts->size()).permute({2, 1, 0});  // [experts, top_k, tokens]
+  std::vector<ExpertCall> calls;
+  calls.reserve(r.picked.size());
   for (int64_t e : r.picked) {
     std::vector<at::Tensor> where = at::where(mask[e]);
-    const at::Tensor& position = where[0];
-    const at::Tensor& token = where[1];
-    at::Tensor y = (*experts)[static_cast<size_t>(e)](h.index_select(0, token));
-    y = y * r.weights.index({token, position}).unsqueeze(-1);
-    out.index_add_(0, token, y.to(out.scalar_type()));
+    ExpertCall& call = calls.emplace_back();
+    call.expert = e;
+    call.position = where[0];
+    call.token = where[1];
+    Module& expert = *experts->at(static_cast<size_t>(e));
+    int64_t bytes = 0;
+    std::vector<AlignDevicesHook*> held = hooks_holding_all_weights_in_memory(expert, bytes);
+    if (runs_on_cpu(held, bytes, h.element_size(), h.size(1), call.token.numel()))
+      call.on_cpu = std::move(held);
+    else  // offloaded experts that run where the model does: every one starts loading now, before the first runs
+      for_each_hook<AlignDevicesHook>(expert, [](AlignDevicesHook& hook) { hook.load_routed(); });
+  }
+  if (on_routed) on_routed(*this, r.picked);
+  // Experts on the execution device first, so that an accelerator works through them while the
+  // CPU runs its own; their outputs are then added in expert order, as transformers does.
+  for (bool cpu_turn : {false, true}) {
+    for (ExpertCall& call : calls) {
+      if (call.on_cpu.empty() == cpu_turn) continue;
+      Module& expert = *experts->at(static_cast<size_t>(call.expert));
+      at::Tensor tokens = h.index_select(0, call.token);
+      if (!cpu_turn) {
+        call.output = expert(tokens);
+        continue;
+      }
+      // The whole expert on the CPU: its tokens go there once, its output comes back once.
+      for (AlignDevicesHook* hook : call.on_cpu) hook->run_next_forward_on_cpu();
+      call.output = expert(tokens.to(c10::kCPU)).to(h.device());
+    }
+  }
+  at::Tensor out = at::zeros_like(h);
+  for (const ExpertCall& call : calls) {
+    at::Tensor y = call.output * r.weights.index({call.token, call.position}).unsqueeze(-1);
+    out.index_add_(0, call.token, y.to(out.scalar_type()));
   }
   if (shared_expert) out = out + at::sigmoid((*shared_expert_gate)(h)) * (*shared_expert)(h);
   return out.reshape(shape);

@@ -115,6 +115,10 @@ void AlignDevicesHook::init_hook(Module& module) {
     offloaded_bytes_ += static_cast<int64_t>(info.nbytes);
     offloaded_.push_back(std::move(t));
   }
+  // Every tensor of the module offloaded, none of them read from a file: it can run beside them.
+  weights_in_memory_ = !offloaded_.empty() && offloaded_.size() == original_devices_.size();
+  for (const auto& t : offloaded_)
+    if (options_.weights_map->file_extent(t.name)) weights_in_memory_ = false;
   if (options_.streamer) {
     // What the streamer needs to load these tensors ahead of pre_forward.
     StreamedModule needs;
@@ -166,6 +170,28 @@ void AlignDevicesHook::load_weights(Module& module) {
   }
 }
 
+void AlignDevicesHook::run_next_forward_on_cpu() {
+  FERRY_CHECK(weights_in_memory_, "only a module whose weights are all offloaded to RAM can run beside them on the CPU; "
+              "this one's are ", options_.offload ? "read from a file" : "not offloaded",
+              ": it runs on its execution device");
+  on_cpu_next_ = true;
+}
+
+bool AlignDevicesHook::weights_cached() const { return streamed() && options_.streamer->expert_cached(streamed_); }
+
+void AlignDevicesHook::load_in_place() {
+  // The weights map holds them in RAM: a CPU load at their dtype is the held tensor itself.
+  on_cpu_next_ = false;
+  in_place_ = true;
+  for (auto& t : offloaded_) t.slot->tensor = options_.weights_map->load(t.name, c10::kCPU, t.meta.scalar_type());
+  if (streamed()) options_.streamer->count_run_in_place(streamed_);
+}
+
+void AlignDevicesHook::unload_in_place() {
+  for (auto& t : offloaded_) t.slot->tensor = t.meta;
+  in_place_ = false;
+}
+
 void AlignDevicesHook::load_routed() {
   if (streamed()) options_.streamer->load_routed(streamed_);
 }
@@ -180,6 +206,12 @@ void AlignDevicesHook::unload_weights(Module& module) {
 }
 
 void AlignDevicesHook::pre_forward(Module& module, Args& args) {
+  if (on_cpu_next_) {  // run_next_forward_on_cpu(): inputs to the weights, output back to the inputs' device
+    input_device_ = find_device(args);
+    load_in_place();
+    send_to_device(args, c10::kCPU, options_.skip_keys);
+    return;
+  }
   if (options_.io_same_device) input_device_ = find_device(args);
   if (options_.offload) {
     if (streamed()) options_.streamer->on_forward(streamed_);
@@ -189,12 +221,18 @@ void AlignDevicesHook::pre_forward(Module& module, Args& args) {
 }
 
 c10::IValue AlignDevicesHook::post_forward(Module& module, c10::IValue output) {
+  if (in_place_) {
+    unload_in_place();
+    return input_device_ ? send_to_device(output, *input_device_, options_.skip_keys) : output;
+  }
   if (options_.offload) unload_weights(module);
   if (options_.io_same_device && input_device_) output = send_to_device(output, *input_device_, options_.skip_keys);
   return output;
 }
 
 void AlignDevicesHook::abort_forward(Module& module) {
+  on_cpu_next_ = false;
+  if (in_place_) return unload_in_place();
   if (options_.offload) unload_weights(module);
 }
 

@@ -472,6 +472,16 @@ void WeightStreamer::load_routed(StreamedModuleId id) {
   start_prefetch(id, it->second);
 }
 
+void WeightStreamer::count_run_in_place(StreamedModuleId id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = modules_.find(id);
+  FERRY_CHECK(it != modules_.end(), "module ", static_cast<uint64_t>(id), " is not registered");
+  it->second.routed = true;
+  count_use(id);
+  ++stats_.expert_runs_in_place;
+  stats_.expert_bytes_in_place += it->second.module.bytes;
+}
+
 void WeightStreamer::drop_prefetched() {
   std::lock_guard<std::mutex> lock(mutex_);
   pending_.clear();

@@ -101,6 +101,17 @@ class AlignDevicesHook : public ModelHook {
   /// Drops them (back to meta tensors) and tells the streamer they are no longer needed.
   void unload_weights(Module& module);
 
+  /// True when every tensor of the module is offloaded and held in RAM (a CPU-offloaded module's
+  /// state dict, not a file): it can run on the CPU beside its weights, nothing copied.
+  bool weights_in_memory() const { return weights_in_memory_; }
+  /// The next forward (only) runs on the CPU with the weights where they are held: its inputs move
+  /// to the CPU and its output back to their device, and nothing is copied or streamed. A mixture
+  /// of experts asks this for an expert whose few tokens cost less to move than its weights
+  /// (ferry/plan/expert_cost_model.h). Throws ferry::Error unless weights_in_memory().
+  void run_next_forward_on_cpu();
+  /// Whether the streamer's expert cache holds this module's weights (loaded where it executes).
+  bool weights_cached() const;
+
  private:
   AlignDevicesOptions options_;
   std::vector<OffloadedTensor> offloaded_;
@@ -109,6 +120,11 @@ class AlignDevicesHook : public ModelHook {
   std::optional<c10::Device> input_device_;
   int64_t offloaded_bytes_ = 0;
   bool loaded_ = false;
+  bool weights_in_memory_ = false;
+  bool on_cpu_next_ = false;  // run_next_forward_on_cpu() was called
+  bool in_place_ = false;     // the slots hold the weights map's own tensors (load_in_place)
+  void load_in_place();
+  void unload_in_place();
   /// Its registration with options_.streamer (none: not registered).
   StreamedModuleId streamed_{};
   bool streamed() const;

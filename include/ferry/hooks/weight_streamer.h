@@ -156,6 +156,8 @@ struct StreamerStats {
   int64_t expert_bytes_loaded = 0;  ///< bytes (StreamedModule::bytes) of those loads: read from files or copied
   int64_t expert_bytes_cached = 0;  ///< bytes served by the cache instead
   int64_t expert_cache_evictions = 0;  ///< cached experts dropped to make room for more used ones
+  int64_t expert_runs_in_place = 0;   ///< routed picks run on the CPU beside their weights (count_run_in_place)
+  int64_t expert_bytes_in_place = 0;  ///< bytes of those: weights not copied
 };
 
 /// One weight of a StreamedModule.
@@ -229,6 +231,10 @@ class WeightStreamer {
   /// its on_forward() is not an order change. Does nothing without I/O threads (no prefetching) or
   /// when its loads are already pending. Throws ferry::Error for an unregistered module.
   void load_routed(StreamedModuleId module);
+  /// A routed module was picked and runs on the CPU beside its weights held in RAM (nothing to
+  /// load: AlignDevicesHook::run_next_forward_on_cpu): counts it, and keeps it out of the learned
+  /// order as load_routed does. Throws ferry::Error for an unregistered module.
+  void count_run_in_place(StreamedModuleId module);
   /// Drops every prefetched tensor and the expert cache (keeping the learned order), releasing their
   /// memory and file mappings; prefetching resumes at the next forward.
   void drop_prefetched();

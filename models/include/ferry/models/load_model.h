@@ -22,6 +22,7 @@
 #include "ferry/io/checkpoint.h"
 #include "ferry/models/causal_lm.h"
 #include "ferry/plan/device_map.h"
+#include "ferry/plan/expert_cost_model.h"
 
 #include <c10/core/ScalarType.h>
 #include <c10/util/Optional.h>
@@ -61,6 +62,11 @@ struct LoadModelOptions {
   /// 0: none).
   int64_t expert_cache_bytes = 0;
   StreamerOptions::ExpertCachePolicy expert_cache_policy = StreamerOptions::ExpertCachePolicy::frequency;
+  /// Mixtures of experts: experts held in CPU RAM while the model executes on a GPU run on the CPU
+  /// beside their weights, are copied over, or (automatic) either, per call, by the cost model
+  /// (ferry/plan/expert_cost_model.h), measured at load unless given here.
+  CpuExperts cpu_experts = CpuExperts::automatic;
+  std::optional<ExpertCostModel> expert_cost_model;
   /// Page-lock CPU-offloaded weights when the model executes on an accelerator (default true;
   /// false gives Accelerate's pageable copies, for comparison).
   bool pin_cpu_weights = true;
@@ -69,6 +75,20 @@ struct LoadModelOptions {
   std::function<void(const LoadProgress&)> on_progress;
   /// Called with each planner decision when planning.
   std::function<void(const std::string&)> explain;
+};
+
+/// Where the experts held in CPU RAM run (LoadModelOptions::cpu_experts), for reports.
+struct CpuExpertsPlan {
+  CpuExperts mode = CpuExperts::automatic;
+  /// Experts whose weights are in CPU RAM while the model executes on `device` (0: no choice to make).
+  int64_t experts = 0;
+  std::optional<c10::Device> device;
+  /// Bytes of one of them, the cost model used and, by it, the most tokens a call runs on the CPU.
+  int64_t expert_bytes = 0;
+  ExpertCostModel cost_model;
+  int64_t max_tokens_on_cpu = 0;
+  /// One line: the choice and its figures (empty when there is none to make).
+  std::string explanation;
 };
 
 /// A loaded model and where it lives.
@@ -84,6 +104,8 @@ struct LoadedModel {
   std::vector<std::pair<Placement, uint64_t>> bytes_per_placement;
   /// Bytes of offloaded weights brought in per forward (0 when nothing is offloaded).
   int64_t offloaded_bytes_per_forward = 0;
+  /// Mixtures of experts: where the experts held in CPU RAM run.
+  CpuExpertsPlan cpu_experts;
 };
 
 /// Loads `dir` as described in the file comment. Throws ferry::Error for a folder without

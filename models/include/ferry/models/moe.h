@@ -17,15 +17,23 @@
 ///
 /// Offloaded experts load only when picked: as soon as the router has run, the weights of every
 /// picked expert start loading at once (WeightStreamer::load_routed), and the streamer's learned
-/// order covers the dense part only, never prefetching experts blindly.
+/// order covers the dense part only, never prefetching experts blindly. An expert held in CPU RAM
+/// while the model runs on a GPU may instead run on the CPU beside its weights, only its tokens'
+/// hidden states crossing the link (cpu_experts; the cost model decides per call by default).
 
 #include "ferry/models/config.h"
 #include "ferry/nn/layers.h"
 #include "ferry/nn/module.h"
+#include "ferry/plan/expert_cost_model.h"
 
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
+
+namespace ferry {
+class AlignDevicesHook;
+}
 
 namespace ferry::models {
 
@@ -61,6 +69,17 @@ class SparseMoeBlock : public Module {
   /// (by then offloaded picked experts have all started loading: AlignDevicesHook::load_routed).
   /// Unset: nothing.
   std::function<void(SparseMoeBlock&, const std::vector<int64_t>&)> on_routed;
+
+  /// Experts held in CPU RAM while the model executes elsewhere (a GPU): run them on the CPU beside
+  /// their weights, copy the weights over, or choose per call by `cost_model` and the tokens the
+  /// router sent (ferry/plan/expert_cost_model.h; automatic with an invalid model copies). An
+  /// expert in the expert cache, or one executing on the CPU anyway, is never copied.
+  CpuExperts cpu_experts = CpuExperts::automatic;
+  ExpertCostModel cost_model;
+  /// The choice for one call of an expert with `tokens` tokens, whose `hooks` (every hook of its
+  /// own; empty when not all of them hold their weights in RAM) hold `weight_bytes` in RAM.
+  bool runs_on_cpu(const std::vector<AlignDevicesHook*>& hooks, int64_t weight_bytes, int64_t element_bytes,
+                   int64_t hidden_size, int64_t tokens) const;
 
   std::shared_ptr<Linear> gate;
   std::shared_ptr<ModuleList> experts;
