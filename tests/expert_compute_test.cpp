@@ -42,17 +42,18 @@ TEST(ExpertCostModel, OneTokenRunsOnTheCpuAndALongPromptCopies) {
   const ExpertCostModel cost = example_machine();
   ASSERT_TRUE(cost.valid());
   EXPECT_NEAR(cost.seconds_copying(kExpertBytes), 12582912 / 25e9, 1e-12);
-  // One token: reading 12 MiB at 40 GB/s (0.315 ms) beats copying it at 25 GB/s (0.503 ms); the
-  // token's hidden state crosses twice (32 KiB, 1.3 us).
-  EXPECT_NEAR(cost.seconds_on_cpu(kExpertBytes, 4, kHidden, 1), 12582912 / 40e9 + 2.0 * 4096 * 4 / 25e9, 1e-12);
+  // One token: reading 12 MiB at 40 GB/s (0.315 ms) and 6.3 MFLOP at 1 TFLOP/s beat copying it at
+  // 25 GB/s (0.503 ms); the token's hidden state crosses twice (32 KiB, 1.3 us).
+  EXPECT_NEAR(cost.seconds_on_cpu(kExpertBytes, 4, kHidden, 1),
+              12582912 / 40e9 + 2.0 * 3145728 / 1e12 + 2.0 * 4096 * 4 / 25e9, 1e-12);
   EXPECT_TRUE(cost.runs_on_cpu(kExpertBytes, 4, kHidden, 1));
   // Many tokens: the CPU's arithmetic (2 FLOPs per parameter per token) takes over.
-  EXPECT_NEAR(cost.seconds_on_cpu(kExpertBytes, 4, kHidden, 1000), 2.0 * 3145728 * 1000 / 1e12 + 2.0 * 1000 * 4096 * 4 / 25e9,
-              1e-12);
+  EXPECT_NEAR(cost.seconds_on_cpu(kExpertBytes, 4, kHidden, 1000),
+              12582912 / 40e9 + 2.0 * 3145728 * 1000 / 1e12 + 2.0 * 1000 * 4096 * 4 / 25e9, 1e-12);
   EXPECT_FALSE(cost.runs_on_cpu(kExpertBytes, 4, kHidden, 1000));
   // The break-even point, and runs_on_cpu agrees on both sides of it.
   const int64_t most = cost.max_tokens_on_cpu(kExpertBytes, 4, kHidden);
-  EXPECT_EQ(most, 66);
+  EXPECT_EQ(most, 24);
   EXPECT_TRUE(cost.runs_on_cpu(kExpertBytes, 4, kHidden, most));
   EXPECT_FALSE(cost.runs_on_cpu(kExpertBytes, 4, kHidden, most + 1));
 }

@@ -882,4 +882,16 @@ TEST(ModelsCli, MixtureOfExpertsPlannedByTheExpertFromTheCommandLine) {
   auto w = nlohmann::json::parse(whole.stdout_only);
   EXPECT_EQ(w["device_map"]["model.layers.1"], "disk") << w["device_map"];
   EXPECT_EQ(w["generated"], r["generated"]);
+  // Where experts held in RAM run beside a GPU: every choice is accepted on a CPU machine (where
+  // there is no choice to make: nothing is reported), a wrong one is refused naming the choices.
+  for (const char* mode : {"auto", "compute", "copy"}) {
+    Result chosen = run_cli(run + budget + " --cpu-experts " + mode, false);
+    ASSERT_EQ(chosen.status, 0) << mode << chosen.out;
+    auto c = nlohmann::json::parse(chosen.stdout_only);
+    EXPECT_EQ(c["generated"], r["generated"]) << mode;
+    EXPECT_FALSE(c["experts"].contains("cpu_experts")) << mode << ": the model executes on the CPU";
+  }
+  Result wrong = run_cli(run + " --cpu-experts gpu");
+  EXPECT_NE(wrong.status, 0);
+  EXPECT_NE(wrong.out.find("--cpu-experts: gpu not in {auto,compute,copy}"), std::string::npos) << wrong.out;
 }

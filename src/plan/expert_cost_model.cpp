@@ -38,7 +38,7 @@ double ExpertCostModel::seconds_on_cpu(int64_t weight_bytes, int64_t element_byt
   const double reading = static_cast<double>(weight_bytes) / cpu_bytes_per_second;
   const double arithmetic = 2.0 * parameters * static_cast<double>(tokens) / cpu_flops;
   const double activations = 2.0 * static_cast<double>(tokens * hidden_size * element_bytes) / link_bytes_per_second;
-  return std::max(reading, arithmetic) + activations;
+  return reading + arithmetic + activations;
 }
 
 bool ExpertCostModel::runs_on_cpu(int64_t weight_bytes, int64_t element_bytes, int64_t hidden_size,

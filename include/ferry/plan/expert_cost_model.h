@@ -14,8 +14,8 @@
 ///     cost.cpu_bytes_per_second = 40e9;          // the CPU streaming weights through a matmul
 ///     cost.cpu_flops = 1e12;                     // the CPU's matmul arithmetic
 ///     // a 12 MiB float32 expert (3.1M parameters), hidden size 4096:
-///     cost.runs_on_cpu(12 << 20, 4, 4096, 1);    // true: 0.31 ms on the CPU vs 0.50 ms copying
-///     cost.max_tokens_on_cpu(12 << 20, 4, 4096); // 66: above that, copying wins
+///     cost.runs_on_cpu(12 << 20, 4, 4096, 1);    // true: 0.32 ms on the CPU vs 0.50 ms copying
+///     cost.max_tokens_on_cpu(12 << 20, 4, 4096); // 24: above that, copying wins
 ///     cost.describe();                           // the figures, for the plan's explanation
 
 #include <cstdint>
@@ -50,9 +50,11 @@ struct ExpertCostModel {
   bool valid() const;
   /// Seconds to copy an expert's weights (`weight_bytes`) to the execution device.
   double seconds_copying(int64_t weight_bytes) const;
-  /// Seconds to run it on the CPU for `tokens` tokens: reading the weights or doing the arithmetic
-  /// (2 FLOPs per parameter per token), whichever takes longer, plus moving each token's hidden
-  /// state (`hidden_size` values of `element_bytes`) to the CPU and back.
+  /// Seconds to run it on the CPU for `tokens` tokens: reading the weights plus doing the arithmetic
+  /// (2 FLOPs per parameter per token), plus moving each token's hidden state (`hidden_size` values
+  /// of `element_bytes`) to the CPU and back. A sum, not the roofline's max: on 2 cores
+  /// (bench/bench_expert_cost.cpp, figures from measure_expert_cost_model) the max predicted 0.3-0.6x
+  /// of the measured time from 4 to 32 tokens, the sum 0.64-1.34x from 1 to 512.
   double seconds_on_cpu(int64_t weight_bytes, int64_t element_bytes, int64_t hidden_size, int64_t tokens) const;
   /// seconds_on_cpu < seconds_copying; false for an invalid model.
   bool runs_on_cpu(int64_t weight_bytes, int64_t element_bytes, int64_t hidden_size, int64_t tokens) const;
