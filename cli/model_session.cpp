@@ -239,8 +239,12 @@ Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle p
   std::shared_ptr<ProcessGroup> group;  // held by the PipelineModel once loaded
   FERRY_CHECK(pipeline || f.max_memory.empty() || !f.device_map.empty(), "--max-memory needs --device-map (e.g. auto)");
   if (pipeline) {
-    FERRY_CHECK(f.device_map.empty(), "--device-map does not apply across ", env->world_size, " ranks yet: each rank "
-                "holds its stage's layers in RAM (--max-memory sets its share of the layers)");
+    // A strategy plans this rank's stage over its own budget (offload inside the stage); a map file
+    // names one process's placement of the whole model, which no rank holds.
+    const std::optional<Strategy> strategy = f.device_map.empty() ? std::nullopt : find_strategy(f.device_map);
+    FERRY_CHECK(f.device_map.empty() || strategy, "--device-map across ", env->world_size, " ranks takes a strategy "
+                "(auto, balanced, balanced_low_0, sequential) that each rank applies to its own stage over its own "
+                "--max-memory, not a map file ('", f.device_map, "')");
     group = std::make_shared<ProcessGroup>(ProcessGroup::connect(*env));
     const ModelConfig& c = prepared.config;
     const std::string model = c.architecture + ", " + std::to_string(c.num_hidden_layers) + " layers, hidden " +
@@ -258,11 +262,18 @@ Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle p
     for (const std::string& text : group->exchange("layer_share", std::to_string(mine)))
       shares.push_back(std::stod(text));
     session.stage = split_stages(c.num_hidden_layers, shares)[static_cast<size_t>(env->rank)];
-    lo.device_map_entries = stage_device_map(*prepared.empty, *session.stage);
+    if (strategy) {
+      PlanOptions plan;
+      plan.max_memory = budgets;
+      plan.plan_by_expert = lo.plan_by_expert;
+      lo.device_map_entries = plan_stage_device_map(*prepared.empty, *session.stage, *strategy, plan);
+    } else {
+      lo.device_map_entries = stage_device_map(*prepared.empty, *session.stage);
+    }
     if (!f.quiet)
       std::cerr << "rank " << env->rank << " of " << env->world_size << ": decoder layers " << session.stage->first_layer
                 << "-" << session.stage->end_layer - 1 << " of " << c.num_hidden_layers << " (budget "
-                << format_bytes(mine) << ")\n";
+                << format_bytes(mine) << (strategy ? ", planned " + f.device_map + " within it" : std::string()) << ")\n";
   }
   ProgressDisplay progress(f.quiet ? ProgressStyle::none : progress_style,
                            format_bytes(static_cast<double>(prepared.checkpoint.total_bytes())) + " in " +

@@ -739,6 +739,26 @@ TEST(ModelsCli, PipelineAcrossRanksMatchesTransformers) {
   EXPECT_EQ(j["pipeline"]["layers"], nlohmann::json::array({0, 1})) << j.dump();
 }
 
+// Offload inside a stage: with --device-map auto each rank plans its own stage over its own
+// --max-memory. 1,800,000 bytes each: rank 0 (layers 0-1) keeps room for one layer (726,016 bytes)
+// to stream through, so only the embeddings (512,000) stay in RAM and both its layers go to disk,
+// read in place per token (rank 1's layer 2 is never read there); the tokens and logits are still
+// transformers'. A map file is refused across ranks.
+TEST(ModelsCli, PipelineOffloadsInsideAStageOverEachRanksBudget) {
+  REQUIRE_CLI();
+  nlohmann::json j = check_fixture("tiny_llama", "--device-map auto --max-memory cpu=1800000", "",
+                                   "launch --nproc 2 --timeout 60 -- ");
+  EXPECT_EQ(j["pipeline"]["layers"], nlohmann::json::array({0, 2})) << j.dump();
+  EXPECT_EQ(j["device_map"]["model.embed_tokens"], "cpu") << j["device_map"];
+  for (const char* layer : {"model.layers.0", "model.layers.1", "model.layers.2"})
+    EXPECT_EQ(j["device_map"][layer], "disk") << j["device_map"];
+  EXPECT_EQ(j["timings"]["offloaded_bytes_per_token"].get<double>(), 2 * 726016.0)
+      << j.dump() << ": rank 0 reads its own two layers per token, not rank 1's";
+  Result file = run_cli("launch --nproc 2 --timeout 30 -- run " + fixture("tiny_llama") + " --ids '1 2' --device-map map.json");
+  EXPECT_NE(file.status, 0);
+  EXPECT_NE(file.out.find("--device-map across 2 ranks takes a strategy"), std::string::npos) << file.out;
+}
+
 // Each rank's --max-memory is its share of the layers (ranks started by hand, as on two hosts):
 // 1 GiB and 2 GiB split tiny_llama's 3 layers 1 + 2; a rank running another model is refused.
 TEST(ModelsCli, PipelineStagesFollowEachRanksBudget) {

@@ -1,6 +1,7 @@
 #include "ferry/models/pipeline.h"
 
 #include "ferry/core/error.h"
+#include "ferry/plan/model_tree.h"
 
 #include <ATen/ATen.h>
 
@@ -55,6 +56,44 @@ DeviceMap stage_device_map(const CausalLM& model, const PipelineStage& stage) {
   };
   visit(model, "");
   return map;
+}
+
+DeviceMap plan_stage_device_map(CausalLM& model, const PipelineStage& stage, Strategy strategy,
+                                PlanOptions options) {
+  DeviceMap whole = stage_device_map(model, stage);
+  // The stage's own tensors, in the model's order, are the tree the planner sees.
+  auto in_stage = [&](const std::string& name) {
+    const auto p = whole.placement_of(name);
+    return p && !p->is_disk();
+  };
+  std::vector<NamedTreeTensor> tensors;
+  for (const auto& [name, t] : model.named_parameters())
+    if (in_stage(name)) tensors.push_back({name, TreeTensor{t.sizes().vec(), t.scalar_type()}});
+  for (const auto& [name, t] : model.named_buffers())
+    if (in_stage(name)) tensors.push_back({name, TreeTensor{t.sizes().vec(), t.scalar_type()}});
+  if (tensors.empty()) return whole;
+  const ModelTree tree = model_tree_from_named_tensors(std::move(tensors), /*natural_order=*/false);
+  for (const std::string& layer : model.decoder_layer_names()) options.no_split.patterns.push_back(layer);
+  options.experts_per_token = model.config().num_experts_per_tok;
+  const DeviceMap planned = plan_device_map(tree, strategy, options);
+  // Each of the stage's entries takes the planned placement covering it, or is replaced by the
+  // planned entries inside it (a mixture of experts' layer planned by the expert).
+  DeviceMap out;
+  for (const auto& [key, placement] : whole) {
+    if (placement.is_disk()) {
+      out.set(key, placement);
+      continue;
+    }
+    if (const auto covering = planned.owner_of(key)) {
+      out.set(key, planned.at(*covering));
+      continue;
+    }
+    const size_t before = out.size();
+    for (const auto& [inner, p] : planned)
+      if (inner.rfind(key + ".", 0) == 0) out.set(inner, p);
+    if (out.size() == before) out.set(key, placement);  // nothing to plan in it (no tensors)
+  }
+  return out;
 }
 
 PipelineModel::PipelineModel(std::shared_ptr<CausalLM> stage_model, std::shared_ptr<ProcessGroup> group,

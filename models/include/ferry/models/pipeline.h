@@ -13,6 +13,9 @@
 ///     PipelineStage stage = split_stages(model->config().num_hidden_layers, env.world_size)[env.rank];
 ///     LoadModelOptions options;
 ///     options.device_map_entries = stage_device_map(*model, stage);   // the other stages stay on disk
+///     // or, over this rank's budget (what does not fit is offloaded inside the stage):
+///     //   PlanOptions plan;  plan.max_memory = parse_max_memory("cpu=8GiB");
+///     //   options.device_map_entries = plan_stage_device_map(*model, stage, Strategy::Auto, plan);
 ///     LoadedModel loaded = load_model(model, open_model_checkpoint(dir), options);
 ///     auto pipeline = std::make_shared<PipelineModel>(loaded.model, group, stage);
 ///     GenerationOutput out = generate(*pipeline, ids, g);               // the same tokens on every rank
@@ -22,8 +25,9 @@
 
 #include "ferry/distributed/process_group.h"
 #include "ferry/models/causal_lm.h"
-#include "ferry/plan/pipeline_stages.h"
 #include "ferry/plan/device_map.h"
+#include "ferry/plan/infer_device_map.h"
+#include "ferry/plan/pipeline_stages.h"
 
 #include <memory>
 #include <vector>
@@ -34,6 +38,13 @@ namespace ferry::models {
 /// first stage (and on the last when tied to the head), the final norm and head on the last, modules
 /// without weights (rotary embeddings) everywhere; the rest "disk", read in place and never touched.
 DeviceMap stage_device_map(const CausalLM& model, const PipelineStage& stage);
+
+/// stage_device_map with the stage's own modules planned, by `strategy`, over this rank's budget
+/// (options.max_memory) as load_model plans a whole model: what does not fit goes to disk and is
+/// read in when it runs (offload inside a stage). The other stages' modules stay on disk, never
+/// touched. The decoder layers stay whole (options.no_split gets their names).
+DeviceMap plan_stage_device_map(CausalLM& model, const PipelineStage& stage, Strategy strategy,
+                                PlanOptions options);
 
 /// One rank's view of a pipelined model: a CausalLM whose forward runs this stage between its
 /// neighbours and returns the last stage's logits. Every rank must call it the same way, in the
