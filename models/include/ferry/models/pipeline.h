@@ -20,8 +20,9 @@
 ///     auto pipeline = std::make_shared<PipelineModel>(loaded.model, group, stage);
 ///     GenerationOutput out = generate(*pipeline, ids, g);               // the same tokens on every rank
 ///
-/// Supported: the Llama family (Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE, Qwen3-MoE), one batch at a
-/// time (no micro-batches in flight yet).
+/// Supported: the Llama family (Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE, Qwen3-MoE), each stage
+/// resident or offloaded within its rank's budget (plan_stage_device_map), one batch at a time (no
+/// micro-batches in flight yet).
 
 #include "ferry/distributed/process_group.h"
 #include "ferry/models/causal_lm.h"
