@@ -7,11 +7,19 @@ Rows, each a fresh `ferry run --json` (or `ferry launch --nproc 2 -- run --json`
   * 1 rank at the budget: --device-map auto --max-memory cpu=BUDGET (what one rank may hold; the rest
     of the model goes to disk) -- the capacity comparison: the same per-rank budget over 2 ranks holds
     everything resident.
-It prints ms per decode token, tokens per second, the bytes each stage boundary carries per token and
-the time rank 0 spent in send/recv, and checks that every row generates the same tokens.
+With --sequences N (N prompts at once) the 2-rank row keeps N/2 prompts in flight per group
+(`--micro-batches 2`, the default across 2 ranks: while rank 1 runs one group, rank 0 runs the other),
+and a row "2 ranks, lockstep" (`--micro-batches 1`) shows the batch stepping through the stages
+together. --threads T sets OMP_NUM_THREADS for every process (the issue's comparison: 2 ranks of 1
+thread each against 1 rank of 1 thread).
+It prints ms per decode step (every prompt's next token), tokens per second (all prompts), the bytes
+each stage boundary carries per step and the time rank 0 spent in send/recv, and checks that every
+row generates the same tokens.
 
   python3 bench/pipeline.py MODEL_DIR --ferry build/ferry [--budget 1.6GB] [--rounds 3] [--tokens 32]
+                            [--sequences 8 --threads 1]
 """
+import os
 import argparse
 import json
 import statistics
@@ -19,8 +27,8 @@ import subprocess
 import sys
 
 
-def run(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True)
+def run(cmd, env):
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         sys.exit(f"pipeline.py: failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
     line = p.stdout.strip().splitlines()[-1]
@@ -34,23 +42,30 @@ def main():
     ap.add_argument("--budget", default="1.6GB", help="one rank's memory budget for the capacity row")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--sequences", type=int, default=1, help="prompts generated at once")
+    ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every process (default: LibTorch's)")
     a = ap.parse_args()
-    ids = "1 2 3 4 5 6 7 8"
+    ids = ";".join(" ".join(str(1 + (s * 7 + t) % 500) for t in range(8)) for s in range(a.sequences))
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(a.threads)} if a.threads else {}))
     common = ["run", a.model_dir, "--ids", ids, "--max-new-tokens", str(a.tokens), "--json", "--quiet"]
-    rows = {
-        "1 rank resident": [a.ferry] + common,
-        "2 ranks resident": [a.ferry, "launch", "--nproc", "2", "--"] + common,
-        f"1 rank, {a.budget} budget": [a.ferry] + common + ["--device-map", "auto", "--max-memory", f"cpu={a.budget}"],
-    }
+    two = [a.ferry, "launch", "--nproc", "2", "--"] + common
+    rows = {"1 rank resident": [a.ferry] + common}
+    if a.sequences > 1:
+        rows["2 ranks, 2 groups in flight"] = two
+        rows["2 ranks, lockstep"] = two + ["--micro-batches", "1"]
+    else:
+        rows["2 ranks resident"] = two
+    rows[f"1 rank, {a.budget} budget"] = [a.ferry] + common + ["--device-map", "auto", "--max-memory", f"cpu={a.budget}"]
     results = {name: [] for name in rows}
     for r in range(a.rounds):
         for name in (list(rows) if r % 2 == 0 else list(reversed(rows))):
-            j = run(rows[name])
+            j = run(rows[name], env)
             results[name].append(j)
-            print(f"round {r + 1} {name:24} {j['timings']['decode_ms_per_token']:8.1f} ms/token", flush=True)
-    print(f"\n{a.model_dir}, {a.tokens} new tokens, median of {a.rounds} rounds\n")
-    print("| row | ms / decode token | tokens/s | bytes to the next stage / token | rank 0 send+recv s | bytes on disk |")
-    print("|---|---:|---:|---:|---:|---:|")
+            print(f"round {r + 1} {name:28} {j['timings']['decode_ms_per_token']:8.1f} ms/step", flush=True)
+    print(f"\n{a.model_dir}, {a.sequences} prompt(s), {a.tokens} new tokens each, threads per process: "
+          f"{a.threads or 'default'}, median of {a.rounds} rounds\n")
+    print("| row | ms / decode step | tokens/s | vs 1 rank | bytes to the next stage / step | rank 0 send+recv s | bytes on disk |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     base = None
     for name, runs in results.items():
         ms = statistics.median(x["timings"]["decode_ms_per_token"] for x in runs)
@@ -59,7 +74,8 @@ def main():
         # (a pipeline rank's "disk" is the other stages' layers, which it never reads)
         disk = 0 if p else runs[0].get("bytes_per_placement", {}).get("disk", 0)
         comm = statistics.median(x.get("pipeline", {}).get("communication_s", 0.0) for x in runs)
-        print(f"| {name} | {ms:.1f} | {1000 / ms:.2f} | {p.get('bytes_sent_per_token', 0):.0f} | {comm:.3f} | {disk / 2**30:.2f} GiB |")
+        print(f"| {name} | {ms:.1f} | {a.sequences * 1000 / ms:.2f} | {base / ms:.2f}x | {p.get('bytes_sent_per_token', 0):.0f} | "
+              f"{comm:.3f} | {disk / 2**30:.2f} GiB |")
     tokens = {json.dumps(x["generated"]) for runs in results.values() for x in runs}
     if len(tokens) != 1:
         print("tokens DIVERGE between rows:", tokens)

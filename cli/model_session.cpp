@@ -261,7 +261,14 @@ Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle p
     std::vector<double> shares;
     for (const std::string& text : group->exchange("layer_share", std::to_string(mine)))
       shares.push_back(std::stod(text));
-    session.stage = split_stages(c.num_hidden_layers, shares)[static_cast<size_t>(env->rank)];
+    // The last stage's head costs a matmul of vocab x hidden per token: that many layers' worth of
+    // work less for it, so that the stages take equally long.
+    int64_t layer_parameters = 0;
+    for (const auto& [name, t] : prepared.empty->submodule(prepared.empty->decoder_layer_names().front()).named_parameters())
+      layer_parameters += t.numel();
+    const double head_layers = static_cast<double>(c.vocab_size * c.hidden_size) /
+                               static_cast<double>(std::max<int64_t>(layer_parameters, 1));
+    session.stage = split_stages(c.num_hidden_layers, shares, head_layers)[static_cast<size_t>(env->rank)];
     if (strategy) {
       PlanOptions plan;
       plan.max_memory = budgets;

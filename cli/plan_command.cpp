@@ -65,10 +65,16 @@ void print_stages(const ModelTree& tree, const ModuleSizes& sizes, const PlanArg
     FERRY_CHECK(static_cast<int>(shares.size()) == args.nproc, "--rank-memory gives ", shares.size(),
                 " budgets for --nproc ", args.nproc, "; give one per rank, e.g. 8GiB,16GiB");
   }
-  const auto stages = split_stages(layers, shares);
+  // The head's matmul is work for the last stage (its weight is the embeddings' when tied).
+  const std::string head = sizes.contains("lm_head") ? "lm_head" : "model.embed_tokens";
+  const double head_layers = sizes.contains(head) ? static_cast<double>(sizes.bits(head)) /
+                                                        static_cast<double>(std::max<int64_t>(sizes.bits(prefix + ".0"), 1))
+                                                  : 0.0;
+  const auto stages = split_stages(layers, shares, head_layers);
   std::cout << "\nPipeline over " << args.nproc << " ranks ("
             << (args.rank_memory.empty() ? "even shares" : "shares from --rank-memory " + args.rank_memory)
-            << "; the first also holds the embeddings, the last the final norm and head):\n";
+            << "; the first also holds the embeddings, the last the final norm and head, worth "
+            << std::to_string(head_layers).substr(0, 4) << " layers of work):\n";
   std::cout << pad("rank", 4) << "  " << pad("decoder layers", 20) << "  " << lpad("their size", 10) << '\n';
   for (const auto& st : stages) {
     int64_t bits = 0;

@@ -39,6 +39,7 @@ struct RunOptions {
   std::string logits_out;
   std::string prompt;
   bool keep_special = false;
+  int micro_batches = 0;  // 0: the number of ranks
 };
 
 constexpr int64_t kDefaultMaxNewTokens = 20;
@@ -171,9 +172,19 @@ void run(const RunOptions& o) {
   auto finish_text = [&] { return decoder ? stops.push(decoder->finish()) + stops.finish() : std::string(); };
   const StreamerStats stats_before = session.streamer ? session.streamer->stats() : StreamerStats{};
   const int64_t streamed_before = stats_before.bytes_loaded;
+  // Across ranks, several prompts (no streaming, no stop strings): groups of them in flight.
+  auto* pipeline = dynamic_cast<PipelineModel*>(loaded.model.get());
+  const int micro_batches = pipeline ? (o.micro_batches > 0 ? o.micro_batches : pipeline->stage().world_size) : 1;
+  const bool in_flight = pipeline && micro_batches > 1 && batch > 1 && !stream && !text_mode && o.sampling.stop.empty();
   GenerationOutput out;
   try {
-    out = generate(*loaded.model, ids, g, batch_ids.attention_mask);
+    if (in_flight) {
+      g.on_step = nullptr;  // per-step callbacks would see one group's rows
+      g.stopping_criteria = nullptr;
+      out = generate_in_flight(*pipeline, ids, g, batch_ids.attention_mask, micro_batches);
+    } else {
+      out = generate(*loaded.model, ids, g, batch_ids.attention_mask);
+    }
   } catch (const Interrupted&) {
     if (o.json) {
       nlohmann::json j;
@@ -313,9 +324,10 @@ void run(const RunOptions& o) {
             per_step * static_cast<double>(st.expert_runs_in_place - after_prefill->expert_runs_in_place);
       }
     }
-    if (const auto* pipeline = dynamic_cast<const PipelineModel*>(loaded.model.get())) {
+    if (pipeline) {
       const PipelineStage& st = pipeline->stage();
       j["pipeline"] = {{"rank", st.rank},
+                       {"micro_batches", in_flight ? std::min<int64_t>(micro_batches, batch) : 1},
                        {"world_size", st.world_size},
                        {"layers", {st.first_layer, st.end_layer}},
                        {"bytes_sent_per_token", forwards > 0 ? static_cast<double>(pipeline->bytes_sent()) / forwards : 0.0},
@@ -365,6 +377,10 @@ void add_run_command(CLI::App& app) {
   cmd->add_flag("--keep-special", o->keep_special, "With --prompt: keep special tokens (EOS, ...) in the text");
   add_sampling_flags(cmd, o->sampling, kDefaultMaxNewTokens);
   cmd->add_flag("--json", o->json, "Print one JSON object instead of text");
+  cmd->add_option("--micro-batches", o->micro_batches,
+                  "Across ranks (ferry launch): split several prompts into this many groups kept in flight, so that "
+                  "every stage works at once (default: the number of ranks; 1: the whole batch steps together)")
+      ->check(CLI::Range(0, 1 << 20));
   cmd->add_option("--logits-out", o->logits_out, "Write the prompt's float32 logits (key \"logits\") to this .safetensors file");
   cmd->callback([o] { run(*o); });
 }

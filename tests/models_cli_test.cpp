@@ -725,18 +725,23 @@ TEST(ModelsCli, AShardTruncatedDuringARunIsNamedNotABusError) {
 
 // Pipeline parallelism (models/pipeline.h) through `ferry launch` on loopback: 2 and 3 ranks, each
 // holding its stage's layers, give transformers' tokens and logits, as one process does; Mixtral's
-// experts too.
+// experts too. The fixtures' two prompts go as two groups in flight by default (a group per rank,
+// at most one per prompt), and as one batch stepping together with --micro-batches 1.
 TEST(ModelsCli, PipelineAcrossRanksMatchesTransformers) {
   REQUIRE_CLI();
   for (int n : {2, 3}) {
     nlohmann::json j = check_fixture("tiny_llama", "", "", "launch --nproc " + std::to_string(n) + " --timeout 60 -- ");
     EXPECT_EQ(j["pipeline"]["world_size"], n) << j.dump();
     EXPECT_EQ(j["pipeline"]["layers"], nlohmann::json::array({0, n == 2 ? 2 : 1})) << j.dump();
+    EXPECT_EQ(j["pipeline"]["micro_batches"], 2) << j.dump();
     // Each decode step sends one position's hidden states per prompt: 2 x 64 float32.
     EXPECT_GT(j["pipeline"]["bytes_sent_per_token"].get<double>(), 0) << j.dump();
   }
+  nlohmann::json lockstep = check_fixture("tiny_llama", "--micro-batches 1", "", "launch --nproc 2 --timeout 60 -- ");
+  EXPECT_EQ(lockstep["pipeline"]["micro_batches"], 1) << lockstep.dump();
   nlohmann::json j = check_fixture("tiny_mixtral", "", "", "launch --nproc 2 --timeout 60 -- ");
   EXPECT_EQ(j["pipeline"]["layers"], nlohmann::json::array({0, 1})) << j.dump();
+  EXPECT_EQ(j["pipeline"]["micro_batches"], 2) << j.dump();
 }
 
 // Offload inside a stage: with --device-map auto each rank plans its own stage over its own
@@ -746,7 +751,8 @@ TEST(ModelsCli, PipelineAcrossRanksMatchesTransformers) {
 // transformers'. A map file is refused across ranks.
 TEST(ModelsCli, PipelineOffloadsInsideAStageOverEachRanksBudget) {
   REQUIRE_CLI();
-  nlohmann::json j = check_fixture("tiny_llama", "--device-map auto --max-memory cpu=1800000", "",
+  // One batch stepping together (with two groups in flight each group reads the layers: twice the bytes).
+  nlohmann::json j = check_fixture("tiny_llama", "--device-map auto --max-memory cpu=1800000 --micro-batches 1", "",
                                    "launch --nproc 2 --timeout 60 -- ");
   EXPECT_EQ(j["pipeline"]["layers"], nlohmann::json::array({0, 2})) << j.dump();
   EXPECT_EQ(j["device_map"]["model.embed_tokens"], "cpu") << j["device_map"];

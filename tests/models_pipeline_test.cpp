@@ -29,6 +29,12 @@ TEST(PipelineStages, ConsecutiveLayersInProportionToTheShares) {
   EXPECT_EQ(ranges(split_stages(6, std::vector<double>{1, 2})), (Ranges{{0, 2}, {2, 6}}));
   // A tiny share still gets a layer; a huge one leaves one for each later rank.
   EXPECT_EQ(ranges(split_stages(4, std::vector<double>{0.01, 100, 0.01})), (Ranges{{0, 1}, {1, 3}, {3, 4}}));
+  // The last stage's head counts as layers of work: 16 layers and a head worth 2.6 split 9 + 7.
+  EXPECT_EQ(ranges(split_stages(16, std::vector<double>{1, 1}, 2.6)), (Ranges{{0, 9}, {9, 16}}));
+  EXPECT_EQ(ranges(split_stages(16, std::vector<double>{1, 1, 1}, 2.6)), (Ranges{{0, 6}, {6, 12}, {12, 16}}));
+  EXPECT_EQ(ranges(split_stages(2, std::vector<double>{1, 1}, 50)), (Ranges{{0, 1}, {1, 2}})) << "one layer each, at least";
+  EXPECT_NE(error_of([] { split_stages(4, std::vector<double>{1, 1}, -1); }).find("the head's work must be 0 or more"),
+            std::string::npos);
   const auto stages = split_stages(5, 2);
   EXPECT_TRUE(stages[0].is_first() && !stages[0].is_last());
   EXPECT_TRUE(stages[1].is_last() && stages[1].world_size == 2 && stages[1].rank == 1);

@@ -8,7 +8,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <exception>
 #include <functional>
+#include <mutex>
+#include <thread>
 
 namespace ferry::models {
 namespace {
@@ -96,12 +99,20 @@ DeviceMap plan_stage_device_map(CausalLM& model, const PipelineStage& stage, Str
   return out;
 }
 
+struct PipelineModel::Shared {
+  std::mutex compute;  // one channel computes the stage at a time
+  std::mutex counters;
+  int64_t bytes_sent = 0;
+  double communication_seconds = 0;
+};
+
 PipelineModel::PipelineModel(std::shared_ptr<CausalLM> stage_model, std::shared_ptr<ProcessGroup> group,
                              PipelineStage stage)
     : CausalLM(stage_model->class_name(), stage_model->config()),
       inner_(std::move(stage_model)),
       group_(std::move(group)),
-      stage_(stage) {
+      stage_(stage),
+      shared_(std::make_shared<Shared>()) {
   FERRY_CHECK(inner_->config().model_type != "gpt2", "pipeline parallelism runs the Llama family (Llama, Mistral, "
               "Qwen2, Mixtral, Qwen2-MoE, Qwen3-MoE); not ", inner_->config().architecture, " yet");
   FERRY_CHECK(group_ && group_->size() == stage_.world_size && group_->rank() == stage_.rank, "the process group (rank ",
@@ -111,20 +122,45 @@ PipelineModel::PipelineModel(std::shared_ptr<CausalLM> stage_model, std::shared_
   for (const auto& [name, child] : inner_->children()) register_module(name, child);
 }
 
+int64_t PipelineModel::bytes_sent() const {
+  std::lock_guard<std::mutex> lock(shared_->counters);
+  return shared_->bytes_sent;
+}
+
+double PipelineModel::communication_seconds() const {
+  std::lock_guard<std::mutex> lock(shared_->counters);
+  return shared_->communication_seconds;
+}
+
+std::shared_ptr<PipelineModel> PipelineModel::channel(int channel, int channels) const {
+  FERRY_CHECK(channels >= 1 && channel >= 0 && channel < channels, "channel ", channel, " of ", channels);
+  auto view = std::make_shared<PipelineModel>(inner_, group_, stage_);
+  view->shared_ = shared_;
+  view->channel_ = channel;
+  view->channels_ = channels;
+  return view;
+}
+
 c10::IValue PipelineModel::forward(Args& args) {
   using Clock = std::chrono::steady_clock;
   const at::Tensor ids = args.tensor(0);
   const int64_t batch = ids.size(0), seq = ids.size(1);
   const ModelConfig& c = config();
   const auto options = at::TensorOptions().dtype(c.dtype);
-  const int tag = step_++;
+  const int tag = step_++ * channels_ + channel_;  // each channel its own tags
   Args stage_args = args;
   stage_args.set("first_layer", stage_.first_layer);
   stage_args.set("end_layer", stage_.end_layer);
   auto timed = [&](auto&& f) {
     const auto t0 = Clock::now();
     f();
-    communication_seconds_ += std::chrono::duration<double>(Clock::now() - t0).count();
+    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    std::lock_guard<std::mutex> lock(shared_->counters);
+    shared_->communication_seconds += seconds;
+  };
+  auto compute = [&] {
+    std::lock_guard<std::mutex> lock(shared_->compute);
+    return (*inner_)(std::move(stage_args)).toTensor().to(at::kCPU).contiguous();
   };
   if (!stage_.is_first()) {
     at::Tensor hidden = at::empty({batch, seq, c.hidden_size}, options);
@@ -135,18 +171,74 @@ c10::IValue PipelineModel::forward(Args& args) {
   at::Tensor logits;
   if (!stage_.is_last()) {
     stage_args.set("return_hidden_states", true);
-    const at::Tensor hidden = (*inner_)(std::move(stage_args)).toTensor().to(at::kCPU).contiguous();
+    const at::Tensor hidden = compute();
     timed([&] { group_->send(hidden, stage_.rank + 1, tag); });
-    bytes_sent_ += static_cast<int64_t>(hidden.nbytes());
+    {
+      std::lock_guard<std::mutex> lock(shared_->counters);
+      shared_->bytes_sent += static_cast<int64_t>(hidden.nbytes());
+    }
     logits = at::empty({batch, keep, c.vocab_size}, options);
     timed([&] { group_->recv(logits, stage_.world_size - 1, tag); });
   } else {
-    logits = (*inner_)(std::move(stage_args)).toTensor().to(at::kCPU).contiguous();
+    logits = compute();
     timed([&] {
       for (int r = 0; r < stage_.world_size - 1; ++r) group_->send(logits, r, tag);
     });
   }
   return logits;
+}
+
+GenerationOutput generate_in_flight(PipelineModel& model, const at::Tensor& input_ids, const GenerationConfig& g,
+                                    const at::Tensor& attention_mask, int micro_batches) {
+  const int64_t rows = input_ids.size(0);
+  const int groups = static_cast<int>(std::clamp<int64_t>(micro_batches, 1, std::max<int64_t>(rows, 1)));
+  if (groups == 1) return generate(model, input_ids, g, attention_mask);
+  FERRY_CHECK(!g.on_step && !g.stopping_criteria, "generate_in_flight: on_step and stopping_criteria would see one "
+              "group's rows of ", groups, "; give none (or generate() one batch)");
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  std::vector<GenerationOutput> outs(static_cast<size_t>(groups));
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(groups));
+  std::vector<std::thread> threads;
+  std::vector<int64_t> first_row;
+  for (int i = 0; i <= groups; ++i) first_row.push_back(rows * i / groups);  // groups differ by one row at most
+  for (int i = 0; i < groups; ++i) {
+    threads.emplace_back([&, i] {
+      try {
+        const int64_t begin = first_row[static_cast<size_t>(i)], n = first_row[static_cast<size_t>(i) + 1] - begin;
+        GenerationConfig own = g;
+        own.seed = g.seed + static_cast<uint64_t>(i);
+        const std::shared_ptr<PipelineModel> channel = model.channel(i, groups);
+        outs[static_cast<size_t>(i)] = generate(*channel, input_ids.narrow(0, begin, n), own,
+                                                attention_mask.defined() ? attention_mask.narrow(0, begin, n) : at::Tensor());
+      } catch (...) {
+        errors[static_cast<size_t>(i)] = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+
+  // One batch again: groups that stopped early (every row at EOS) are padded as generate() pads.
+  GenerationOutput out;
+  int64_t longest = 0;
+  for (const auto& o : outs) longest = std::max(longest, o.sequences.size(1));
+  const int64_t pad = g.pad_token_id.value_or(g.eos_token_ids.empty() ? 0 : g.eos_token_ids[0]);
+  std::vector<at::Tensor> sequences, prompt_logits;
+  for (const auto& o : outs) {
+    at::Tensor s = o.sequences;
+    if (s.size(1) < longest) s = at::cat({s, at::full({s.size(0), longest - s.size(1)}, pad, s.options())}, 1);
+    sequences.push_back(s);
+    if (o.prompt_logits.defined()) prompt_logits.push_back(o.prompt_logits);
+    out.new_tokens = std::max(out.new_tokens, o.new_tokens);
+    out.prefill_seconds = std::max(out.prefill_seconds, o.prefill_seconds);
+    out.decode_steps = std::max(out.decode_steps, o.decode_steps);
+  }
+  out.sequences = at::cat(sequences, 0);
+  if (prompt_logits.size() == outs.size()) out.prompt_logits = at::cat(prompt_logits, 0);
+  out.decode_seconds = std::max(0.0, std::chrono::duration<double>(Clock::now() - start).count() - out.prefill_seconds);
+  return out;
 }
 
 }  // namespace ferry::models

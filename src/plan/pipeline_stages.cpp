@@ -7,7 +7,7 @@
 
 namespace ferry {
 
-std::vector<PipelineStage> split_stages(int64_t layers, const std::vector<double>& shares) {
+std::vector<PipelineStage> split_stages(int64_t layers, const std::vector<double>& shares, double head_layers) {
   const int world = static_cast<int>(shares.size());
   FERRY_CHECK(world >= 1, "a pipeline needs at least one rank");
   FERRY_CHECK(layers >= world, "a pipeline of ", world, " ranks needs at least ", world, " decoder layers; this model has ",
@@ -18,13 +18,15 @@ std::vector<PipelineStage> split_stages(int64_t layers, const std::vector<double
                 shares[r]);
     total += shares[r];
   }
+  FERRY_CHECK(head_layers >= 0 && std::isfinite(head_layers), "the head's work must be 0 or more layers, got ", head_layers);
+  const double work = static_cast<double>(layers) + head_layers;  // the head comes after the last layer
   std::vector<PipelineStage> stages(static_cast<size_t>(world));
   double cumulative = 0;
   int64_t begin = 0;
   for (int r = 0; r < world; ++r) {
     cumulative += shares[static_cast<size_t>(r)];
-    // Round the cumulative boundary, keeping one layer for each later rank and at least one here.
-    int64_t end = r == world - 1 ? layers : static_cast<int64_t>(std::ceil(cumulative / total * layers - 1e-9));
+    // Round the cumulative boundary (halves up), keeping one layer for each later rank and at least one here.
+    int64_t end = r == world - 1 ? layers : static_cast<int64_t>(std::floor(cumulative / total * work + 0.5 + 1e-9));
     end = std::max(end, begin + 1);
     end = std::min(end, layers - (world - 1 - r));
     stages[static_cast<size_t>(r)] = {r, world, begin, end};

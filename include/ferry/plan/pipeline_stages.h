@@ -6,6 +6,7 @@
 ///
 ///     split_stages(32, 4);                                // layers [0,8) [8,16) [16,24) [24,32)
 ///     split_stages(6, std::vector<double>{8e9, 16e9});    // [0,2) [2,6): a third and two thirds
+///     split_stages(16, std::vector<double>{1, 1}, 2.6);   // [0,9) [9,16): 9 layers vs 7 and the head
 
 #include <cstdint>
 #include <vector>
@@ -24,9 +25,11 @@ struct PipelineStage {
 
 /// Consecutive stages of `layers` decoder layers, one per share, in proportion to the shares (a
 /// rank's memory budget, say; equal shares split evenly, earlier stages taking the remainder).
-/// Every stage gets at least one layer. Throws ferry::Error for more ranks than layers or a share
-/// that is not positive.
-std::vector<PipelineStage> split_stages(int64_t layers, const std::vector<double>& shares);
+/// `head_layers`: the work of the last stage's head (final norm and lm_head) in decoder layers'
+/// worth; the last stage takes that much less of the layers, so that the stages take equally long
+/// (a 32,000 x 1024 head is 2.6 layers of a 1024-wide Llama). Every stage gets at least one layer.
+/// Throws ferry::Error for more ranks than layers, a share that is not positive or a negative head.
+std::vector<PipelineStage> split_stages(int64_t layers, const std::vector<double>& shares, double head_layers = 0);
 /// Equal shares for `world_size` ranks.
 std::vector<PipelineStage> split_stages(int64_t layers, int world_size);
 

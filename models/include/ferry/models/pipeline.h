@@ -20,12 +20,15 @@
 ///     auto pipeline = std::make_shared<PipelineModel>(loaded.model, group, stage);
 ///     GenerationOutput out = generate(*pipeline, ids, g);               // the same tokens on every rank
 ///
+///     // or several groups of the batch in flight, every stage busy:
+///     //   GenerationOutput out = generate_in_flight(*pipeline, ids, g, {}, env.world_size);
+///
 /// Supported: the Llama family (Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE, Qwen3-MoE), each stage
-/// resident or offloaded within its rank's budget (plan_stage_device_map), one batch at a time (no
-/// micro-batches in flight yet).
+/// resident or offloaded within its rank's budget (plan_stage_device_map).
 
 #include "ferry/distributed/process_group.h"
 #include "ferry/models/causal_lm.h"
+#include "ferry/models/generate.h"
 #include "ferry/plan/device_map.h"
 #include "ferry/plan/infer_device_map.h"
 #include "ferry/plan/pipeline_stages.h"
@@ -60,17 +63,36 @@ class PipelineModel : public CausalLM {
   std::vector<std::string> decoder_layer_names() const override { return inner_->decoder_layer_names(); }
 
   const PipelineStage& stage() const { return stage_; }
-  /// Bytes this rank sent to the next stage and the seconds it spent sending and receiving.
-  int64_t bytes_sent() const { return bytes_sent_; }
-  double communication_seconds() const { return communication_seconds_; }
+  /// Bytes this rank sent to the next stage and the seconds it spent sending and receiving (all
+  /// channels together).
+  int64_t bytes_sent() const;
+  double communication_seconds() const;
+
+  /// The same stage on channel `channel` of `channels`: its own message tags and step count, for
+  /// one of several sequences in flight (generate_in_flight). Channels share the stage's weights,
+  /// counters and one lock, so that the stage computes one of them at a time.
+  std::shared_ptr<PipelineModel> channel(int channel, int channels) const;
 
  private:
+  struct Shared;  // what channels share
   std::shared_ptr<CausalLM> inner_;
   std::shared_ptr<ProcessGroup> group_;
   PipelineStage stage_;
+  std::shared_ptr<Shared> shared_;
+  int channel_ = 0, channels_ = 1;
   int step_ = 0;
-  int64_t bytes_sent_ = 0;
-  double communication_seconds_ = 0;
 };
+
+/// generate() with several groups of sequences in flight: the batch's rows split into
+/// `micro_batches` groups, each generated on its own channel (a thread per group), so that while
+/// stage 2 works on group A, stage 1 works on group B, and no stage waits for the round trip of
+/// one group's tokens. Every rank must call it with the same arguments. Greedy tokens are
+/// generate()'s; sampled ones differ (group i samples with seed + i). Timings: prefill_seconds is
+/// the slowest group's, decode_seconds the wall time after it, decode_steps the most any group took
+/// (so decode_seconds / decode_steps is the time per step of the whole batch, as for generate()).
+/// g.on_step and g.stopping_criteria see one group's rows: give none. micro_batches is clamped to
+/// [1, rows]; 1 is generate().
+GenerationOutput generate_in_flight(PipelineModel& model, const at::Tensor& input_ids, const GenerationConfig& g,
+                                    const at::Tensor& attention_mask, int micro_batches);
 
 }  // namespace ferry::models
