@@ -843,6 +843,7 @@ TEST(ModelsCli, PipelineRankKilledStopsTheOthersCleanly) {
   EXPECT_NE(WEXITSTATUS(status), 0) << text;
   EXPECT_NE(text.find("[rank 0] ferry: error: "), std::string::npos) << text;
   EXPECT_NE(text.find("(rank 1 stopped"), std::string::npos) << text;
+  EXPECT_NE(text.find("] step "), std::string::npos) << text << ": the step it stopped at";
   EXPECT_NE(text.find("ferry launch: rank"), std::string::npos) << text;
   EXPECT_LT(seconds, 40) << text;
 }

@@ -147,13 +147,22 @@ c10::IValue PipelineModel::forward(Args& args) {
   const int64_t batch = ids.size(0), seq = ids.size(1);
   const ModelConfig& c = config();
   const auto options = at::TensorOptions().dtype(c.dtype);
-  const int tag = step_++ * channels_ + channel_;  // each channel its own tags
+  const int step = step_++;
+  const int tag = step * channels_ + channel_;  // each channel its own tags
   Args stage_args = args;
   stage_args.set("first_layer", stage_.first_layer);
   stage_args.set("end_layer", stage_.end_layer);
   auto timed = [&](auto&& f) {
     const auto t0 = Clock::now();
-    f();
+    try {
+      f();
+    } catch (const Error& e) {  // which step (of which group) a lost rank stopped
+      throw e.in(e.function(), "step " + std::to_string(step) +
+                                   (channels_ > 1 ? " of group " + std::to_string(channel_ + 1) + " of " +
+                                                        std::to_string(channels_)
+                                                  : std::string()) +
+                                   ": ");
+    }
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     std::lock_guard<std::mutex> lock(shared_->counters);
     shared_->communication_seconds += seconds;

@@ -119,7 +119,7 @@ void ProcessGroup::send(const at::Tensor& tensor, int dst, int tag) {
   try {
     impl_->group->send(tensors, dst, tag)->wait(impl_->env.timeout);
   } catch (const std::exception& e) {
-    FERRY_FAIL("rank ", rank(), ": sending step ", tag, " to rank ", dst, " failed (rank ", dst,
+    FERRY_FAIL("rank ", rank(), ": sending message ", tag, " to rank ", dst, " failed (rank ", dst,
                " stopped or cannot be reached within ", impl_->env.timeout.count() / 1000, " s): ", message_of(e));
   }
 }
@@ -130,7 +130,7 @@ void ProcessGroup::recv(at::Tensor& tensor, int src, int tag) {
   try {
     impl_->group->recv(tensors, src, tag)->wait(impl_->env.timeout);
   } catch (const std::exception& e) {
-    FERRY_FAIL("rank ", rank(), ": receiving step ", tag, " from rank ", src, " failed (rank ", src,
+    FERRY_FAIL("rank ", rank(), ": receiving message ", tag, " from rank ", src, " failed (rank ", src,
                " stopped or sent nothing within ", impl_->env.timeout.count() / 1000, " s): ", message_of(e));
   }
 }

@@ -13,7 +13,7 @@
 ///     }
 ///
 /// Every call that waits for another rank waits at most `timeout`; a rank that died or cannot be
-/// reached becomes a ferry::Error naming it, the step (tag) and the address, never a hang.
+/// reached becomes a ferry::Error naming it, the message (tag) and the address, never a hang.
 
 #include <ATen/core/Tensor.h>
 
