@@ -11,6 +11,7 @@
 // mixed load (one 512-token prompt call, then 64 one-token decode calls). Rounds are interleaved;
 // medians shown. Defaults: the experts of bench/make_big_moe.py (12 MiB in float32).
 
+#include "ferry/core/dtype.h"
 #include "ferry/core/error.h"
 #include "ferry/dispatch/expert_cost_probe.h"
 #include "ferry/plan/expert_cost_model.h"
@@ -45,13 +46,6 @@ struct Expert {
   int64_t bytes() const { return (w1.numel() + w2.numel() + w3.numel()) * static_cast<int64_t>(w1.element_size()); }
 };
 
-c10::ScalarType parse_dtype(const std::string& s) {
-  if (s == "float32") return at::kFloat;
-  if (s == "bfloat16") return at::kBFloat16;
-  if (s == "float16") return at::kHalf;
-  FERRY_FAIL("--dtype must be float32, bfloat16 or float16, got '", s, "'");
-}
-
 void sync_if_cuda(c10::Device device) {
   if (device.is_cuda()) (void)at::empty({1}, at::TensorOptions().device(device)).cpu();  // waits for the stream
 }
@@ -61,17 +55,19 @@ void sync_if_cuda(c10::Device device) {
 int main(int argc, char** argv) try {
   int64_t hidden = 1024, intermediate = 1024;
   int rounds = 5, experts = 16;
-  std::string dtype_name = "float32";
+  std::string dtype_text = "float32";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--hidden") hidden = std::stoll(value);
     else if (flag == "--intermediate") intermediate = std::stoll(value);
-    else if (flag == "--dtype") dtype_name = value;
+    else if (flag == "--dtype") dtype_text = value;
     else if (flag == "--rounds") rounds = std::stoi(value);
     else if (flag == "--experts") experts = std::stoi(value);
     else FERRY_FAIL("unknown flag '", flag, "'; see the comment at the top of bench/bench_expert_cost.cpp");
   }
-  const c10::ScalarType dtype = parse_dtype(dtype_name);
+  const c10::ScalarType dtype = parse_dtype(dtype_text);
+  FERRY_CHECK(at::isFloatingType(dtype), "--dtype must be a floating-point type (float32, bfloat16, float16), got ",
+              dtype_text);
   c10::NoGradGuard no_grad;
   const bool cuda = at::hasCUDA();
   const c10::Device gpu = cuda ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
@@ -90,7 +86,7 @@ int main(int argc, char** argv) try {
 
   ExpertCostModel cost = measure_expert_cost_model(gpu, dtype, hidden, intermediate);
   std::printf("expert: hidden %lld, intermediate %lld, %s, %.1f MiB; %d CPU threads; %s\n", static_cast<long long>(hidden),
-              static_cast<long long>(intermediate), dtype_name.c_str(), bytes / 1048576.0, at::get_num_threads(),
+              static_cast<long long>(intermediate), dtype_text.c_str(), bytes / 1048576.0, at::get_num_threads(),
               cuda ? "CUDA device 0" : "no CUDA device: the CPU side only");
   std::printf("cost model: %s\n", cost.describe().c_str());
 

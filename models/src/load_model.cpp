@@ -6,7 +6,6 @@
 #include "ferry/dispatch/expert_cost_probe.h"
 #include "ferry/dispatch/load_checkpoint_and_dispatch.h"
 #include "ferry/hooks/align_devices_hook.h"
-#include "ferry/hooks/model_hook.h"
 #include "ferry/io/checkpoint.h"
 #include "ferry/io/weights_map.h"
 #include "ferry/models/moe.h"
@@ -44,20 +43,15 @@ CpuExpertsPlan place_cpu_experts(CausalLM& model, const LoadModelOptions& o) {
     blocks.push_back(block);
     for (size_t e = 0; e < block->experts->size(); ++e) {
       // Held in RAM: every hook of the expert offloads to RAM, and it executes elsewhere.
-      int64_t hooks = 0, held = 0, bytes = 0;
-      std::optional<c10::Device> device;
-      for_each_hook<AlignDevicesHook>(*block->experts->at(e), [&](AlignDevicesHook& hook) {
-        ++hooks;
-        if (!hook.weights_in_memory()) return;
-        ++held;
-        bytes += hook.offloaded_bytes();
-        device = hook.options().execution_device;
-        dtype = hook.offloaded_tensors().front().meta.scalar_type();
-      });
-      if (hooks == 0 || held < hooks || !device || device->is_cpu()) continue;
+      const SparseMoeBlock::ExpertHooks expert = block->expert_hooks(e);
+      if (!expert.all_in_memory) continue;
+      const AlignDevicesHook& hook = *expert.hooks.front();
+      const auto device = hook.options().execution_device;
+      if (!device || device->is_cpu()) continue;
       ++plan.experts;
       plan.device = device;
-      plan.expert_bytes = bytes;
+      plan.expert_bytes = expert.bytes;
+      dtype = hook.offloaded_tensors().front().meta.scalar_type();
     }
   }
   for (SparseMoeBlock* block : blocks) block->cpu_experts = o.cpu_experts;

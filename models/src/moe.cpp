@@ -62,32 +62,29 @@ struct ExpertCall {
   at::Tensor output;
 };
 
-/// The hooks of `expert` when every one of them offloads its weights to RAM (so that the whole
-/// expert can run on the CPU); empty otherwise. `bytes`: their weights' total.
-std::vector<AlignDevicesHook*> hooks_holding_all_weights_in_memory(Module& expert, int64_t& bytes) {
-  std::vector<AlignDevicesHook*> hooks;
-  bool all = true;
-  bytes = 0;
-  for_each_hook<AlignDevicesHook>(expert, [&](AlignDevicesHook& hook) {
-    all = all && hook.weights_in_memory();
-    hooks.push_back(&hook);
-    bytes += hook.offloaded_bytes();
-  });
-  if (!all) hooks.clear();
-  return hooks;
-}
-
 }  // namespace
 
-bool SparseMoeBlock::runs_on_cpu(const std::vector<AlignDevicesHook*>& hooks, int64_t weight_bytes,
-                                 int64_t element_bytes, int64_t hidden_size, int64_t tokens) const {
-  if (hooks.empty() || cpu_experts == CpuExperts::copy) return false;
-  for (const AlignDevicesHook* hook : hooks)
+SparseMoeBlock::ExpertHooks SparseMoeBlock::expert_hooks(size_t expert) const {
+  ExpertHooks found;
+  bool all = true;
+  for_each_hook<AlignDevicesHook>(*experts->at(expert), [&](AlignDevicesHook& hook) {
+    all = all && hook.weights_in_memory();
+    found.hooks.push_back(&hook);
+    found.bytes += hook.offloaded_bytes();
+  });
+  found.all_in_memory = all && !found.hooks.empty();
+  return found;
+}
+
+bool SparseMoeBlock::runs_on_cpu(const ExpertHooks& expert, int64_t element_bytes, int64_t hidden_size,
+                                 int64_t tokens) const {
+  if (!expert.all_in_memory || cpu_experts == CpuExperts::copy) return false;
+  for (const AlignDevicesHook* hook : expert.hooks)
     if (hook->weights_cached()) return false;  // already where it executes
-  const auto device = hooks.front()->options().execution_device;
+  const auto device = expert.hooks.front()->options().execution_device;
   if (!device || device->is_cpu()) return true;  // it executes on the CPU anyway: nothing to copy
   if (cpu_experts == CpuExperts::compute) return true;
-  return cost_model.runs_on_cpu(weight_bytes, element_bytes, hidden_size, tokens);
+  return cost_model.runs_on_cpu(expert.bytes, element_bytes, hidden_size, tokens);
 }
 
 c10::IValue SparseMoeBlock::forward(Args& args) {
@@ -105,13 +102,11 @@ c10::IValue SparseMoeBlock::forward(Args& args) {
     call.expert = e;
     call.position = where[0];
     call.token = where[1];
-    Module& expert = *experts->at(static_cast<size_t>(e));
-    int64_t bytes = 0;
-    std::vector<AlignDevicesHook*> held = hooks_holding_all_weights_in_memory(expert, bytes);
-    if (runs_on_cpu(held, bytes, h.element_size(), h.size(1), call.token.numel()))
-      call.on_cpu = std::move(held);
+    ExpertHooks hooks = expert_hooks(static_cast<size_t>(e));
+    if (runs_on_cpu(hooks, h.element_size(), h.size(1), call.token.numel()))
+      call.on_cpu = std::move(hooks.hooks);
     else  // offloaded experts that run where the model does: every one starts loading now, before the first runs
-      for_each_hook<AlignDevicesHook>(expert, [](AlignDevicesHook& hook) { hook.load_routed(); });
+      for (AlignDevicesHook* hook : hooks.hooks) hook->load_routed();
   }
   if (on_routed) on_routed(*this, r.picked);
   // Experts on the execution device first, so that an accelerator works through them while the

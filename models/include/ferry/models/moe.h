@@ -76,10 +76,16 @@ class SparseMoeBlock : public Module {
   /// expert in the expert cache, or one executing on the CPU anyway, is never copied.
   CpuExperts cpu_experts = CpuExperts::automatic;
   ExpertCostModel cost_model;
-  /// The choice for one call of an expert with `tokens` tokens, whose `hooks` (every hook of its
-  /// own; empty when not all of them hold their weights in RAM) hold `weight_bytes` in RAM.
-  bool runs_on_cpu(const std::vector<AlignDevicesHook*>& hooks, int64_t weight_bytes, int64_t element_bytes,
-                   int64_t hidden_size, int64_t tokens) const;
+  /// The AlignDevicesHooks of one expert (its own and its submodules'), found in one walk.
+  struct ExpertHooks {
+    std::vector<AlignDevicesHook*> hooks;
+    /// Every one of them holds its weights in CPU RAM (the whole expert can run beside them).
+    bool all_in_memory = false;
+    int64_t bytes = 0;  ///< their offloaded weights' bytes
+  };
+  ExpertHooks expert_hooks(size_t expert) const;
+  /// The choice for one call of an expert with `tokens` tokens.
+  bool runs_on_cpu(const ExpertHooks& expert, int64_t element_bytes, int64_t hidden_size, int64_t tokens) const;
 
   std::shared_ptr<Linear> gate;
   std::shared_ptr<ModuleList> experts;
