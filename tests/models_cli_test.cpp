@@ -763,6 +763,10 @@ TEST(ModelsCli, PipelineOffloadsInsideAStageOverEachRanksBudget) {
   Result file = run_cli("launch --nproc 2 --timeout 30 -- run " + fixture("tiny_llama") + " --ids '1 2' --device-map map.json");
   EXPECT_NE(file.status, 0);
   EXPECT_NE(file.out.find("--device-map across 2 ranks takes a strategy"), std::string::npos) << file.out;
+  Result groups = run_cli("run " + fixture("tiny_llama") + " --ids '1 2' --micro-batches -1");
+  EXPECT_NE(groups.status, 0);
+  EXPECT_NE(groups.out.find("--micro-batches"), std::string::npos) << groups.out;
+  EXPECT_NE(groups.out.find("not in range"), std::string::npos) << groups.out;
 }
 
 // Each rank's --max-memory is its share of the layers (ranks started by hand, as on two hosts):
