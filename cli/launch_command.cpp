@@ -10,10 +10,12 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -57,6 +59,26 @@ int free_port(const std::string& addr) {
   return ntohs(a.sin_port);
 }
 
+// Ctrl-C at a terminal reaches every process of the foreground group, the ranks included; a signal
+// sent to launch alone (kill, a job scheduler's stop, a timeout) is passed on to the ranks, so that
+// they stop cleanly together (models/pipeline.h: the stop is agreed across ranks) instead of being
+// orphaned. Launch itself waits for them and exits with their status.
+std::atomic<int> received_signal{0}, signal_to_forward{0};
+
+extern "C" void on_launch_signal(int sig, siginfo_t* info, void*) {
+  received_signal.store(sig);
+  if (info == nullptr || info->si_code != SI_KERNEL) signal_to_forward.store(sig);  // SI_KERNEL: from the terminal
+}
+
+void install_launch_signal_handlers() {
+  struct sigaction action {};
+  action.sa_sigaction = on_launch_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_SIGINFO | SA_RESTART;
+  ::sigaction(SIGINT, &action, nullptr);
+  ::sigaction(SIGTERM, &action, nullptr);
+}
+
 struct Rank {
   int rank = 0;
   pid_t pid = -1;
@@ -85,6 +107,8 @@ int launch(const LaunchArgs& a) {
   const int port = a.master_port > 0 ? a.master_port : free_port(a.master_addr);
   const int world = a.nproc * a.nnodes;
   std::vector<Rank> ranks(static_cast<size_t>(a.nproc));
+  install_launch_signal_handlers();
+  const pid_t parent = ::getpid();
   for (int local = 0; local < a.nproc; ++local) {
     Rank& r = ranks[static_cast<size_t>(local)];
     r.rank = a.node_rank * a.nproc + local;
@@ -93,6 +117,9 @@ int launch(const LaunchArgs& a) {
     r.pid = ::fork();
     FERRY_CHECK(r.pid >= 0, "cannot start rank ", r.rank, ": ", std::strerror(errno));
     if (r.pid == 0) {
+      // If launch dies (even by SIGKILL), the ranks get SIGTERM and stop cleanly rather than run on.
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (::getppid() != parent) ::_exit(143);
       ::dup2(out[1], STDOUT_FILENO);
       ::dup2(err[1], STDERR_FILENO);
       ::close(out[0]), ::close(out[1]), ::close(err[0]), ::close(err[1]);
@@ -144,6 +171,9 @@ int launch(const LaunchArgs& a) {
     }
     if (fds.empty()) break;
     ::poll(fds.data(), fds.size(), 500);
+    if (const int sig = signal_to_forward.exchange(0))
+      for (Rank& r : ranks)
+        if (r.running) ::kill(r.pid, sig);
     for (size_t i = 0; i < fds.size(); ++i) {
       if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
       auto [r, is_out] = owners[i];
@@ -163,7 +193,14 @@ int launch(const LaunchArgs& a) {
         if (r.running) ::kill(r.pid, SIGKILL);
   }
   reap(true);
-  if (failed_rank >= 0) {
+  if (const int sig = received_signal.load(); sig != 0 && failed_rank >= 0) {
+    std::cerr << "ferry launch: stopped by " << (sig == SIGINT ? "SIGINT" : "SIGTERM") << ":";
+    for (const Rank& r : ranks)
+      std::cerr << (r.rank == ranks.front().rank ? " rank " : ", rank ") << r.rank << " "
+                << (WIFEXITED(r.status) ? "exited with " + std::to_string(WEXITSTATUS(r.status))
+                                        : "was stopped by signal " + std::to_string(WTERMSIG(r.status)));
+    std::cerr << '\n';
+  } else if (failed_rank >= 0) {
     std::cerr << "ferry launch: rank " << failed_rank << " failed (exit code " << exit_code << ")";
     for (const Rank& r : ranks)
       if (r.rank != failed_rank && !(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0))

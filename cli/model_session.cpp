@@ -292,8 +292,11 @@ Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle p
     throw_if_interrupted();
   };
   session.loaded = load_model(std::move(prepared.empty), prepared.checkpoint, lo);
-  if (session.stage)
-    session.loaded.model = std::make_shared<PipelineModel>(session.loaded.model, group, *session.stage);
+  if (session.stage) {
+    auto pipeline = std::make_shared<PipelineModel>(session.loaded.model, group, *session.stage);
+    pipeline->set_stop_request(interrupt_signal);  // Ctrl-C on any rank stops every rank after the same step
+    session.loaded.model = pipeline;
+  }
   // Decided now, with the model loaded: the free memory it measures counts the resident weights.
   session.streamer = session.loaded.dispatch ? session.loaded.dispatch->streamer : nullptr;
   if (session.streamer) session.disk_reads = session.streamer->disk_read_plan();

@@ -158,6 +158,13 @@ void run(const RunOptions& o) {
   };
   // The streamer's counters when the prompt's forward is done: what decoding alone cost.
   std::optional<StreamerStats> after_prefill;
+  // Across ranks, a stop is one every rank agreed on at this step (a rank stopping alone would leave
+  // the others waiting for it): Ctrl-C on any of them stops all after the same token.
+  auto* pipeline = dynamic_cast<PipelineModel*>(loaded.model.get());
+  auto stop_if_interrupted = [&] {
+    if (!pipeline) return throw_if_interrupted();
+    if (const int sig = pipeline->agreed_stop()) throw Interrupted(sig);
+  };
   g.on_step = [&](int64_t, const at::Tensor& next) {
     if (!after_prefill && session.streamer) after_prefill = session.streamer->stats();
     for (int64_t b = 0; b < batch; ++b) produced[static_cast<size_t>(b)].push_back(next[b].item<int64_t>());
@@ -166,14 +173,13 @@ void run(const RunOptions& o) {
       const std::string shown = stops.push(decoder->push(produced[0].back()));
       if (text_mode) std::cout << shown << std::flush;
     }
-    throw_if_interrupted();
+    stop_if_interrupted();
   };
   g.stopping_criteria = [&](const at::Tensor&) { return stops.stopped(); };
   auto finish_text = [&] { return decoder ? stops.push(decoder->finish()) + stops.finish() : std::string(); };
   const StreamerStats stats_before = session.streamer ? session.streamer->stats() : StreamerStats{};
   const int64_t streamed_before = stats_before.bytes_loaded;
   // Across ranks, several prompts (no streaming, no stop strings): groups of them in flight.
-  auto* pipeline = dynamic_cast<PipelineModel*>(loaded.model.get());
   const int micro_batches = pipeline ? (o.micro_batches > 0 ? o.micro_batches : pipeline->stage().world_size) : 1;
   const bool in_flight = pipeline && micro_batches > 1 && batch > 1 && !stream && !text_mode && o.sampling.stop.empty();
   GenerationOutput out;
@@ -182,6 +188,12 @@ void run(const RunOptions& o) {
       g.on_step = nullptr;  // per-step callbacks would see one group's rows
       g.stopping_criteria = nullptr;
       out = generate_in_flight(*pipeline, ids, g, batch_ids.attention_mask, micro_batches);
+      if (const int sig = pipeline->agreed_stop()) {  // every group stopped after a step agreed on
+        for (int64_t b = 0; b < batch; ++b)
+          for (int64_t i = ids.size(1); i < out.sequences.size(1); ++i)
+            produced[static_cast<size_t>(b)].push_back(out.sequences[b][i].item<int64_t>());
+        throw Interrupted(sig);
+      }
     } else {
       out = generate(*loaded.model, ids, g, batch_ids.attention_mask);
     }
@@ -331,7 +343,8 @@ void run(const RunOptions& o) {
                        {"world_size", st.world_size},
                        {"layers", {st.first_layer, st.end_layer}},
                        {"bytes_sent_per_token", forwards > 0 ? static_cast<double>(pipeline->bytes_sent()) / forwards : 0.0},
-                       {"communication_s", pipeline->communication_seconds()}};
+                       {"communication_s", pipeline->communication_seconds()},
+                       {"compute_s", pipeline->compute_seconds()}};
     }
     j["io"] = {{"files_mapped", io::io_counters().files_mapped.load()},
                {"safetensors_headers_parsed", io::io_counters().safetensors_headers_parsed.load()}};

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include <signal.h>
+#include <pty.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,7 +23,9 @@
 #include <filesystem>
 #include <functional>
 #include <fstream>
+#include <iterator>
 #include <sstream>
+#include <thread>
 
 using namespace ferry::models::testing;
 namespace fs = std::filesystem;
@@ -143,6 +146,56 @@ std::pair<int, std::string> run_cli_watching(const std::vector<std::string>& arg
   int status = 0;
   ::waitpid(child, &status, 0);
   return {status, text};
+}
+
+// Runs the CLI on a pseudo-terminal, as at a shell, and presses Ctrl-C once `press` first says so
+// (the terminal sends SIGINT to the whole foreground process group: the launcher and its ranks).
+std::pair<int, std::string> run_cli_in_terminal(const std::vector<std::string>& args,
+                                                const std::function<bool(const std::string&)>& press) {
+  int terminal = -1;
+  const pid_t child = ::forkpty(&terminal, nullptr, nullptr, nullptr);
+  if (child < 0) return {-1, "forkpty failed"};
+  if (child == 0) {
+    std::vector<char*> argv{const_cast<char*>("ferry")};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(cli_path().c_str(), argv.data());
+    ::_exit(127);
+  }
+  std::string text;
+  bool pressed = false;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(terminal, buf, sizeof buf)) > 0) {  // (EIO once every process has let go of it)
+    text.append(buf, static_cast<size_t>(n));
+    if (!pressed && press(text)) pressed = ::write(terminal, "\x03", 1) == 1;
+  }
+  ::close(terminal);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  text.erase(std::remove(text.begin(), text.end(), '\r'), text.end());
+  return {status, text};
+}
+
+// The processes whose parent is `parent` (from /proc/PID/stat), with their environments.
+std::vector<std::pair<pid_t, std::string>> children_of(pid_t parent) {
+  std::vector<std::pair<pid_t, std::string>> out;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    std::ifstream stat(e.path() / "stat");
+    std::string pid, comm, state;
+    pid_t ppid = 0;
+    if (!(stat >> pid >> comm >> state >> ppid) || ppid != parent) continue;
+    std::ifstream environ(e.path() / "environ");
+    out.emplace_back(std::stoi(pid), std::string((std::istreambuf_iterator<char>(environ)), std::istreambuf_iterator<char>()));
+  }
+  return out;
+}
+
+// Whether a process is still running (not gone, not a zombie).
+bool running(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string p, comm, state;
+  return static_cast<bool>(stat >> p >> comm >> state) && state != "Z";
 }
 
 // Spaces after "[1 2 3] ->": how many tokens a streamed run has printed so far.
@@ -828,18 +881,11 @@ TEST(ModelsCli, PipelineRankKilledStopsTheOthersCleanly) {
       [&](const std::string& out, pid_t launcher) {
         if (killed || out.find("[rank 1] loaded") == std::string::npos) return;  // (rank 1 prints only to stderr)
         // rank 1: the launcher's child whose environment says RANK=1
-        for (const auto& e : fs::directory_iterator("/proc")) {
-          std::ifstream stat(e.path() / "stat");
-          std::string pid, comm, state;
-          pid_t parent = 0;
-          if (!(stat >> pid >> comm >> state >> parent) || parent != launcher) continue;
-          std::ifstream environ(e.path() / "environ");
-          std::string env((std::istreambuf_iterator<char>(environ)), std::istreambuf_iterator<char>());
+        for (const auto& [pid, env] : children_of(launcher))
           if (env.find(std::string("RANK=1\0", 7)) == 0 || env.find(std::string("\0RANK=1\0", 8)) != std::string::npos) {
-            ::kill(std::stoi(pid), SIGKILL);
+            ::kill(pid, SIGKILL);
             killed = true;
           }
-        }
       });
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_TRUE(killed) << text;
@@ -850,6 +896,83 @@ TEST(ModelsCli, PipelineRankKilledStopsTheOthersCleanly) {
   EXPECT_NE(text.find("] step "), std::string::npos) << text << ": the step it stopped at";
   EXPECT_NE(text.find("ferry launch: rank"), std::string::npos) << text;
   EXPECT_LT(seconds, 40) << text;
+}
+
+// The rows a plain (non-JSON) run printed: "[rank 0]   [1 2 3] -> 5 6 7" gives {5, 6, 7}.
+std::vector<std::vector<int64_t>> printed_rows(const std::string& text) {
+  std::vector<std::vector<int64_t>> rows;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    const size_t arrow = line.find("] -> ");
+    if (line.rfind("[rank 0]   [", 0) != 0 || arrow == std::string::npos) continue;
+    std::istringstream ids(line.substr(arrow + 5));
+    rows.emplace_back(std::istream_iterator<int64_t>(ids), std::istream_iterator<int64_t>());
+  }
+  return rows;
+}
+
+// Ctrl-C across ranks (issue 17): every rank stops after the same token, whether the batch steps
+// together or groups are in flight, whether the terminal interrupts every process or a signal
+// reaches the launcher alone (it passes it on); rank 0 prints what was generated, each row as long
+// as the other and the first tokens of an uninterrupted run; everything exits with 130, nothing is
+// left running. A launcher killed outright takes its ranks with it (they are sent SIGTERM).
+TEST(ModelsCli, PipelineCtrlCStopsEveryRankAfterTheSameToken) {
+  REQUIRE_CLI();
+  const std::vector<std::string> run = {"run", fixture("tiny_llama"), "--ids", "1 2 3;4 5 6", "--max-new-tokens", "4000"};
+  auto launch = [&](const std::string& micro_batches) {
+    std::vector<std::string> args = {"launch", "--nproc", "2", "--timeout", "20", "--"};
+    args.insert(args.end(), run.begin(), run.end());
+    args.insert(args.end(), {"--micro-batches", micro_batches});
+    return args;
+  };
+  auto generating = [](const std::string& out) {  // a moment into generating 4,000 tokens (about 30 s)
+    if (out.find("[rank 0] generated:") == std::string::npos) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    return true;
+  };
+  auto check = [&](int status, const std::string& text, const char* how) {
+    SCOPED_TRACE(how);
+    ASSERT_TRUE(WIFEXITED(status)) << text;
+    EXPECT_EQ(WEXITSTATUS(status), 130) << text;
+    EXPECT_NE(text.find("[rank 0] ferry: interrupted by SIGINT; stopped cleanly"), std::string::npos) << text;
+    EXPECT_NE(text.find("[rank 1] ferry: interrupted by SIGINT; stopped cleanly"), std::string::npos) << text;
+    EXPECT_NE(text.find("ferry launch: stopped by SIGINT: rank 0 exited with 130, rank 1 exited with 130"),
+              std::string::npos) << text;
+    const auto rows = printed_rows(text);
+    ASSERT_EQ(rows.size(), 2u) << text;
+    EXPECT_EQ(rows[0].size(), rows[1].size()) << text;
+    ASSERT_GT(rows[0].size(), 0u) << text;
+    ASSERT_LT(rows[0].size(), 4000u) << text;
+    Result whole = run_cli("run " + fixture("tiny_llama") + " --ids '1 2 3;4 5 6' --max-new-tokens " +
+                           std::to_string(rows[0].size()) + " --json --quiet", /*merge_stderr=*/false);
+    ASSERT_EQ(whole.status, 0) << whole.out;
+    EXPECT_EQ(nlohmann::json::parse(whole.out)["generated"], nlohmann::json(rows)) << text;
+  };
+  {
+    auto [status, text] = run_cli_in_terminal(launch("2"), generating);
+    check(status, text, "Ctrl-C at a terminal, two groups in flight");
+  }
+  {
+    bool sent = false;
+    auto [status, text] = run_cli_watching(launch("1"), [&](const std::string& out, pid_t launcher) {
+      if (!sent && generating(out)) sent = ::kill(launcher, SIGINT) == 0;
+    });
+    ASSERT_TRUE(sent) << text;
+    check(status, text, "SIGINT to the launcher alone, one batch stepping together");
+  }
+  std::vector<pid_t> ranks;
+  auto t0 = std::chrono::steady_clock::now();
+  auto [status, text] = run_cli_watching(launch("2"), [&](const std::string& out, pid_t launcher) {
+    if (!ranks.empty() || !generating(out)) return;
+    for (const auto& [pid, env] : children_of(launcher)) ranks.push_back(pid);
+    ::kill(launcher, SIGKILL);
+    t0 = std::chrono::steady_clock::now();
+  });
+  ASSERT_EQ(ranks.size(), 2u) << text;
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << text;
+  // (the output pipe stays open until both ranks have let go of it)
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 15) << text;
+  for (pid_t pid : ranks) EXPECT_FALSE(running(pid)) << "rank process " << pid << " outlived its launcher";
 }
 
 // Two "hosts": network namespaces joined by a veth pair (iproute2, as root), one rank in each, the

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <exception>
 #include <functional>
+#include <limits>
 #include <mutex>
 #include <thread>
 
@@ -104,6 +105,8 @@ struct PipelineModel::Shared {
   std::mutex counters;
   int64_t bytes_sent = 0;
   double communication_seconds = 0;
+  double compute_seconds = 0;
+  std::function<int()> stop_requested;
 };
 
 PipelineModel::PipelineModel(std::shared_ptr<CausalLM> stage_model, std::shared_ptr<ProcessGroup> group,
@@ -130,6 +133,16 @@ int64_t PipelineModel::bytes_sent() const {
 double PipelineModel::communication_seconds() const {
   std::lock_guard<std::mutex> lock(shared_->counters);
   return shared_->communication_seconds;
+}
+
+double PipelineModel::compute_seconds() const {
+  std::lock_guard<std::mutex> lock(shared_->counters);
+  return shared_->compute_seconds;
+}
+
+void PipelineModel::set_stop_request(std::function<int()> requested) {
+  std::lock_guard<std::mutex> lock(shared_->counters);
+  shared_->stop_requested = std::move(requested);
 }
 
 std::shared_ptr<PipelineModel> PipelineModel::channel(int channel, int channels) const {
@@ -169,31 +182,52 @@ c10::IValue PipelineModel::forward(Args& args) {
   };
   auto compute = [&] {
     std::lock_guard<std::mutex> lock(shared_->compute);
-    return (*inner_)(std::move(stage_args)).toTensor().to(at::kCPU).contiguous();
+    const auto t0 = Clock::now();
+    at::Tensor out = (*inner_)(std::move(stage_args)).toTensor().to(at::kCPU).contiguous();
+    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    std::lock_guard<std::mutex> count(shared_->counters);
+    shared_->compute_seconds += seconds;
+    return out;
   };
-  if (!stage_.is_first()) {
-    at::Tensor hidden = at::empty({batch, seq, c.hidden_size}, options);
-    timed([&] { group_->recv(hidden, stage_.rank - 1, tag); });
-    stage_args.set("hidden_states", hidden);
+  // Every message carries one more element after the tensor's: the largest stop code of the ranks
+  // it has passed (set_stop_request), so the last stage's answer to this step is every rank's.
+  std::function<int()> requested;
+  {
+    std::lock_guard<std::mutex> lock(shared_->counters);
+    requested = shared_->stop_requested;
   }
+  int stop = requested ? requested() : 0;
+  auto receive = [&](std::vector<int64_t> sizes, int from) {
+    int64_t n = 1;
+    for (int64_t s : sizes) n *= s;
+    at::Tensor message = at::empty({n + 1}, options);
+    timed([&] { group_->recv(message, from, tag); });
+    stop = std::max(stop, static_cast<int>(message[n].item<double>()));
+    return message.narrow(0, 0, n).view(sizes);
+  };
+  auto message = [&](const at::Tensor& t) {
+    return at::cat({t.reshape(-1), at::full({1}, static_cast<double>(stop), t.options())});
+  };
+  if (!stage_.is_first()) stage_args.set("hidden_states", receive({batch, seq, c.hidden_size}, stage_.rank - 1));
   const int64_t keep = kept_positions(args, seq);
   at::Tensor logits;
   if (!stage_.is_last()) {
     stage_args.set("return_hidden_states", true);
-    const at::Tensor hidden = compute();
+    const at::Tensor hidden = message(compute());
     timed([&] { group_->send(hidden, stage_.rank + 1, tag); });
     {
       std::lock_guard<std::mutex> lock(shared_->counters);
       shared_->bytes_sent += static_cast<int64_t>(hidden.nbytes());
     }
-    logits = at::empty({batch, keep, c.vocab_size}, options);
-    timed([&] { group_->recv(logits, stage_.world_size - 1, tag); });
+    logits = receive({batch, keep, c.vocab_size}, stage_.world_size - 1);
   } else {
     logits = compute();
+    const at::Tensor answer = message(logits);
     timed([&] {
-      for (int r = 0; r < stage_.world_size - 1; ++r) group_->send(logits, r, tag);
+      for (int r = 0; r < stage_.world_size - 1; ++r) group_->send(answer, r, tag);
     });
   }
+  agreed_stop_ = stop;
   return logits;
 }
 
@@ -208,6 +242,7 @@ GenerationOutput generate_in_flight(PipelineModel& model, const at::Tensor& inpu
   const auto start = Clock::now();
   std::vector<GenerationOutput> outs(static_cast<size_t>(groups));
   std::vector<std::exception_ptr> errors(static_cast<size_t>(groups));
+  std::vector<std::shared_ptr<PipelineModel>> channels(static_cast<size_t>(groups));
   std::vector<std::thread> threads;
   std::vector<int64_t> first_row;
   for (int i = 0; i <= groups; ++i) first_row.push_back(rows * i / groups);  // groups differ by one row at most
@@ -218,6 +253,8 @@ GenerationOutput generate_in_flight(PipelineModel& model, const at::Tensor& inpu
         GenerationConfig own = g;
         own.seed = g.seed + static_cast<uint64_t>(i);
         const std::shared_ptr<PipelineModel> channel = model.channel(i, groups);
+        channels[static_cast<size_t>(i)] = channel;
+        own.stopping_criteria = [&channel = *channel](const at::Tensor&) { return channel.agreed_stop() != 0; };
         outs[static_cast<size_t>(i)] = generate(*channel, input_ids.narrow(0, begin, n), own,
                                                 attention_mask.defined() ? attention_mask.narrow(0, begin, n) : at::Tensor());
       } catch (...) {
@@ -228,11 +265,17 @@ GenerationOutput generate_in_flight(PipelineModel& model, const at::Tensor& inpu
   for (auto& t : threads) t.join();
   for (const auto& e : errors)
     if (e) std::rethrow_exception(e);
+  for (const auto& channel : channels) model.agreed_stop_ = std::max(model.agreed_stop_, channel->agreed_stop());
 
-  // One batch again: groups that stopped early (every row at EOS) are padded as generate() pads.
+  // One batch again: groups that stopped early (every row at EOS) are padded as generate() pads;
+  // after an agreed stop, every group keeps the tokens all of them made (they stop a step apart).
   GenerationOutput out;
-  int64_t longest = 0;
-  for (const auto& o : outs) longest = std::max(longest, o.sequences.size(1));
+  int64_t longest = 0, shortest = std::numeric_limits<int64_t>::max();
+  for (const auto& o : outs) longest = std::max(longest, o.sequences.size(1)), shortest = std::min(shortest, o.sequences.size(1));
+  if (model.agreed_stop_ != 0) {
+    for (auto& o : outs) o.sequences = o.sequences.narrow(1, 0, shortest);
+    longest = shortest;
+  }
   const int64_t pad = g.pad_token_id.value_or(g.eos_token_ids.empty() ? 0 : g.eos_token_ids[0]);
   std::vector<at::Tensor> sequences, prompt_logits;
   for (const auto& o : outs) {
@@ -244,6 +287,7 @@ GenerationOutput generate_in_flight(PipelineModel& model, const at::Tensor& inpu
     out.prefill_seconds = std::max(out.prefill_seconds, o.prefill_seconds);
     out.decode_steps = std::max(out.decode_steps, o.decode_steps);
   }
+  if (model.agreed_stop_ != 0) out.new_tokens = std::min(out.new_tokens, shortest - input_ids.size(1));
   out.sequences = at::cat(sequences, 0);
   if (prompt_logits.size() == outs.size()) out.prompt_logits = at::cat(prompt_logits, 0);
   out.decode_seconds = std::max(0.0, std::chrono::duration<double>(Clock::now() - start).count() - out.prefill_seconds);

@@ -33,6 +33,7 @@
 #include "ferry/plan/infer_device_map.h"
 #include "ferry/plan/pipeline_stages.h"
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -67,6 +68,18 @@ class PipelineModel : public CausalLM {
   /// channels together).
   int64_t bytes_sent() const;
   double communication_seconds() const;
+  /// Seconds this rank spent computing its stage (all channels together): against the wall time,
+  /// how busy the stage was.
+  double compute_seconds() const;
+
+  /// Stopping together (Ctrl-C on one rank or all of them): `requested` says whether this rank
+  /// wants to stop, as a nonzero code (e.g. the signal received). Each forward carries the largest
+  /// code of the ranks so far along with its data, and the last stage's answer comes back with the
+  /// logits, so every rank learns of a stop after the same step. Shared by all channels.
+  void set_stop_request(std::function<int()> requested);
+  /// The code every rank agreed on at this channel's last forward (0: go on). generate_in_flight
+  /// stops each group there; a caller of generate() checks it after each step (on_step).
+  int agreed_stop() const { return agreed_stop_; }
 
   /// The same stage on channel `channel` of `channels`: its own message tags and step count, for
   /// one of several sequences in flight (generate_in_flight). Channels share the stage's weights,
@@ -74,6 +87,8 @@ class PipelineModel : public CausalLM {
   std::shared_ptr<PipelineModel> channel(int channel, int channels) const;
 
  private:
+  friend GenerationOutput generate_in_flight(PipelineModel&, const at::Tensor&, const GenerationConfig&,
+                                             const at::Tensor&, int);
   struct Shared;  // what channels share
   std::shared_ptr<CausalLM> inner_;
   std::shared_ptr<ProcessGroup> group_;
@@ -81,6 +96,7 @@ class PipelineModel : public CausalLM {
   std::shared_ptr<Shared> shared_;
   int channel_ = 0, channels_ = 1;
   int step_ = 0;
+  int agreed_stop_ = 0;
 };
 
 /// generate() with several groups of sequences in flight: the batch's rows split into
@@ -91,7 +107,9 @@ class PipelineModel : public CausalLM {
 /// the slowest group's, decode_seconds the wall time after it, decode_steps the most any group took
 /// (so decode_seconds / decode_steps is the time per step of the whole batch, as for generate()).
 /// g.on_step and g.stopping_criteria see one group's rows: give none. micro_batches is clamped to
-/// [1, rows]; 1 is generate().
+/// [1, rows]; 1 is generate(). A stop agreed across ranks (set_stop_request) ends each group after
+/// its current step; model.agreed_stop() says so afterwards, and the sequences hold the tokens every
+/// group made by then.
 GenerationOutput generate_in_flight(PipelineModel& model, const at::Tensor& input_ids, const GenerationConfig& g,
                                     const at::Tensor& attention_mask, int micro_batches);
 
