@@ -66,7 +66,9 @@ void print_stages(const ModelTree& tree, const ModuleSizes& sizes, const PlanArg
                 " budgets for --nproc ", args.nproc, "; give one per rank, e.g. 8GiB,16GiB");
   }
   // The head's matmul is work for the last stage (its weight is the embeddings' when tied).
-  const std::string head = sizes.contains("lm_head") ? "lm_head" : "model.embed_tokens";
+  std::string head = "lm_head";
+  for (const char* tied : {"model.embed_tokens", "transformer.wte"})
+    if (!sizes.contains(head) && sizes.contains(tied)) head = tied;
   const double head_layers = sizes.contains(head) ? static_cast<double>(sizes.bits(head)) /
                                                         static_cast<double>(std::max<int64_t>(sizes.bits(prefix + ".0"), 1))
                                                   : 0.0;

@@ -36,19 +36,6 @@ Weights read_weights(const std::string& dir) {
   return w;
 }
 
-// Model weights drawn like the fixtures: normal(0, 0.08), norms near 1.
-void randomize(CausalLM& model, uint64_t seed) {
-  at::manual_seed(seed);
-  c10::NoGradGuard no_grad;
-  for (auto& [name, t] : model.named_parameters()) {
-    bool norm = name.find("norm") != std::string::npos || name.find("ln_") != std::string::npos;
-    if (norm && name.find("bias") == std::string::npos)
-      t.copy_(1.0 + 0.1 * at::randn(t.sizes()));
-    else
-      t.copy_(0.08 * at::randn(t.sizes()));
-  }
-}
-
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
   return x / at::sqrt(x.pow(2).mean(-1, true) + eps) * w;
 }

@@ -66,3 +66,22 @@ TEST(PipelineStages, EachRankLoadsItsLayersAndLeavesTheRestOnDisk) {
   ASSERT_TRUE(tied->config().tie_word_embeddings);
   EXPECT_EQ(stage_device_map(*tied, split_stages(3, 2)[1]).placement_of("model.embed_tokens.weight"), cpu);
 }
+
+// GPT-2's learned positions run before the first block: they go with the embeddings to the first
+// stage; the tied embeddings go to the last stage too, its final LayerNorm only there.
+TEST(PipelineStages, Gpt2PositionsGoWithTheEmbeddingsToTheFirstStage) {
+  auto model = create_model(parse_config(R"({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+    "vocab_size": 71, "n_embd": 48, "n_layer": 3, "n_head": 3, "n_positions": 32})"));
+  ASSERT_EQ(model->input_module_names(), (std::vector<std::string>{"transformer.wte", "transformer.wpe"}));
+  const auto stages = split_stages(3, 2);
+  const DeviceMap first = stage_device_map(*model, stages[0]), last = stage_device_map(*model, stages[1]);
+  const Placement cpu = Placement::cpu(), disk = Placement::disk();
+  for (const char* name : {"transformer.wte.weight", "transformer.wpe.weight", "transformer.h.1.attn.c_attn.weight"})
+    EXPECT_EQ(first.placement_of(name), cpu) << name << " " << first.to_json();
+  for (const char* name : {"transformer.h.2.attn.c_attn.weight", "transformer.ln_f.weight"})
+    EXPECT_EQ(first.placement_of(name), disk) << name << " " << first.to_json();
+  for (const char* name : {"transformer.wte.weight", "transformer.h.2.mlp.c_fc.weight", "transformer.ln_f.bias"})
+    EXPECT_EQ(last.placement_of(name), cpu) << name << " " << last.to_json();
+  for (const char* name : {"transformer.wpe.weight", "transformer.h.0.ln_1.weight"})
+    EXPECT_EQ(last.placement_of(name), disk) << name << " " << last.to_json();
+}

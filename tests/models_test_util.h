@@ -4,8 +4,10 @@
 
 #include "ferry/core/error.h"
 #include "ferry/io/safetensors.h"
+#include "ferry/models/causal_lm.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <filesystem>
 #include <random>
@@ -27,6 +29,19 @@ std::string error_of(F&& f) {
 using ferry_test::TempDir;  // test_util.h
 
 inline std::string fixture(const std::string& name) { return std::string(FERRY_TEST_DATA_DIR) + "/" + name; }
+
+/// Model weights drawn like the fixtures: normal(0, 0.08), norms near 1.
+inline void randomize(CausalLM& model, uint64_t seed) {
+  at::manual_seed(seed);
+  c10::NoGradGuard no_grad;
+  for (auto& [name, t] : model.named_parameters()) {
+    const bool norm = name.find("norm") != std::string::npos || name.find("ln_") != std::string::npos;
+    if (norm && name.find("bias") == std::string::npos)
+      t.copy_(1.0 + 0.1 * at::randn(t.sizes()));
+    else
+      t.copy_(0.08 * at::randn(t.sizes()));
+  }
+}
 
 /// A fixture's reference.safetensors (FIXTURES.md): transformers' input ids, float32 logits and
 /// greedy tokens for the checkpoint in `dir`.

@@ -92,15 +92,25 @@ c10::IValue GPT2Model::forward(Args& args) {
                 " tokens (n_positions); the sequence would reach ", past + ids.size(1));
     position_ids = detail::positions_after_cache(ids, past);
   }
-  at::Tensor x = (*wte)(ids);
-  at::Tensor p = (*wpe)(position_ids);
-  x = x + p.to(x.device());
-  for (const auto& [name, block] : h->children()) {
+  // A pipeline stage (models/pipeline.h) starts from the previous stage's hidden states and runs
+  // only its blocks, [first_layer, end_layer).
+  at::Tensor x = args.optional_tensor("hidden_states");
+  if (!x.defined()) {
+    x = (*wte)(ids);
+    x = x + (*wpe)(position_ids).to(x.device());
+  }
+  const auto& blocks = h->children();
+  const int64_t count = static_cast<int64_t>(blocks.size());
+  const int64_t first = detail::int_keyword(args, "first_layer", 0), end = detail::int_keyword(args, "end_layer", count);
+  FERRY_CHECK(0 <= first && first <= end && end <= count, "blocks [", first, ", ", end, ") are not within the model's ",
+              count);
+  for (int64_t i = first; i < end; ++i) {
     Args block_args{x};
     block_args.set("past_key_values", cache_value);
     if (const c10::IValue* mask = args.find("attention_mask")) block_args.set("attention_mask", *mask);
-    x = (*block)(std::move(block_args)).toTensor();
+    x = (*blocks[static_cast<size_t>(i)].second)(std::move(block_args)).toTensor();
   }
+  if (detail::returns_hidden_states(args)) return x;
   return (*ln_f)(x);
 }
 
@@ -118,6 +128,7 @@ GPT2LMHeadModel::GPT2LMHeadModel(const ModelConfig& config, c10::ScalarType dtyp
 
 c10::IValue GPT2LMHeadModel::forward(Args& args) {
   at::Tensor h = (*transformer)(args).toTensor();
+  if (detail::returns_hidden_states(args)) return h;  // a pipeline stage before the last
   return (*lm_head)(keep_last_positions(h, args));
 }
 

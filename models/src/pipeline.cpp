@@ -29,16 +29,17 @@ int64_t kept_positions(const Args& args, int64_t seq) {
 
 DeviceMap stage_device_map(const CausalLM& model, const PipelineStage& stage) {
   const Placement here = Placement::cpu(), elsewhere = Placement::disk();
-  const std::vector<std::string> layers = model.decoder_layer_names();
+  const std::vector<std::string> layers = model.decoder_layer_names(), inputs = model.input_module_names();
   const std::string embeddings = model.input_embeddings_name();
   DeviceMap map;
-  // Walk down from the root: a decoder layer or the embeddings is one entry; a module holding some
-  // of them is opened; any other module is one entry (the final norm, the head, rotary embeddings).
+  // Walk down from the root: a decoder layer or an input module (the embeddings) is one entry; a
+  // module holding some of them is opened; any other module is one entry (the final norm, the head,
+  // rotary embeddings).
   auto holds = [&](const std::string& name) {
     const std::string prefix = name + ".";
-    if (embeddings.rfind(prefix, 0) == 0) return true;
-    for (const auto& l : layers)
-      if (l.rfind(prefix, 0) == 0) return true;
+    for (const auto& names : {&inputs, &layers})
+      for (const auto& n : *names)
+        if (n.rfind(prefix, 0) == 0) return true;
     return false;
   };
   std::function<void(const Module&, const std::string&)> visit = [&](const Module& m, const std::string& path) {
@@ -47,9 +48,9 @@ DeviceMap stage_device_map(const CausalLM& model, const PipelineStage& stage) {
       if (const auto it = std::find(layers.begin(), layers.end(), full); it != layers.end()) {
         const auto i = static_cast<int64_t>(it - layers.begin());
         map.set(full, i >= stage.first_layer && i < stage.end_layer ? here : elsewhere);
-      } else if (full == embeddings) {
-        const bool tied = model.config().tie_word_embeddings;
-        map.set(full, stage.is_first() || (tied && stage.is_last()) ? here : elsewhere);
+      } else if (std::find(inputs.begin(), inputs.end(), full) != inputs.end()) {
+        const bool tied_head = full == embeddings && model.config().tie_word_embeddings;
+        map.set(full, stage.is_first() || (tied_head && stage.is_last()) ? here : elsewhere);
       } else if (holds(full)) {
         visit(*child, full);
       } else {
@@ -116,8 +117,6 @@ PipelineModel::PipelineModel(std::shared_ptr<CausalLM> stage_model, std::shared_
       group_(std::move(group)),
       stage_(stage),
       shared_(std::make_shared<Shared>()) {
-  FERRY_CHECK(inner_->config().model_type != "gpt2", "pipeline parallelism runs the Llama family (Llama, Mistral, "
-              "Qwen2, Mixtral, Qwen2-MoE, Qwen3-MoE); not ", inner_->config().architecture, " yet");
   FERRY_CHECK(group_ && group_->size() == stage_.world_size && group_->rank() == stage_.rank, "the process group (rank ",
               group_ ? group_->rank() : -1, " of ", group_ ? group_->size() : 0, ") does not match the stage (rank ",
               stage_.rank, " of ", stage_.world_size, ")");

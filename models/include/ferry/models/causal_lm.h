@@ -100,6 +100,9 @@ class CausalLM : public Module {
   virtual std::string input_embeddings_name() const = 0;
   /// The decoder layers' names, in execution order ("model.layers.0", ...).
   virtual std::vector<std::string> decoder_layer_names() const = 0;
+  /// The modules that run before the first decoder layer, which a pipeline's first stage holds:
+  /// the input embeddings, and GPT-2's learned positions.
+  virtual std::vector<std::string> input_module_names() const { return {input_embeddings_name()}; }
   /// The names transformers ties when tie_word_embeddings is set ({"lm_head.weight", embeddings}),
   /// empty otherwise.
   std::vector<std::string> tied_weight_names() const;

@@ -66,6 +66,7 @@ class GPT2LMHeadModel : public CausalLM {
   c10::IValue forward(Args& args) override;
   std::vector<std::string> no_split_module_classes() const override { return {"GPT2Block"}; }
   std::string input_embeddings_name() const override { return "transformer.wte"; }
+  std::vector<std::string> input_module_names() const override { return {"transformer.wte", "transformer.wpe"}; }
   std::vector<std::string> decoder_layer_names() const override;
   std::shared_ptr<GPT2Model> transformer;
   std::shared_ptr<Linear> lm_head;

@@ -23,8 +23,9 @@
 ///     // or several groups of the batch in flight, every stage busy:
 ///     //   GenerationOutput out = generate_in_flight(*pipeline, ids, g, {}, env.world_size);
 ///
-/// Supported: the Llama family (Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE, Qwen3-MoE), each stage
-/// resident or offloaded within its rank's budget (plan_stage_device_map).
+/// Supported: every ferry::models architecture (the Llama family: Llama, Mistral, Qwen2, Mixtral,
+/// Qwen2-MoE, Qwen3-MoE; and GPT-2), each stage resident or offloaded within its rank's budget
+/// (plan_stage_device_map).
 
 #include "ferry/distributed/process_group.h"
 #include "ferry/models/causal_lm.h"
@@ -39,9 +40,10 @@
 
 namespace ferry::models {
 
-/// The device map that loads one stage: its decoder layers on "cpu", the input embeddings on the
-/// first stage (and on the last when tied to the head), the final norm and head on the last, modules
-/// without weights (rotary embeddings) everywhere; the rest "disk", read in place and never touched.
+/// The device map that loads one stage: its decoder layers on "cpu", the input modules (embeddings,
+/// GPT-2's positions) on the first stage (the embeddings on the last too when tied to the head),
+/// the final norm and head on the last, modules without weights (rotary embeddings) everywhere;
+/// the rest "disk", read in place and never touched.
 DeviceMap stage_device_map(const CausalLM& model, const PipelineStage& stage);
 
 /// stage_device_map with the stage's own modules planned, by `strategy`, over this rank's budget
