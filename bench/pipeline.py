@@ -64,8 +64,8 @@ def main():
             print(f"round {r + 1} {name:28} {j['timings']['decode_ms_per_token']:8.1f} ms/step", flush=True)
     print(f"\n{a.model_dir}, {a.sequences} prompt(s), {a.tokens} new tokens each, threads per process: "
           f"{a.threads or 'default'}, median of {a.rounds} rounds\n")
-    print("| row | ms / decode step | tokens/s | vs 1 rank | bytes to the next stage / step | rank 0 send+recv s | rank 0 computing s | bytes on disk |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| row | ms / decode step | tokens/s | vs 1 rank | bytes to the next stage / step | bytes back (logits) / step | rank 0 send+recv s | rank 0 computing s | bytes on disk |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = None
     for name, runs in results.items():
         ms = statistics.median(x["timings"]["decode_ms_per_token"] for x in runs)
@@ -75,7 +75,7 @@ def main():
         disk = 0 if p else runs[0].get("bytes_per_placement", {}).get("disk", 0)
         comm = statistics.median(x.get("pipeline", {}).get("communication_s", 0.0) for x in runs)
         busy = statistics.median(x.get("pipeline", {}).get("compute_s", 0.0) for x in runs)
-        print(f"| {name} | {ms:.1f} | {a.sequences * 1000 / ms:.2f} | {base / ms:.2f}x | {p.get('bytes_sent_per_token', 0):.0f} | "
+        print(f"| {name} | {ms:.1f} | {a.sequences * 1000 / ms:.2f} | {base / ms:.2f}x | {p.get('bytes_sent_per_token', 0):.0f} | {p.get('bytes_received_per_token', 0):.0f} | "
               f"{comm:.3f} | {busy:.3f} | {disk / 2**30:.2f} GiB |")
     tokens = {json.dumps(x["generated"]) for runs in results.values() for x in runs}
     if len(tokens) != 1:

@@ -343,6 +343,7 @@ void run(const RunOptions& o) {
                        {"world_size", st.world_size},
                        {"layers", {st.first_layer, st.end_layer}},
                        {"bytes_sent_per_token", forwards > 0 ? static_cast<double>(pipeline->bytes_sent()) / forwards : 0.0},
+                       {"bytes_received_per_token", forwards > 0 ? static_cast<double>(pipeline->bytes_received()) / forwards : 0.0},
                        {"communication_s", pipeline->communication_seconds()},
                        {"compute_s", pipeline->compute_seconds()}};
     }

@@ -793,6 +793,9 @@ TEST(ModelsCli, PipelineAcrossRanksMatchesTransformers) {
     EXPECT_EQ(j["pipeline"]["micro_batches"], 2) << j.dump();
     // Each decode step sends one position's hidden states per prompt: 2 x 64 float32.
     EXPECT_GT(j["pipeline"]["bytes_sent_per_token"].get<double>(), 0) << j.dump();
+    // and receives the last stage's logits: 2 x 1,000 float32 per step, more than it sends
+    EXPECT_GT(j["pipeline"]["bytes_received_per_token"].get<double>(), j["pipeline"]["bytes_sent_per_token"].get<double>())
+        << j.dump();
   }
   nlohmann::json lockstep = check_fixture("tiny_llama", "--micro-batches 1", "", "launch --nproc 2 --timeout 60 -- ");
   EXPECT_EQ(lockstep["pipeline"]["micro_batches"], 1) << lockstep.dump();

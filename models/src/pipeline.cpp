@@ -104,7 +104,7 @@ DeviceMap plan_stage_device_map(CausalLM& model, const PipelineStage& stage, Str
 struct PipelineModel::Shared {
   std::mutex compute;  // one channel computes the stage at a time
   std::mutex counters;
-  int64_t bytes_sent = 0;
+  int64_t bytes_sent = 0, bytes_received = 0;
   double communication_seconds = 0;
   double compute_seconds = 0;
   std::function<int()> stop_requested;
@@ -127,6 +127,11 @@ PipelineModel::PipelineModel(std::shared_ptr<CausalLM> stage_model, std::shared_
 int64_t PipelineModel::bytes_sent() const {
   std::lock_guard<std::mutex> lock(shared_->counters);
   return shared_->bytes_sent;
+}
+
+int64_t PipelineModel::bytes_received() const {
+  std::lock_guard<std::mutex> lock(shared_->counters);
+  return shared_->bytes_received;
 }
 
 double PipelineModel::communication_seconds() const {
@@ -201,6 +206,10 @@ c10::IValue PipelineModel::forward(Args& args) {
     for (int64_t s : sizes) n *= s;
     at::Tensor message = at::empty({n + 1}, options);
     timed([&] { group_->recv(message, from, tag); });
+    {
+      std::lock_guard<std::mutex> lock(shared_->counters);
+      shared_->bytes_received += static_cast<int64_t>(message.nbytes());
+    }
     stop = std::max(stop, static_cast<int>(message[n].item<double>()));
     return message.narrow(0, 0, n).view(sizes);
   };

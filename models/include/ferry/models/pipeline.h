@@ -66,9 +66,11 @@ class PipelineModel : public CausalLM {
   std::vector<std::string> decoder_layer_names() const override { return inner_->decoder_layer_names(); }
 
   const PipelineStage& stage() const { return stage_; }
-  /// Bytes this rank sent to the next stage and the seconds it spent sending and receiving (all
-  /// channels together).
+  /// Bytes this rank sent to the next stage, bytes it received (the previous stage's hidden states;
+  /// the last stage's logits, on the other ranks) and the seconds it spent sending and receiving
+  /// (all channels together).
   int64_t bytes_sent() const;
+  int64_t bytes_received() const;
   double communication_seconds() const;
   /// Seconds this rank spent computing its stage (all channels together): against the wall time,
   /// how busy the stage was.
