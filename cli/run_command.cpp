@@ -161,6 +161,8 @@ void run(const RunOptions& o) {
   // Across ranks, a stop is one every rank agreed on at this step (a rank stopping alone would leave
   // the others waiting for it): Ctrl-C on any of them stops all after the same token.
   auto* pipeline = dynamic_cast<PipelineModel*>(loaded.model.get());
+  // Only the prompt's logits (--logits-out) are needed beyond the last stage; else it sends the tokens.
+  if (pipeline) pipeline->set_logits_on_every_rank(!o.logits_out.empty());
   auto stop_if_interrupted = [&] {
     if (!pipeline) return throw_if_interrupted();
     if (const int sig = pipeline->agreed_stop()) throw Interrupted(sig);

@@ -804,6 +804,42 @@ TEST(ModelsCli, PipelineAcrossRanksMatchesTransformers) {
   EXPECT_EQ(j["pipeline"]["micro_batches"], 2) << j.dump();
 }
 
+// Without --logits-out no rank but the last needs logits: it sends the tokens it chose (8 bytes a
+// row, and the stop code) instead of the vocabulary's logits; greedy tokens are still transformers',
+// and sampled ones (chosen on the last stage only) are one process's, in lockstep and in flight.
+TEST(ModelsCli, PipelineSendsTheChosenTokensNotTheLogits) {
+  REQUIRE_CLI();
+  auto ref = ferry::io::SafetensorsFile::open(fixture("tiny_llama") + "/reference.safetensors");
+  const at::Tensor ids = ref.load("input_ids"), generated = ref.load("generated");
+  const at::Tensor want = generated.narrow(1, ids.size(1), generated.size(1) - ids.size(1));
+  auto run = [&](const std::string& launch, const std::string& extra) {
+    Result r = run_cli(launch + "run " + fixture("tiny_llama") + " --ids " + ids_arg(ids) +
+                           " --max-new-tokens 16 --dtype float32 --json " + extra, /*merge_stderr=*/false);
+    EXPECT_EQ(r.status, 0) << launch << extra << "\n" << r.out;
+    std::string out = r.stdout_only;
+    if (out.rfind("[rank 0] ", 0) == 0) out.erase(0, 9);
+    return r.status == 0 ? nlohmann::json::parse(out) : nlohmann::json::object();
+  };
+  for (const auto& [micro_batches, groups] : {std::pair<std::string, int>{"1", 1}, {"2", 2}}) {
+    SCOPED_TRACE("--micro-batches " + micro_batches);
+    const nlohmann::json j = run("launch --nproc 2 --timeout 60 -- ", "--micro-batches " + micro_batches);
+    for (int64_t b = 0; b < 2; ++b)
+      EXPECT_TRUE(at::equal(at::tensor(j["generated"][b].get<std::vector<int64_t>>(), at::kLong), want[b])) << j.dump();
+    // per step and group: its rows' tokens and the stop code, int64 each (the logits: 2 x 1,000 float32)
+    EXPECT_EQ(j["pipeline"]["bytes_received_per_token"].get<double>(), 8.0 * (2 + groups)) << j["pipeline"];
+    // Sampled: in lockstep as one process samples; in flight (group i samples with seed + i) as
+    // when every rank gets the logits and chooses (--logits-out) on 2 ranks.
+    const std::string sampled = "--temperature 1.5 --seed 7 --micro-batches " + micro_batches;
+    const nlohmann::json tokens_sent = run("launch --nproc 3 --timeout 60 -- ", sampled);
+    TempDir tmp("sampled");
+    const nlohmann::json baseline =
+        groups == 1 ? run("", sampled)
+                    : run("launch --nproc 2 --timeout 60 -- ", sampled + " --logits-out " + (tmp.path() / "l.safetensors").string());
+    EXPECT_EQ(tokens_sent["generated"], baseline["generated"]);
+    EXPECT_NE(tokens_sent["generated"], j["generated"]) << "sampled, not greedy";
+  }
+}
+
 // GPT-2 across ranks (its learned positions on the first stage, its tied head on the last): the
 // same greedy tokens and prompt logits as one process, for 2 and 3 ranks, resident and with its
 // blocks offloaded inside each stage.

@@ -154,7 +154,7 @@ GenerationOutput generate(CausalLM& model, const at::Tensor& input_ids, const Ge
       }
       logits = forward(sequences.narrow(1, sequences.size(1) - 1, 1), 1);
     }
-    at::Tensor next = choose(logits);
+    at::Tensor next = model.choose_next_tokens(logits, choose);
     if (eos.numel() > 0) {
       next = at::where(unfinished, next, at::full_like(next, pad));
       unfinished = unfinished.logical_and(at::isin(next, eos).logical_not());

@@ -108,6 +108,7 @@ struct PipelineModel::Shared {
   double communication_seconds = 0;
   double compute_seconds = 0;
   std::function<int()> stop_requested;
+  bool logits_on_every_rank = true;
 };
 
 PipelineModel::PipelineModel(std::shared_ptr<CausalLM> stage_model, std::shared_ptr<ProcessGroup> group,
@@ -158,6 +159,32 @@ std::shared_ptr<PipelineModel> PipelineModel::channel(int channel, int channels)
   return view;
 }
 
+void PipelineModel::communicate(int step, const std::function<void()>& f) {
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    f();
+  } catch (const Error& e) {  // which step (of which group) a lost rank stopped
+    throw e.in(e.function(), "step " + std::to_string(step) +
+                                 (channels_ > 1 ? " of group " + std::to_string(channel_ + 1) + " of " +
+                                                      std::to_string(channels_)
+                                                : std::string()) +
+                                 ": ");
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::lock_guard<std::mutex> lock(shared_->counters);
+  shared_->communication_seconds += seconds;
+}
+
+void PipelineModel::set_logits_on_every_rank(bool every_rank) {
+  std::lock_guard<std::mutex> lock(shared_->counters);
+  shared_->logits_on_every_rank = every_rank;
+}
+
+bool PipelineModel::logits_on_every_rank() const {
+  std::lock_guard<std::mutex> lock(shared_->counters);
+  return shared_->logits_on_every_rank;
+}
+
 c10::IValue PipelineModel::forward(Args& args) {
   using Clock = std::chrono::steady_clock;
   const at::Tensor ids = args.tensor(0);
@@ -166,24 +193,10 @@ c10::IValue PipelineModel::forward(Args& args) {
   const auto options = at::TensorOptions().dtype(c.dtype);
   const int step = step_++;
   const int tag = step * channels_ + channel_;  // each channel its own tags
+  const bool every_rank = logits_on_every_rank();
   Args stage_args = args;
   stage_args.set("first_layer", stage_.first_layer);
   stage_args.set("end_layer", stage_.end_layer);
-  auto timed = [&](auto&& f) {
-    const auto t0 = Clock::now();
-    try {
-      f();
-    } catch (const Error& e) {  // which step (of which group) a lost rank stopped
-      throw e.in(e.function(), "step " + std::to_string(step) +
-                                   (channels_ > 1 ? " of group " + std::to_string(channel_ + 1) + " of " +
-                                                        std::to_string(channels_)
-                                                  : std::string()) +
-                                   ": ");
-    }
-    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-    std::lock_guard<std::mutex> lock(shared_->counters);
-    shared_->communication_seconds += seconds;
-  };
   auto compute = [&] {
     std::lock_guard<std::mutex> lock(shared_->compute);
     const auto t0 = Clock::now();
@@ -205,7 +218,7 @@ c10::IValue PipelineModel::forward(Args& args) {
     int64_t n = 1;
     for (int64_t s : sizes) n *= s;
     at::Tensor message = at::empty({n + 1}, options);
-    timed([&] { group_->recv(message, from, tag); });
+    communicate(step, [&] { group_->recv(message, from, tag); });
     {
       std::lock_guard<std::mutex> lock(shared_->counters);
       shared_->bytes_received += static_cast<int64_t>(message.nbytes());
@@ -222,21 +235,49 @@ c10::IValue PipelineModel::forward(Args& args) {
   if (!stage_.is_last()) {
     stage_args.set("return_hidden_states", true);
     const at::Tensor hidden = message(compute());
-    timed([&] { group_->send(hidden, stage_.rank + 1, tag); });
+    communicate(step, [&] { group_->send(hidden, stage_.rank + 1, tag); });
     {
       std::lock_guard<std::mutex> lock(shared_->counters);
       shared_->bytes_sent += static_cast<int64_t>(hidden.nbytes());
     }
+    if (!every_rank) return at::empty({batch, keep, 0}, options);  // the tokens come in choose_next_tokens
     logits = receive({batch, keep, c.vocab_size}, stage_.world_size - 1);
   } else {
     logits = compute();
-    const at::Tensor answer = message(logits);
-    timed([&] {
-      for (int r = 0; r < stage_.world_size - 1; ++r) group_->send(answer, r, tag);
-    });
+    if (every_rank) {
+      const at::Tensor answer = message(logits);
+      communicate(step, [&] {
+        for (int r = 0; r < stage_.world_size - 1; ++r) group_->send(answer, r, tag);
+      });
+    }
   }
   agreed_stop_ = stop;
   return logits;
+}
+
+at::Tensor PipelineModel::choose_next_tokens(const at::Tensor& logits,
+                                             const std::function<at::Tensor(const at::Tensor&)>& choose) {
+  if (logits_on_every_rank()) return choose(logits);  // every rank chooses the same from the same logits
+  // The last stage chooses and sends the tokens, with the stop code every rank agreed on, under the
+  // tag of the step whose forward made `logits`.
+  const int step = step_ - 1, tag = step * channels_ + channel_;
+  const int64_t batch = logits.size(0);
+  if (stage_.is_last()) {
+    const at::Tensor tokens = choose(logits).to(at::kCPU).to(at::kLong).contiguous();
+    const at::Tensor message = at::cat({tokens.reshape(-1), at::full({1}, static_cast<int64_t>(agreed_stop_), at::kLong)});
+    communicate(step, [&] {
+      for (int r = 0; r < stage_.world_size - 1; ++r) group_->send(message, r, tag);
+    });
+    return tokens;
+  }
+  at::Tensor message = at::empty({batch + 1}, at::kLong);
+  communicate(step, [&] { group_->recv(message, stage_.world_size - 1, tag); });
+  {
+    std::lock_guard<std::mutex> lock(shared_->counters);
+    shared_->bytes_received += static_cast<int64_t>(message.nbytes());
+  }
+  agreed_stop_ = static_cast<int>(message[batch].item<int64_t>());
+  return message.narrow(0, 0, batch);
 }
 
 GenerationOutput generate_in_flight(PipelineModel& model, const at::Tensor& input_ids, const GenerationConfig& g,

@@ -36,6 +36,7 @@
 #include <ATen/core/ivalue.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -103,6 +104,13 @@ class CausalLM : public Module {
   /// The modules that run before the first decoder layer, which a pipeline's first stage holds:
   /// the input embeddings, and GPT-2's learned positions.
   virtual std::vector<std::string> input_module_names() const { return {input_embeddings_name()}; }
+  /// How generate() picks each step's tokens: `choose` picks them from the logits this process's
+  /// forward returned. A pipeline picks them on its last stage only and sends them to the other
+  /// ranks (models/pipeline.h); a model in one process just calls `choose`.
+  virtual at::Tensor choose_next_tokens(const at::Tensor& logits,
+                                        const std::function<at::Tensor(const at::Tensor&)>& choose) {
+    return choose(logits);
+  }
   /// The names transformers ties when tie_word_embeddings is set ({"lm_head.weight", embeddings}),
   /// empty otherwise.
   std::vector<std::string> tied_weight_names() const;

@@ -3,8 +3,8 @@
 /// Pipeline-parallel inference: a model's decoder layers split into consecutive stages, one per
 /// rank of a torch.distributed process group (ferry/distributed/process_group.h). Each rank loads
 /// only its stage; hidden states go from stage to stage with c10d send/recv; each stage keeps the
-/// KV cache of its layers; the last stage's logits reach every rank, so every rank's generate()
-/// picks the same token and all of them step together.
+/// KV cache of its layers; the last stage's logits (or only the tokens it chose) reach every rank,
+/// so every rank's generate() has the same tokens and all of them step together.
 ///
 ///     // on every rank (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set, e.g. by `ferry launch`)
 ///     DistributedEnv env = *DistributedEnv::from_environment();
@@ -18,6 +18,7 @@
 ///     //   options.device_map_entries = plan_stage_device_map(*model, stage, Strategy::Auto, plan);
 ///     LoadedModel loaded = load_model(model, open_model_checkpoint(dir), options);
 ///     auto pipeline = std::make_shared<PipelineModel>(loaded.model, group, stage);
+///     pipeline->set_logits_on_every_rank(false);  // generate() needs the tokens only: send those
 ///     GenerationOutput out = generate(*pipeline, ids, g);               // the same tokens on every rank
 ///
 ///     // or several groups of the batch in flight, every stage busy:
@@ -81,9 +82,21 @@ class PipelineModel : public CausalLM {
   /// code of the ranks so far along with its data, and the last stage's answer comes back with the
   /// logits, so every rank learns of a stop after the same step. Shared by all channels.
   void set_stop_request(std::function<int()> requested);
-  /// The code every rank agreed on at this channel's last forward (0: go on). generate_in_flight
+  /// The code every rank agreed on at this channel's last step (0: go on). generate_in_flight
   /// stops each group there; a caller of generate() checks it after each step (on_step).
   int agreed_stop() const { return agreed_stop_; }
+
+  /// Whether every rank's forward returns the logits, as a model in one process does (the
+  /// default). generate() needs only the chosen tokens: with false, the last stage sends each
+  /// step's tokens instead (choose_next_tokens), 8 bytes a row instead of the vocabulary's logits,
+  /// and the other ranks' forward returns an empty [batch, keep, 0] tensor. Give false when no
+  /// rank but the last uses the logits (no prompt logits wanted). Shared by all channels.
+  void set_logits_on_every_rank(bool every_rank);
+  bool logits_on_every_rank() const;
+  /// generate()'s choice of the next tokens: chosen on the last stage and received by the other
+  /// ranks, or (logits on every rank) chosen by each rank from the same logits.
+  at::Tensor choose_next_tokens(const at::Tensor& logits,
+                                const std::function<at::Tensor(const at::Tensor&)>& choose) override;
 
   /// The same stage on channel `channel` of `channels`: its own message tags and step count, for
   /// one of several sequences in flight (generate_in_flight). Channels share the stage's weights,
@@ -94,6 +107,8 @@ class PipelineModel : public CausalLM {
   friend GenerationOutput generate_in_flight(PipelineModel&, const at::Tensor&, const GenerationConfig&,
                                              const at::Tensor&, int);
   struct Shared;  // what channels share
+  // Runs one send or receive of step `step`, timed; a lost peer's error names the step (and group).
+  void communicate(int step, const std::function<void()>& f);
   std::shared_ptr<CausalLM> inner_;
   std::shared_ptr<ProcessGroup> group_;
   PipelineStage stage_;
