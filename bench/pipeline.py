@@ -64,7 +64,7 @@ def main():
             print(f"round {r + 1} {name:28} {j['timings']['decode_ms_per_token']:8.1f} ms/step", flush=True)
     print(f"\n{a.model_dir}, {a.sequences} prompt(s), {a.tokens} new tokens each, threads per process: "
           f"{a.threads or 'default'}, median of {a.rounds} rounds\n")
-    print("| row | ms / decode step | tokens/s | vs 1 rank | bytes to the next stage / step | bytes back (logits) / step | rank 0 send+recv s | rank 0 computing s | bytes on disk |")
+    print("| row | ms / decode step | tokens/s | vs 1 rank | bytes to the next stage / step | bytes back / step | rank 0 send+recv s | rank 0 computing s | bytes on disk |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = None
     for name, runs in results.items():
