@@ -1,6 +1,7 @@
 #pragma once
 // Internal: the eager attention pieces the architectures share.
 
+#include "ferry/core/error.h"
 #include "ferry/models/causal_lm.h"
 #include "ferry/nn/args.h"
 
@@ -8,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <utility>
 
 namespace ferry::models::detail {
 
@@ -61,10 +63,17 @@ inline bool returns_hidden_states(const Args& args) {
   return v && v->isBool() && v->toBool();
 }
 
-/// Integer keyword `name`, or `fallback` when absent or None.
-inline int64_t int_keyword(const Args& args, const std::string& name, int64_t fallback) {
-  const c10::IValue* v = args.find(name);
-  return v && v->isInt() ? v->toInt() : fallback;
+/// The decoder layers a forward runs, [first, end) of the model's `count`: a pipeline stage's
+/// (keywords `first_layer`, `end_layer`), or all of them.
+inline std::pair<int64_t, int64_t> layers_to_run(const Args& args, int64_t count) {
+  auto keyword = [&](const char* name, int64_t fallback) {
+    const c10::IValue* v = args.find(name);
+    return v && v->isInt() ? v->toInt() : fallback;
+  };
+  const int64_t first = keyword("first_layer", 0), end = keyword("end_layer", count);
+  FERRY_CHECK(0 <= first && first <= end && end <= count, "layers [", first, ", ", end, ") are not within the model's ",
+              count);
+  return {first, end};
 }
 
 /// Position ids continuing after the cache: [1, seq] = past .. past + seq - 1.

@@ -101,9 +101,7 @@ c10::IValue GPT2Model::forward(Args& args) {
   }
   const auto& blocks = h->children();
   const int64_t count = static_cast<int64_t>(blocks.size());
-  const int64_t first = detail::int_keyword(args, "first_layer", 0), end = detail::int_keyword(args, "end_layer", count);
-  FERRY_CHECK(0 <= first && first <= end && end <= count, "blocks [", first, ", ", end, ") are not within the model's ",
-              count);
+  const auto [first, end] = detail::layers_to_run(args, count);
   for (int64_t i = first; i < end; ++i) {
     Args block_args{x};
     block_args.set("past_key_values", cache_value);

@@ -179,9 +179,7 @@ c10::IValue LlamaModel::forward(Args& args) {
   c10::IValue position_embeddings = (*rotary_emb)(Args{h, position_ids});
   const auto& all_layers = layers->children();
   const int64_t count = static_cast<int64_t>(all_layers.size());
-  const int64_t first = detail::int_keyword(args, "first_layer", 0), end = detail::int_keyword(args, "end_layer", count);
-  FERRY_CHECK(0 <= first && first <= end && end <= count, "layers [", first, ", ", end, ") are not within the model's ",
-              count);
+  const auto [first, end] = detail::layers_to_run(args, count);
   for (int64_t i = first; i < end; ++i) {
     const std::shared_ptr<Module>& layer = all_layers[static_cast<size_t>(i)].second;
     Args layer_args{h};
