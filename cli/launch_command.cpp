@@ -201,7 +201,10 @@ int launch(const LaunchArgs& a) {
                                         : "was stopped by signal " + std::to_string(WTERMSIG(r.status)));
     std::cerr << '\n';
   } else if (failed_rank >= 0) {
-    std::cerr << "ferry launch: rank " << failed_rank << " failed (exit code " << exit_code << ")";
+    // (130, 143: stopped by a signal to another host's rank, the stop agreed across ranks)
+    const bool interrupted = exit_code == 128 + SIGINT || exit_code == 128 + SIGTERM;
+    std::cerr << "ferry launch: rank " << failed_rank << (interrupted ? " was interrupted" : " failed") << " (exit code "
+              << exit_code << ")";
     for (const Rank& r : ranks)
       if (r.rank != failed_rank && !(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0))
         std::cerr << "; rank " << r.rank << " "

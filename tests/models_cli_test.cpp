@@ -988,8 +988,8 @@ std::vector<std::vector<int64_t>> printed_rows(const std::string& text) {
   std::vector<std::vector<int64_t>> rows;
   std::istringstream lines(text);
   for (std::string line; std::getline(lines, line);) {
-    const size_t arrow = line.find("] -> ");
-    if (line.rfind("[rank 0]   [", 0) != 0 || arrow == std::string::npos) continue;
+    const size_t row = line.find("[rank 0]   ["), arrow = line.find("] -> ");  // (after a terminal's "^C", say)
+    if (row == std::string::npos || arrow == std::string::npos) continue;
     std::istringstream ids(line.substr(arrow + 5));
     rows.emplace_back(std::istream_iterator<int64_t>(ids), std::istream_iterator<int64_t>());
   }
@@ -1000,7 +1000,8 @@ std::vector<std::vector<int64_t>> printed_rows(const std::string& text) {
 // together or groups are in flight, whether the terminal interrupts every process or a signal
 // reaches the launcher alone (it passes it on); rank 0 prints what was generated, each row as long
 // as the other and the first tokens of an uninterrupted run; everything exits with 130, nothing is
-// left running. A launcher killed outright takes its ranks with it (they are sent SIGTERM).
+// left running; with a launcher per "host" (--nnodes 2), a signal on one stops the other host's rank
+// too. A launcher killed outright takes its ranks with it (they are sent SIGTERM).
 TEST(ModelsCli, PipelineCtrlCStopsEveryRankAfterTheSameToken) {
   REQUIRE_CLI();
   const std::vector<std::string> run = {"run", fixture("tiny_llama"), "--ids", "1 2 3;4 5 6", "--max-new-tokens", "4000"};
@@ -1045,6 +1046,33 @@ TEST(ModelsCli, PipelineCtrlCStopsEveryRankAfterTheSameToken) {
     ASSERT_TRUE(sent) << text;
     check(status, text, "SIGINT to the launcher alone, one batch stepping together");
   }
+  {
+    // Two "hosts" (--nnodes 2, a launcher each): a signal on one host stops the other host's rank too,
+    // after the same token (the stop travels with the data, not between launchers).
+    const std::string port = std::to_string(20000 + ::getpid() % 20000);
+    auto node = [&](const std::string& rank) {
+      std::vector<std::string> args = {"launch", "--nnodes", "2", "--node-rank", rank, "--nproc", "1",
+                                       "--master-port", port, "--timeout", "20", "--"};
+      args.insert(args.end(), run.begin(), run.end());
+      return args;
+    };
+    std::pair<int, std::string> other;
+    std::thread host1([&] { other = run_cli_watching(node("1"), [](const std::string&, pid_t) {}); });
+    bool sent = false;
+    auto [status, text] = run_cli_watching(node("0"), [&](const std::string& out, pid_t launcher) {
+      if (!sent && generating(out)) sent = ::kill(launcher, SIGINT) == 0;
+    });
+    host1.join();
+    ASSERT_TRUE(sent) << text;
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 130) << text;
+    EXPECT_NE(text.find("ferry launch: stopped by SIGINT: rank 0 exited with 130"), std::string::npos) << text;
+    EXPECT_TRUE(WIFEXITED(other.first) && WEXITSTATUS(other.first) == 130) << other.second;
+    EXPECT_NE(other.second.find("[rank 1] ferry: interrupted by SIGINT; stopped cleanly"), std::string::npos) << other.second;
+    EXPECT_NE(other.second.find("ferry launch: rank 1 was interrupted (exit code 130)"), std::string::npos) << other.second;
+    const auto rows = printed_rows(text);
+    ASSERT_EQ(rows.size(), 2u) << text;
+    EXPECT_EQ(rows[0].size(), rows[1].size()) << text;
+  }
   std::vector<pid_t> ranks;
   auto t0 = std::chrono::steady_clock::now();
   auto [status, text] = run_cli_watching(launch("2"), [&](const std::string& out, pid_t launcher) {
@@ -1057,7 +1085,10 @@ TEST(ModelsCli, PipelineCtrlCStopsEveryRankAfterTheSameToken) {
   EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << text;
   // (the output pipe stays open until both ranks have let go of it)
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 15) << text;
-  for (pid_t pid : ranks) EXPECT_FALSE(running(pid)) << "rank process " << pid << " outlived its launcher";
+  for (pid_t pid : ranks) {  // (it may still be exiting when its output closes)
+    for (int i = 0; i < 100 && running(pid); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_FALSE(running(pid)) << "rank process " << pid << " outlived its launcher";
+  }
 }
 
 // Two "hosts": network namespaces joined by a veth pair (iproute2, as root), one rank in each, the
