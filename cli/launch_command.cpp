@@ -193,12 +193,14 @@ int launch(const LaunchArgs& a) {
         if (r.running) ::kill(r.pid, SIGKILL);
   }
   reap(true);
+  auto ended = [](const Rank& r) {
+    return "rank " + std::to_string(r.rank) +
+           (WIFEXITED(r.status) ? " exited with " + std::to_string(WEXITSTATUS(r.status))
+                                : " was stopped by signal " + std::to_string(WTERMSIG(r.status)));
+  };
   if (const int sig = received_signal.load(); sig != 0 && failed_rank >= 0) {
     std::cerr << "ferry launch: stopped by " << (sig == SIGINT ? "SIGINT" : "SIGTERM") << ":";
-    for (const Rank& r : ranks)
-      std::cerr << (r.rank == ranks.front().rank ? " rank " : ", rank ") << r.rank << " "
-                << (WIFEXITED(r.status) ? "exited with " + std::to_string(WEXITSTATUS(r.status))
-                                        : "was stopped by signal " + std::to_string(WTERMSIG(r.status)));
+    for (const Rank& r : ranks) std::cerr << (&r == &ranks.front() ? " " : ", ") << ended(r);
     std::cerr << '\n';
   } else if (failed_rank >= 0) {
     // (130, 143: stopped by a signal to another host's rank, the stop agreed across ranks)
@@ -206,10 +208,7 @@ int launch(const LaunchArgs& a) {
     std::cerr << "ferry launch: rank " << failed_rank << (interrupted ? " was interrupted" : " failed") << " (exit code "
               << exit_code << ")";
     for (const Rank& r : ranks)
-      if (r.rank != failed_rank && !(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0))
-        std::cerr << "; rank " << r.rank << " "
-                  << (WIFEXITED(r.status) ? "exited with " + std::to_string(WEXITSTATUS(r.status))
-                                          : "was stopped by signal " + std::to_string(WTERMSIG(r.status)));
+      if (r.rank != failed_rank && !(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0)) std::cerr << "; " << ended(r);
     std::cerr << '\n';
   }
   return exit_code;

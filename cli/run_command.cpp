@@ -77,6 +77,17 @@ std::vector<std::vector<int64_t>> parse_ids(const std::string& text) {
   return prompts;
 }
 
+// Each row's tokens after the first `prompt_length` of `sequences` ([batch, positions] int64, CPU).
+std::vector<std::vector<int64_t>> tokens_after(const at::Tensor& sequences, int64_t prompt_length) {
+  const at::Tensor tail = sequences.narrow(1, prompt_length, sequences.size(1) - prompt_length).contiguous();
+  std::vector<std::vector<int64_t>> rows;
+  for (int64_t b = 0; b < tail.size(0); ++b) {
+    const int64_t* row = tail[b].data_ptr<int64_t>();
+    rows.emplace_back(row, row + tail.size(1));
+  }
+  return rows;
+}
+
 std::string join_ids(const std::vector<int64_t>& ids) {
   std::ostringstream s;
   for (size_t i = 0; i < ids.size(); ++i) s << (i ? " " : "") << ids[i];
@@ -191,9 +202,7 @@ void run(const RunOptions& o) {
       g.stopping_criteria = nullptr;
       out = generate_in_flight(*pipeline, ids, g, batch_ids.attention_mask, micro_batches);
       if (const int sig = pipeline->agreed_stop()) {  // every group stopped after a step agreed on
-        for (int64_t b = 0; b < batch; ++b)
-          for (int64_t i = ids.size(1); i < out.sequences.size(1); ++i)
-            produced[static_cast<size_t>(b)].push_back(out.sequences[b][i].item<int64_t>());
+        produced = tokens_after(out.sequences, ids.size(1));
         throw Interrupted(sig);
       }
     } else {
@@ -238,10 +247,7 @@ void run(const RunOptions& o) {
              std::find(g.eos_token_ids.begin(), g.eos_token_ids.end(), produced[0].back()) != g.eos_token_ids.end()) {
     stop_reason = "eos";
   }
-  std::vector<std::vector<int64_t>> generated(static_cast<size_t>(batch));
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t i = ids.size(1); i < out.sequences.size(1); ++i)
-      generated[static_cast<size_t>(b)].push_back(out.sequences[b][i].item<int64_t>());
+  const std::vector<std::vector<int64_t>> generated = tokens_after(out.sequences, ids.size(1));
 
   if (!o.logits_out.empty() && session.prints_results())  // one writer across ranks
     io::save_safetensors(o.logits_out, {{"logits", out.prompt_logits.contiguous()}}, {{"format", "pt"}});

@@ -121,6 +121,15 @@ std::string write_map(const TempDir& dir, const std::string& json) {
   return path;
 }
 
+// In a forked child: becomes `ferry ARGS...`.
+[[noreturn]] void exec_cli(const std::vector<std::string>& args) {
+  std::vector<char*> argv{const_cast<char*>("ferry")};
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  ::execv(cli_path().c_str(), argv.data());
+  ::_exit(127);
+}
+
 // Runs `ferry ARGS...` with stdout and stderr in one pipe, calling `watch(output so far, pid)` after
 // each read (it may signal the child or change its files); returns the wait status and the output.
 std::pair<int, std::string> run_cli_watching(const std::vector<std::string>& args,
@@ -132,11 +141,7 @@ std::pair<int, std::string> run_cli_watching(const std::vector<std::string>& arg
     ::dup2(out[1], STDOUT_FILENO);
     ::dup2(out[1], STDERR_FILENO);
     ::close(out[0]);
-    std::vector<char*> argv{const_cast<char*>("ferry")};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(cli_path().c_str(), argv.data());
-    ::_exit(127);
+    exec_cli(args);
   }
   ::close(out[1]);
   std::string text;
@@ -159,13 +164,7 @@ std::pair<int, std::string> run_cli_in_terminal(const std::vector<std::string>& 
   int terminal = -1;
   const pid_t child = ::forkpty(&terminal, nullptr, nullptr, nullptr);
   if (child < 0) return {-1, "forkpty failed"};
-  if (child == 0) {
-    std::vector<char*> argv{const_cast<char*>("ferry")};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(cli_path().c_str(), argv.data());
-    ::_exit(127);
-  }
+  if (child == 0) exec_cli(args);
   std::string text;
   bool pressed = false;
   char buf[4096];

@@ -175,6 +175,12 @@ void PipelineModel::communicate(int step, const std::function<void()>& f) {
   shared_->communication_seconds += seconds;
 }
 
+void PipelineModel::receive_message(at::Tensor& message, int from, int step, int tag) {
+  communicate(step, [&] { group_->recv(message, from, tag); });
+  std::lock_guard<std::mutex> lock(shared_->counters);
+  shared_->bytes_received += static_cast<int64_t>(message.nbytes());
+}
+
 void PipelineModel::set_logits_on_every_rank(bool every_rank) {
   std::lock_guard<std::mutex> lock(shared_->counters);
   shared_->logits_on_every_rank = every_rank;
@@ -218,11 +224,7 @@ c10::IValue PipelineModel::forward(Args& args) {
     int64_t n = 1;
     for (int64_t s : sizes) n *= s;
     at::Tensor message = at::empty({n + 1}, options);
-    communicate(step, [&] { group_->recv(message, from, tag); });
-    {
-      std::lock_guard<std::mutex> lock(shared_->counters);
-      shared_->bytes_received += static_cast<int64_t>(message.nbytes());
-    }
+    receive_message(message, from, step, tag);
     stop = std::max(stop, static_cast<int>(message[n].item<double>()));
     return message.narrow(0, 0, n).view(sizes);
   };
@@ -271,11 +273,7 @@ at::Tensor PipelineModel::choose_next_tokens(const at::Tensor& logits,
     return tokens;
   }
   at::Tensor message = at::empty({batch + 1}, at::kLong);
-  communicate(step, [&] { group_->recv(message, stage_.world_size - 1, tag); });
-  {
-    std::lock_guard<std::mutex> lock(shared_->counters);
-    shared_->bytes_received += static_cast<int64_t>(message.nbytes());
-  }
+  receive_message(message, stage_.world_size - 1, step, tag);
   agreed_stop_ = static_cast<int>(message[batch].item<int64_t>());
   return message.narrow(0, 0, batch);
 }

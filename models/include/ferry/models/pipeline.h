@@ -109,6 +109,8 @@ class PipelineModel : public CausalLM {
   struct Shared;  // what channels share
   // Runs one send or receive of step `step`, timed; a lost peer's error names the step (and group).
   void communicate(int step, const std::function<void()>& f);
+  // Receives `message` from rank `from` (communicate, counted in bytes_received).
+  void receive_message(at::Tensor& message, int from, int step, int tag);
   std::shared_ptr<CausalLM> inner_;
   std::shared_ptr<ProcessGroup> group_;
   PipelineStage stage_;
