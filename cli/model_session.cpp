@@ -253,8 +253,11 @@ Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle p
     for (size_t r = 0; r < models.size(); ++r)
       FERRY_CHECK(models[r] == model, "rank ", r, " runs ", models[r], " but rank ", env->rank, " runs ", model,
                   ": every rank must run the same model");
-    // A rank's share of the layers is its memory budget: --max-memory, else what this host has free.
-    const MaxMemory budgets = f.max_memory.empty() ? get_max_memory() : parse_max_memory(f.max_memory);
+    // A rank's share of the layers is its memory budget: --max-memory, else its part of what this host has free.
+    // What this host has free is shared by its ranks (LOCAL_WORLD_SIZE): each its GPU(s) and its part of the RAM.
+    const MaxMemory budgets = f.max_memory.empty()
+                                  ? local_rank_budget(get_max_memory(), env->local_rank, env->local_world_size)
+                                  : parse_max_memory(f.max_memory);
     double mine = 0;
     for (const auto& b : budgets)
       if (!b.device.is_disk()) mine += static_cast<double>(b.bytes);

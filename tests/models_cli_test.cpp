@@ -907,7 +907,8 @@ TEST(ModelsCli, PipelineOffloadsInsideAStageOverEachRanksBudget) {
 }
 
 // Each rank's --max-memory is its share of the layers (ranks started by hand, as on two hosts):
-// 1 GiB and 2 GiB split tiny_llama's 3 layers 1 + 2; a rank running another model is refused.
+// 1 GiB and 2 GiB split tiny_llama's 3 layers 1 + 2; without it, ranks of one host share its
+// memory; a rank running another model is refused.
 TEST(ModelsCli, PipelineStagesFollowEachRanksBudget) {
   REQUIRE_CLI();
   const std::string port = std::to_string(29400 + (::getpid() % 500));
@@ -925,6 +926,38 @@ TEST(ModelsCli, PipelineStagesFollowEachRanksBudget) {
   std::ifstream in(other);
   const std::string rank1((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_NE(rank1.find("rank 1 of 2: decoder layers 1-2 of 3 (budget 2.00 GiB)"), std::string::npos) << rank1;
+
+  // Without --max-memory, the ranks of one host (LOCAL_WORLD_SIZE, as `ferry launch` sets it)
+  // each take half of its free RAM: not all of it twice.
+  Result measured = run_cli("launch --nproc 2 --timeout 30 -- run " + fixture("tiny_llama") + " --ids '1 2 3' --max-new-tokens 2");
+  ASSERT_EQ(measured.status, 0) << measured.out;
+  std::ifstream meminfo("/proc/meminfo");
+  double available_gib = 0;
+  for (std::string key; meminfo >> key;) {
+    if (key == "MemAvailable:") {
+      meminfo >> available_gib;
+      available_gib /= 1024.0 * 1024.0;
+      break;
+    }
+    meminfo.ignore(1 << 10, '\n');
+  }
+  for (const std::string rank : {"rank 0 of 2", "rank 1 of 2"}) {
+    const size_t at = measured.out.find(rank + ": decoder layers");
+    ASSERT_NE(at, std::string::npos) << measured.out;
+    const size_t budget = measured.out.find("(budget ", at);
+    ASSERT_NE(budget, std::string::npos) << measured.out;
+    const double gib = std::stod(measured.out.substr(budget + 8));
+    EXPECT_NE(measured.out.find(" GiB)", budget), std::string::npos) << measured.out;
+    EXPECT_LT(gib, 0.75 * available_gib) << rank << ": " << measured.out;
+    EXPECT_GT(gib, 0.2 * available_gib) << rank << ": " << measured.out;
+  }
+  const std::string alone = "RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=9 ";
+  Result half = run_cli(run, true, alone + "LOCAL_RANK=1 ");
+  EXPECT_EQ(half.status, 1) << half.out;
+  EXPECT_NE(half.out.find("LOCAL_RANK is set but LOCAL_WORLD_SIZE is not: give both"), std::string::npos) << half.out;
+  Result outside = run_cli(run, true, alone + "LOCAL_RANK=2 LOCAL_WORLD_SIZE=2 ");
+  EXPECT_EQ(outside.status, 1) << outside.out;
+  EXPECT_NE(outside.out.find("LOCAL_RANK='2' is not an integer in [0, 1]"), std::string::npos) << outside.out;
 
   Result mixed = run_cli(run, true, "( RANK=1 " + env + "'" + cli_path() + "' run " + fixture("tiny_qwen2") +
                                          " --ids '1 2 3' > /dev/null 2>&1 & ) ; RANK=0 " + env);

@@ -45,6 +45,22 @@ TEST(PipelineStages, ConsecutiveLayersInProportionToTheShares) {
             std::string::npos);
 }
 
+// The ranks of one host share it: each takes its GPU(s) and its part of the RAM, never all of them.
+TEST(PipelineStages, RanksOfOneHostShareItsGpusAndRam) {
+  const MaxMemory host = parse_max_memory("0=80GiB,1=80GiB,2=40GiB,cpu=48GiB,disk=900GB");
+  EXPECT_EQ(local_rank_budget(host, 0, 1), host) << "alone on the host: all of it";
+  EXPECT_EQ(local_rank_budget(host, 1, 2), parse_max_memory("1=80GiB,cpu=24GiB,disk=900GB")) << "GPUs dealt in turn";
+  EXPECT_EQ(local_rank_budget(host, 0, 2), parse_max_memory("0=80GiB,2=40GiB,cpu=24GiB,disk=900GB"));
+  EXPECT_EQ(local_rank_budget(host, 2, 3), parse_max_memory("2=40GiB,cpu=16GiB,disk=900GB"));
+  // Fewer GPUs than ranks: 5 ranks on 2 GPUs, ranks 0, 2, 4 share GPU 0 (a third each), 1 and 3 GPU 1.
+  const MaxMemory two = parse_max_memory("0=90GiB,1=80GiB,cpu=50GiB");
+  EXPECT_EQ(local_rank_budget(two, 4, 5), parse_max_memory("0=30GiB,cpu=10GiB"));
+  EXPECT_EQ(local_rank_budget(two, 3, 5), parse_max_memory("1=40GiB,cpu=10GiB"));
+  EXPECT_EQ(local_rank_budget(parse_max_memory("cpu=8GiB"), 3, 4), parse_max_memory("cpu=2GiB")) << "no GPU";
+  EXPECT_NE(error_of([&] { local_rank_budget(two, 2, 2); }).find("LOCAL_RANK must be in [0, LOCAL_WORLD_SIZE)"),
+            std::string::npos);
+}
+
 TEST(PipelineStages, EachRankLoadsItsLayersAndLeavesTheRestOnDisk) {
   auto model = create_empty_model(fixture("tiny_llama"));  // 3 layers, untied head
   const auto stages = split_stages(3, 2);

@@ -53,8 +53,14 @@ std::optional<DistributedEnv> DistributedEnv::from_environment() {
   DistributedEnv env;
   env.world_size = env_int("WORLD_SIZE", *world, 1, 4096);
   env.rank = env_int("RANK", required("RANK", env.world_size), 0, env.world_size - 1);
-  env.local_rank = env.rank;
-  if (std::optional<std::string> local = env_var("LOCAL_RANK")) env.local_rank = env_int("LOCAL_RANK", *local, 0, 4095);
+  const std::optional<std::string> local = env_var("LOCAL_RANK"), local_size = env_var("LOCAL_WORLD_SIZE");
+  FERRY_CHECK(local.has_value() == local_size.has_value(), local ? "LOCAL_RANK" : "LOCAL_WORLD_SIZE", " is set but ",
+              local ? "LOCAL_WORLD_SIZE" : "LOCAL_RANK", " is not: give both (how many ranks run on this host and "
+              "which of them this is, as torchrun and `ferry launch` set them), or neither for a rank alone on its host");
+  if (local) {
+    env.local_world_size = env_int("LOCAL_WORLD_SIZE", *local_size, 1, env.world_size);
+    env.local_rank = env_int("LOCAL_RANK", *local, 0, env.local_world_size - 1);
+  }
   if (env.world_size == 1) return env;
   env.master_addr = required("MASTER_ADDR", env.world_size);
   env.master_port = env_int("MASTER_PORT", required("MASTER_PORT", env.world_size), 1, 65535);

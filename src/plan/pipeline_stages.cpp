@@ -39,4 +39,29 @@ std::vector<PipelineStage> split_stages(int64_t layers, int world_size) {
   return split_stages(layers, std::vector<double>(static_cast<size_t>(std::max(world_size, 0)), 1.0));
 }
 
+MaxMemory local_rank_budget(const MaxMemory& host, int local_rank, int local_world_size) {
+  FERRY_CHECK(local_world_size >= 1 && local_rank >= 0 && local_rank < local_world_size, "local rank ", local_rank,
+              " of ", local_world_size, " ranks on this host: LOCAL_RANK must be in [0, LOCAL_WORLD_SIZE)");
+  std::vector<size_t> gpus;
+  for (size_t i = 0; i < host.size(); ++i)
+    if (host[i].device.is_accelerator()) gpus.push_back(i);
+  const auto ranks = static_cast<size_t>(local_world_size), rank = static_cast<size_t>(local_rank);
+  MaxMemory mine;
+  for (size_t i = 0; i < host.size(); ++i) {
+    const DeviceBudget& b = host[i];
+    if (b.device.is_disk()) {
+      mine.push_back(b);
+    } else if (!b.device.is_accelerator()) {  // host RAM
+      mine.push_back({b.device, b.bytes / local_world_size});
+    } else if (gpus.size() >= ranks) {
+      const auto g = static_cast<size_t>(std::find(gpus.begin(), gpus.end(), i) - gpus.begin());
+      if (g % ranks == rank) mine.push_back(b);
+    } else if (i == gpus[rank % gpus.size()]) {
+      const size_t sharing = (ranks - rank % gpus.size() + gpus.size() - 1) / gpus.size();  // ranks r with r % G == this
+      mine.push_back({b.device, b.bytes / static_cast<int64_t>(sharing)});
+    }
+  }
+  return mine;
+}
+
 }  // namespace ferry

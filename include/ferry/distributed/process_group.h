@@ -29,7 +29,11 @@ namespace ferry {
 struct DistributedEnv {
   int rank = 0;        ///< RANK: 0 .. world_size - 1
   int world_size = 1;  ///< WORLD_SIZE
-  int local_rank = 0;  ///< LOCAL_RANK: the rank among this host's processes (default: RANK)
+  /// LOCAL_RANK and LOCAL_WORLD_SIZE (torchrun and `ferry launch` set both): this rank among the
+  /// host's ranks, and how many there are; without them, a rank alone on its host (0 of 1). A rank
+  /// plans over its part of the host (local_rank_budget): its GPUs and 1 / local_world_size of the RAM.
+  int local_rank = 0;
+  int local_world_size = 1;
   std::string master_addr;  ///< MASTER_ADDR: the host of rank 0, which holds the rendezvous store
   int master_port = 0;      ///< MASTER_PORT
   /// FERRY_DIST_TIMEOUT (seconds, default 300): the longest wait for the rendezvous and for any

@@ -26,7 +26,7 @@ struct DeviceBudget {
 /// Budgets in Accelerate's device order (after get_max_memory()).
 using MaxMemory = std::vector<DeviceBudget>;
 
-/// Parses "0=20GiB,cpu=64GiB,disk=1TB": comma-separated DEVICE=SIZE pairs; devices as
+/// Parses "0=20GiB,cpu=64GiB,disk=500GB": comma-separated DEVICE=SIZE pairs; devices as
 /// Placement::parse() accepts them, sizes as parse_byte_size(). Errors name the bad pair.
 MaxMemory parse_max_memory(const std::string& text);
 

@@ -7,6 +7,10 @@
 ///     split_stages(32, 4);                                // layers [0,8) [8,16) [16,24) [24,32)
 ///     split_stages(6, std::vector<double>{8e9, 16e9});    // [0,2) [2,6): a third and two thirds
 ///     split_stages(16, std::vector<double>{1, 1}, 2.6);   // [0,9) [9,16): 9 layers vs 7 and the head
+///     // two ranks on a host with 2 GPUs and 64 GiB free: local rank 1 gets cuda:1 and 32 GiB of RAM
+///     MaxMemory mine = local_rank_budget(get_max_memory(), /*local_rank=*/1, /*local_world_size=*/2);
+
+#include "ferry/plan/max_memory.h"
 
 #include <cstdint>
 #include <vector>
@@ -32,5 +36,13 @@ struct PipelineStage {
 std::vector<PipelineStage> split_stages(int64_t layers, const std::vector<double>& shares, double head_layers = 0);
 /// Equal shares for `world_size` ranks.
 std::vector<PipelineStage> split_stages(int64_t layers, int world_size);
+
+/// One rank's part of what its host has (`host`, as get_max_memory() measures it), for
+/// `local_world_size` ranks on the host (LOCAL_WORLD_SIZE), this one being `local_rank`: the GPUs
+/// dealt out in turn (GPU g to local rank g % local_world_size; with fewer GPUs than ranks, rank l
+/// shares GPU l % GPUs with the other ranks on it, each an equal part of its memory), the host's
+/// RAM in equal parts, disk as it is. Without it every rank of a host would plan over all of the
+/// host's memory, and the stages would put themselves on the same GPU and overcommit it.
+MaxMemory local_rank_budget(const MaxMemory& host, int local_rank, int local_world_size);
 
 }  // namespace ferry
