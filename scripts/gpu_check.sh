@@ -42,7 +42,7 @@ step configure 120 cmake -S . -B build-cuda -G "$generator" -DCMAKE_BUILD_TYPE=R
 step build 300 cmake --build build-cuda -j"$(nproc)" --target ferry_tests ferry_cli ferry_torch_cli bench_cuda_offload bench_expert_cost make_big_llama \
   || { grep -m5 -A5 "error" "$out/build.log"; exit 1; }
 
-tests='DispatchCuda*:Streamer*:Dispatch*:TorchFeatures*:ModelsFixture*:ModelsMoe*:ExpertCompute*'
+tests='DispatchCuda*:Streamer*:Dispatch*:TorchFeatures*:ModelsFixture*:ModelsMoe*:ExpertCompute*:ModelsCliCuda*'
 step tests 120 ./build-cuda/tests/ferry_tests --gtest_filter="$tests"
 tail -3 "$out/tests.log"
 venv=/tmp/ferry-gpu-venv

@@ -803,6 +803,16 @@ TEST(ModelsCli, PipelineAcrossRanksMatchesTransformers) {
   EXPECT_EQ(j["pipeline"]["micro_batches"], 2) << j.dump();
 }
 
+// On a GPU host, the ranks of `ferry launch` share its GPU (local_rank_budget: with one GPU, each
+// rank plans its stage onto cuda:0 within half of it): tokens and logits are still transformers'.
+TEST(ModelsCliCuda, PipelineRanksShareTheHostsGpu) {
+  REQUIRE_CLI();
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  nlohmann::json j = check_fixture("tiny_llama", "--device-map auto", "", "launch --nproc 2 --timeout 120 -- ");
+  EXPECT_EQ(j["pipeline"]["world_size"], 2) << j.dump();
+  EXPECT_TRUE(j["bytes_per_placement"].contains("cuda:0")) << j.dump();
+}
+
 // Without --logits-out no rank but the last needs logits: it sends the tokens it chose (8 bytes a
 // row, and the stop code) instead of the vocabulary's logits; greedy tokens are still transformers',
 // and sampled ones (chosen on the last stage only) are one process's, in lockstep and in flight.
