@@ -4,13 +4,16 @@
 Rows, each a fresh `ferry run --json` (or `ferry launch --nproc 2 -- run --json`):
   * 1 rank resident: the whole model in one process;
   * 2 ranks resident: each rank holds half the decoder layers (ferry launch on loopback);
-  * 1 rank at the budget: --device-map auto --max-memory cpu=BUDGET (what one rank may hold; the rest
-    of the model goes to disk) -- the capacity comparison: the same per-rank budget over 2 ranks holds
-    everything resident.
+  * the capacity comparison, at a per-rank budget (--budget, default 60% of the model's bytes):
+    1 rank with --device-map auto --max-memory cpu=BUDGET (the rest of the model goes to disk, read
+    every step), and 2 ranks with the same budget each, which hold their stages resident.
 With --sequences N (N prompts at once) the 2-rank row keeps N/2 prompts in flight per group
 (`--micro-batches 2`, the default across 2 ranks: while rank 1 runs one group, rank 0 runs the other),
 and a row "2 ranks, lockstep" (`--micro-batches 1`) shows the batch stepping through the stages
-together. --threads T sets OMP_NUM_THREADS for every process (the issue's comparison: 2 ranks of 1
+together. A second baseline, "1 rank, the batch in 2 halves", runs N/2 prompts in one process and
+counts two of its steps per step of the whole batch: groups of N/2 can be cheaper per prompt than one
+batch of N (caches), and the 2-rank row gets that for free, so "vs best 1 rank" divides by the better
+of the two 1-rank rows. --threads T sets OMP_NUM_THREADS for every process (the issue's comparison: 2 ranks of 1
 thread each against 1 rank of 1 thread).
 It prints ms per decode step (every prompt's next token), tokens per second (all prompts), the bytes
 each stage boundary carries per step and the time rank 0 spent in send/recv, and checks that every
@@ -39,45 +42,59 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model_dir")
     ap.add_argument("--ferry", default="build/ferry")
-    ap.add_argument("--budget", default="1.6GB", help="one rank's memory budget for the capacity row")
+    ap.add_argument("--budget", help="one rank's memory budget for the capacity rows (default: 60%% of the model's bytes)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--sequences", type=int, default=1, help="prompts generated at once")
     ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every process (default: LibTorch's)")
     a = ap.parse_args()
-    ids = ";".join(" ".join(str(1 + (s * 7 + t) % 500) for t in range(8)) for s in range(a.sequences))
+    prompts = [" ".join(str(1 + (s * 7 + t) % 500) for t in range(8)) for s in range(a.sequences)]
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(a.threads)} if a.threads else {}))
-    common = ["run", a.model_dir, "--ids", ids, "--max-new-tokens", str(a.tokens), "--json", "--quiet"]
+    tail = ["--max-new-tokens", str(a.tokens), "--json", "--quiet"]
+    common = ["run", a.model_dir, "--ids", ";".join(prompts)] + tail
     two = [a.ferry, "launch", "--nproc", "2", "--"] + common
     rows = {"1 rank resident": [a.ferry] + common}
+    halves = "1 rank, the batch in 2 halves"
     if a.sequences > 1:
+        rows[halves] = [a.ferry, "run", a.model_dir, "--ids", ";".join(prompts[:a.sequences // 2])] + tail
         rows["2 ranks, 2 groups in flight"] = two
         rows["2 ranks, lockstep"] = two + ["--micro-batches", "1"]
     else:
         rows["2 ranks resident"] = two
-    rows[f"1 rank, {a.budget} budget"] = [a.ferry] + common + ["--device-map", "auto", "--max-memory", f"cpu={a.budget}"]
+    if not a.budget:
+        model_bytes = sum(os.path.getsize(os.path.join(a.model_dir, f)) for f in os.listdir(a.model_dir)
+                          if f.endswith(".safetensors"))
+        a.budget = f"{model_bytes * 6 // 10 / 2**30:.2f}GiB"
+    at_budget = ["--device-map", "auto", "--max-memory", f"cpu={a.budget}"]
+    rows[f"1 rank, {a.budget} budget"] = [a.ferry] + common + at_budget
+    rows[f"2 ranks, {a.budget} budget each"] = two + at_budget
     results = {name: [] for name in rows}
     for r in range(a.rounds):
         for name in (list(rows) if r % 2 == 0 else list(reversed(rows))):
             j = run(rows[name], env)
             results[name].append(j)
+            if name == halves:  # two steps of half the batch make one step of the whole
+                j["timings"]["decode_ms_per_token"] *= 2
             print(f"round {r + 1} {name:28} {j['timings']['decode_ms_per_token']:8.1f} ms/step", flush=True)
     print(f"\n{a.model_dir}, {a.sequences} prompt(s), {a.tokens} new tokens each, threads per process: "
           f"{a.threads or 'default'}, median of {a.rounds} rounds\n")
-    print("| row | ms / decode step | tokens/s | vs 1 rank | bytes to the next stage / step | bytes back / step | rank 0 send+recv s | rank 0 computing s | bytes on disk |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    best = min(statistics.median(x["timings"]["decode_ms_per_token"] for x in results[name])
+               for name in results if name.startswith("1 rank") and "budget" not in name)
+    print("| row | ms / decode step | tokens/s | vs 1 rank | vs best 1 rank | bytes to the next stage / step | bytes back / step | rank 0 send+recv s | rank 0 computing s | bytes read from disk / step (rank 0) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = None
     for name, runs in results.items():
         ms = statistics.median(x["timings"]["decode_ms_per_token"] for x in runs)
         base = base or ms
         p = runs[0].get("pipeline", {})
-        # (a pipeline rank's "disk" is the other stages' layers, which it never reads)
-        disk = 0 if p else runs[0].get("bytes_per_placement", {}).get("disk", 0)
+        disk = statistics.median(x["timings"].get("offloaded_bytes_per_token", 0) for x in runs)
         comm = statistics.median(x.get("pipeline", {}).get("communication_s", 0.0) for x in runs)
         busy = statistics.median(x.get("pipeline", {}).get("compute_s", 0.0) for x in runs)
-        print(f"| {name} | {ms:.1f} | {a.sequences * 1000 / ms:.2f} | {base / ms:.2f}x | {p.get('bytes_sent_per_token', 0):.0f} | {p.get('bytes_received_per_token', 0):.0f} | "
-              f"{comm:.3f} | {busy:.3f} | {disk / 2**30:.2f} GiB |")
-    tokens = {json.dumps(x["generated"]) for runs in results.values() for x in runs}
+        print(f"| {name} | {ms:.1f} | {a.sequences * 1000 / ms:.2f} | {base / ms:.2f}x | {best / ms:.2f}x | {p.get('bytes_sent_per_token', 0):.0f} | {p.get('bytes_received_per_token', 0):.0f} | "
+              f"{comm:.3f} | {busy:.3f} | {disk / 2**20:.1f} MiB |")
+    # every row the same tokens (the halves row: the first half's)
+    tokens = {json.dumps(x["generated"][:a.sequences // 2] if a.sequences > 1 else x["generated"])
+              for runs in results.values() for x in runs}
     if len(tokens) != 1:
         print("tokens DIVERGE between rows:", tokens)
         return 1
