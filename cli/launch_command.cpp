@@ -1,4 +1,5 @@
-// `ferry launch --nproc N -- COMMAND...`: N ranks of a ferry command on this host, as torchrun
+// `ferry launch --nproc N -- COMMAND...`: N ranks of a ferry command (or of a program given by its
+// path, ./my_program: see ferry/distributed/sequential_pipeline.h) on this host, as torchrun
 // starts them: each gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and
 // MASTER_PORT; their output lines come back prefixed with "[rank R] "; the exit code is the first
 // failing rank's. With --nnodes/--node-rank the same command on each host makes one group.
@@ -130,11 +131,15 @@ int launch(const LaunchArgs& a) {
       ::setenv("MASTER_ADDR", a.master_addr.c_str(), 1);
       ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
       if (a.timeout > 0) ::setenv("FERRY_DIST_TIMEOUT", std::to_string(a.timeout).c_str(), 1);
-      std::vector<char*> argv{const_cast<char*>("ferry")};
+      // A path (./my_program) is a program of one's own, as torchrun runs a script; anything
+      // else is a ferry command.
+      const bool program = a.command[0].find('/') != std::string::npos;
+      std::vector<char*> argv;
+      if (!program) argv.push_back(const_cast<char*>("ferry"));
       for (const auto& arg : a.command) argv.push_back(const_cast<char*>(arg.c_str()));
       argv.push_back(nullptr);
-      ::execv("/proc/self/exe", argv.data());
-      std::fprintf(stderr, "cannot run ferry: %s\n", std::strerror(errno));
+      ::execv(program ? a.command[0].c_str() : "/proc/self/exe", argv.data());
+      std::fprintf(stderr, "cannot run %s: %s\n", program ? a.command[0].c_str() : "ferry", std::strerror(errno));
       ::_exit(127);
     }
     ::close(out[1]), ::close(err[1]);
@@ -227,7 +232,8 @@ void add_launch_command(CLI::App& app) {
   cmd->add_option("--master-port", a->master_port, "Its port (default: a free port; needed with --nnodes)");
   cmd->add_option("--timeout", a->timeout, "Seconds any rank waits for another before giving up (FERRY_DIST_TIMEOUT; "
                   "default 300)");
-  cmd->add_option("command", a->command, "The ferry command every rank runs, after --: run MODEL --prompt ...");
+  cmd->add_option("command", a->command, "The ferry command every rank runs, after --: run MODEL --prompt ...; or a "
+                  "program of your own, by its path: ./my_program ARGS");
   cmd->callback([a] { finish_now(launch(*a)); });
 }
 

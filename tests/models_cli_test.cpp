@@ -976,6 +976,25 @@ TEST(ModelsCli, PipelineStagesFollowEachRanksBudget) {
   EXPECT_NE(mixed.out.find("every rank must run the same model"), std::string::npos) << mixed.out;
 }
 
+// A program of one's own started by `ferry launch`, as torchrun starts a script:
+// examples/pipeline_example.cpp splits a Sequential of 8 blocks over the ranks (SequentialPipeline),
+// each rank holding only its blocks' weights; 2 and 3 ranks give the output of one process.
+TEST(ModelsCli, LaunchRunsAProgramOfOnesOwnAsAPipeline) {
+  REQUIRE_CLI();
+  for (int n : {2, 3}) {
+    Result r = run_cli("launch --nproc " + std::to_string(n) + " --timeout 60 -- '" + FERRY_PIPELINE_EXAMPLE_PATH + "'");
+    EXPECT_EQ(r.status, 0) << r.out;
+    EXPECT_NE(r.out.find("[rank 0] output Float [4, 16, 64], max difference from one process"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("the same"), std::string::npos) << r.out;
+    const std::string last = "rank " + std::to_string(n - 1) + " of " + std::to_string(n) + ": blocks " +
+                             (n == 2 ? "4-7" : "5-7");
+    EXPECT_NE(r.out.find(last), std::string::npos) << r.out;
+  }
+  Result missing = run_cli("launch --nproc 2 --timeout 10 -- ./no/such/program");
+  EXPECT_NE(missing.status, 0) << missing.out;
+  EXPECT_NE(missing.out.find("cannot run ./no/such/program: No such file or directory"), std::string::npos) << missing.out;
+}
+
 // A rank that cannot reach the master says which address it tried, within the timeout.
 TEST(ModelsCli, PipelineRankWithoutMasterNamesTheAddress) {
   REQUIRE_CLI();

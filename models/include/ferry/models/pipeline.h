@@ -24,6 +24,8 @@
 ///     // or several groups of the batch in flight, every stage busy:
 ///     //   GenerationOutput out = generate_in_flight(*pipeline, ids, g, {}, env.world_size);
 ///
+/// A model of your own (a ferry::Sequential) runs across ranks with ferry/distributed/sequential_pipeline.h.
+///
 /// Supported: every ferry::models architecture (the Llama family: Llama, Mistral, Qwen2, Mixtral,
 /// Qwen2-MoE, Qwen3-MoE; and GPT-2), each stage resident or offloaded within its rank's budget
 /// (plan_stage_device_map).

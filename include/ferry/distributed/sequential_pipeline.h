@@ -1,0 +1,58 @@
+#pragma once
+/// \file
+/// A model of your own across processes: a ferry::Sequential (its children applied in order) split
+/// into consecutive stages, one per rank of a ProcessGroup. Each rank runs its children; the
+/// activations go from rank to rank with c10d send/recv, whatever their shape and dtype; the last
+/// stage's output comes back to every rank. (A ferry::models CausalLM, with its KV cache and sampling,
+/// goes through models/pipeline.h instead.)
+///
+///     // on every rank (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT: `ferry launch --nproc 2 -- ./my_program`)
+///     DistributedEnv env = *DistributedEnv::from_environment();
+///     auto group = std::make_shared<ProcessGroup>(ProcessGroup::connect(env));
+///     auto model = std::make_shared<Sequential>();          // the same model on every rank; the
+///     for (int i = 0; i < 8; ++i) model->push_back(block());  // others' blocks may stay empty (meta)
+///     SequentialPipeline pipeline(model, group, split_stages(model->size(), env.world_size)[env.rank]);
+///     at::Tensor y = pipeline.forward(x);   // rank 0's x through blocks 0-3 here and 4-7 on rank 1;
+///                                           // every rank gets y
+///
+/// Every rank calls forward() the same number of times, in the same order; only rank 0's input is
+/// used. A lost rank makes forward() throw a ferry::Error naming it and the step, within the
+/// group's timeout.
+
+#include "ferry/distributed/process_group.h"
+#include "ferry/nn/layers.h"
+#include "ferry/plan/pipeline_stages.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+
+namespace ferry {
+
+/// One rank's part of a Sequential run as a pipeline (see the file's comment).
+class SequentialPipeline {
+ public:
+  /// `stage`'s layers are the model's children [first_layer, end_layer) (split_stages over
+  /// model->size()); its rank and world size must be the group's.
+  SequentialPipeline(std::shared_ptr<Sequential> model, std::shared_ptr<ProcessGroup> group, PipelineStage stage);
+
+  /// Runs one input through every stage: rank 0 takes `input` (the other ranks' is ignored and may
+  /// be undefined), each stage receives the previous one's output and sends its own on; returns the
+  /// last stage's output on every rank (on the CPU, except on the last rank, where it is as computed).
+  at::Tensor forward(const at::Tensor& input);
+
+  const PipelineStage& stage() const { return stage_; }
+  /// Bytes this rank sent to other ranks so far (activations and the outputs it returned).
+  int64_t bytes_sent() const { return bytes_sent_; }
+
+ private:
+  void send(const at::Tensor& tensor, int dst, int tag);
+  at::Tensor receive(int src, int tag);
+  std::shared_ptr<Sequential> model_;
+  std::shared_ptr<ProcessGroup> group_;
+  PipelineStage stage_;
+  int step_ = 0;
+  int64_t bytes_sent_ = 0;
+};
+
+}  // namespace ferry
