@@ -253,8 +253,8 @@ Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle p
     for (size_t r = 0; r < models.size(); ++r)
       FERRY_CHECK(models[r] == model, "rank ", r, " runs ", models[r], " but rank ", env->rank, " runs ", model,
                   ": every rank must run the same model");
-    // A rank's share of the layers is its memory budget: --max-memory, else its part of what this host has free.
-    // What this host has free is shared by its ranks (LOCAL_WORLD_SIZE): each its GPU(s) and its part of the RAM.
+    // A rank's share of the layers is its memory budget: --max-memory, else its part of what this host
+    // has free (its GPU(s) and 1 / LOCAL_WORLD_SIZE of the RAM: the host's ranks share it).
     const MaxMemory budgets = f.max_memory.empty()
                                   ? local_rank_budget(get_max_memory(), env->local_rank, env->local_world_size)
                                   : parse_max_memory(f.max_memory);

@@ -50,7 +50,7 @@ int main() {
   try {
     const std::optional<ferry::DistributedEnv> env = ferry::DistributedEnv::from_environment();
     if (!env) {
-      std::fprintf(stderr, "run it with ferry launch: ferry launch --nproc 2 -- %s\n", "./build/pipeline_example");
+      std::fprintf(stderr, "run it with ferry launch: ferry launch --nproc 2 -- ./build/pipeline_example\n");
       return 2;
     }
     auto group = std::make_shared<ferry::ProcessGroup>(ferry::ProcessGroup::connect(*env));

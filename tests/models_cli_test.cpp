@@ -8,6 +8,8 @@
 #include "models_test_util.h"
 
 #include <ATen/ATen.h>
+#include "ferry/core/memory_available.h"
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -941,16 +943,7 @@ TEST(ModelsCli, PipelineStagesFollowEachRanksBudget) {
   // each take half of its free RAM: not all of it twice.
   Result measured = run_cli("launch --nproc 2 --timeout 30 -- run " + fixture("tiny_llama") + " --ids '1 2 3' --max-new-tokens 2");
   ASSERT_EQ(measured.status, 0) << measured.out;
-  std::ifstream meminfo("/proc/meminfo");
-  double available_gib = 0;
-  for (std::string key; meminfo >> key;) {
-    if (key == "MemAvailable:") {
-      meminfo >> available_gib;
-      available_gib /= 1024.0 * 1024.0;
-      break;
-    }
-    meminfo.ignore(1 << 10, '\n');
-  }
+  const double available_gib = static_cast<double>(ferry::host_memory().available) / (1 << 30);
   for (const std::string rank : {"rank 0 of 2", "rank 1 of 2"}) {
     const size_t at = measured.out.find(rank + ": decoder layers");
     ASSERT_NE(at, std::string::npos) << measured.out;

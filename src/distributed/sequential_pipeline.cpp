@@ -29,8 +29,7 @@ SequentialPipeline::SequentialPipeline(std::shared_ptr<Sequential> model, std::s
               "each rank its own");
 }
 
-void SequentialPipeline::send(const at::Tensor& tensor, int dst, int tag) {
-  const at::Tensor data = tensor.to(at::kCPU).contiguous();
+void SequentialPipeline::send(const at::Tensor& data, int dst, int tag) {
   FERRY_CHECK(data.dim() <= kMaxDims, "rank ", stage_.rank, " step ", step_, ": a stage's output has ", data.dim(),
               " dimensions; at most ", kMaxDims, " can go to the next rank");
   at::Tensor header = at::zeros({2 + kMaxDims}, at::kLong);
@@ -69,11 +68,12 @@ at::Tensor SequentialPipeline::forward(const at::Tensor& input) {
     }
     const auto& children = model_->children();
     for (int64_t i = stage_.first_layer; i < stage_.end_layer; ++i) x = (*children[static_cast<size_t>(i)].second)(x);
+    const at::Tensor message = x.to(at::kCPU).contiguous();  // once, whatever the ranks it goes to
     if (!stage_.is_last()) {
-      send(x, stage_.rank + 1, tag);
+      send(message, stage_.rank + 1, tag);
       return receive(stage_.world_size - 1, tag);  // the output, from the last stage
     }
-    for (int r = 0; r < stage_.world_size - 1; ++r) send(x, r, tag);
+    for (int r = 0; r < stage_.world_size - 1; ++r) send(message, r, tag);
     return x;
   } catch (const Error& e) {
     throw e.in("SequentialPipeline::forward", "step " + std::to_string(step) + ": ");

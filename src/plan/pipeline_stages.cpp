@@ -42,23 +42,21 @@ std::vector<PipelineStage> split_stages(int64_t layers, int world_size) {
 MaxMemory local_rank_budget(const MaxMemory& host, int local_rank, int local_world_size) {
   FERRY_CHECK(local_world_size >= 1 && local_rank >= 0 && local_rank < local_world_size, "local rank ", local_rank,
               " of ", local_world_size, " ranks on this host: LOCAL_RANK must be in [0, LOCAL_WORLD_SIZE)");
-  std::vector<size_t> gpus;
-  for (size_t i = 0; i < host.size(); ++i)
-    if (host[i].device.is_accelerator()) gpus.push_back(i);
-  const auto ranks = static_cast<size_t>(local_world_size), rank = static_cast<size_t>(local_rank);
+  const auto ranks = static_cast<int64_t>(local_world_size), rank = static_cast<int64_t>(local_rank);
+  const auto gpus = static_cast<int64_t>(
+      std::count_if(host.begin(), host.end(), [](const DeviceBudget& b) { return b.device.is_accelerator(); }));
   MaxMemory mine;
-  for (size_t i = 0; i < host.size(); ++i) {
-    const DeviceBudget& b = host[i];
+  int64_t gpu = 0;  // the index of the next GPU among the host's GPUs
+  for (const DeviceBudget& b : host) {
     if (b.device.is_disk()) {
       mine.push_back(b);
     } else if (!b.device.is_accelerator()) {  // host RAM
-      mine.push_back({b.device, b.bytes / local_world_size});
-    } else if (gpus.size() >= ranks) {
-      const auto g = static_cast<size_t>(std::find(gpus.begin(), gpus.end(), i) - gpus.begin());
+      mine.push_back({b.device, b.bytes / ranks});
+    } else if (const int64_t g = gpu++; gpus >= ranks) {
       if (g % ranks == rank) mine.push_back(b);
-    } else if (i == gpus[rank % gpus.size()]) {
-      const size_t sharing = (ranks - rank % gpus.size() + gpus.size() - 1) / gpus.size();  // ranks r with r % G == this
-      mine.push_back({b.device, b.bytes / static_cast<int64_t>(sharing)});
+    } else if (g == rank % gpus) {
+      const int64_t sharing = (ranks - g + gpus - 1) / gpus;  // the ranks r with r % gpus == g
+      mine.push_back({b.device, b.bytes / sharing});
     }
   }
   return mine;

@@ -46,7 +46,8 @@ class SequentialPipeline {
   int64_t bytes_sent() const { return bytes_sent_; }
 
  private:
-  void send(const at::Tensor& tensor, int dst, int tag);
+  // Sends `data` (on the CPU, contiguous) after a header with its shape and dtype.
+  void send(const at::Tensor& data, int dst, int tag);
   at::Tensor receive(int src, int tag);
   std::shared_ptr<Sequential> model_;
   std::shared_ptr<ProcessGroup> group_;
