@@ -4,8 +4,9 @@
 //
 // Every rank builds the same eight-block model, its own blocks with their weights and the other
 // ranks' blocks under init_empty_weights (no memory), so no rank holds the whole model. Rank 0's
-// input goes through every rank's blocks; every rank gets the output. Rank 0 then checks it against
-// the whole model run in one process. Exit status 0 when it matched.
+// inputs go through every rank's blocks, one after another and then all in flight; every rank gets
+// the outputs. Rank 0 then checks them against the whole model run in one process. Exit status 0
+// when they matched.
 
 #include "ferry/distributed/sequential_pipeline.h"
 #include "ferry/nn/init_on_device.h"
@@ -13,10 +14,12 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <memory>
 #include <optional>
+#include <vector>
 
 namespace {
 
@@ -61,14 +64,23 @@ int main() {
 
     at::manual_seed(7);
     const at::Tensor x = at::randn({4, 16, kWidth});  // the same on every rank; only rank 0's is used
-    at::Tensor y;
-    for (int i = 0; i < 3; ++i) y = pipeline.forward(x + i);  // three inputs, one after another
+    const std::vector<at::Tensor> inputs = {x, x + 1, x + 2};
+    std::vector<at::Tensor> one_by_one;
+    for (const at::Tensor& input : inputs) one_by_one.push_back(pipeline.forward(input));  // one after another
+    const std::vector<at::Tensor> in_flight = pipeline.forward_in_flight(inputs);           // all three at once
 
     if (env->rank != 0) return 0;
-    const at::Tensor want = (*build(0, kBlocks))(x + 2);  // the whole model, in one process
-    const double diff = (y - want).abs().max().item<double>();
+    const auto whole = build(0, kBlocks);  // the whole model, in one process
+    double diff = 0;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      const at::Tensor want = (*whole)(inputs[i]);
+      diff = std::max({diff, (one_by_one[i] - want).abs().max().item<double>(),
+                       (in_flight[i] - want).abs().max().item<double>()});
+    }
     const bool same = diff <= 1e-6;  // the same kernels on the same numbers: equal, up to a BLAS's thread split
-    std::printf("output %s [%lld, %lld, %lld], max difference from one process %.3g: %s\n",
+    const at::Tensor& y = in_flight.back();
+    std::printf("output %s [%lld, %lld, %lld], max difference from one process %.3g (3 inputs one by one and in "
+                "flight): %s\n",
                 at::toString(y.scalar_type()), static_cast<long long>(y.size(0)), static_cast<long long>(y.size(1)),
                 static_cast<long long>(y.size(2)), diff, same ? "the same" : "DIFFERENT");
     return same ? 0 : 1;

@@ -10,6 +10,8 @@
 #include <climits>
 #include <cstdlib>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace ferry {
 namespace {
@@ -120,15 +122,53 @@ ProcessGroup ProcessGroup::connect(const DistributedEnv& env) {
 int ProcessGroup::rank() const { return impl_->env.rank; }
 int ProcessGroup::size() const { return impl_->env.world_size; }
 
-void ProcessGroup::send(const at::Tensor& tensor, int dst, int tag) {
-  std::vector<at::Tensor> tensors{tensor.contiguous()};
+struct PendingSend::Impl {
+  using Work = decltype(std::declval<c10d::ProcessGroupGloo&>().send(std::declval<std::vector<at::Tensor>&>(), 0, 0));
+  std::vector<at::Tensor> tensors;  // alive until sent
+  Work work;
+  int rank = 0, dst = 0, tag = 0;
+  std::chrono::milliseconds timeout{0};
+  bool waited = false;
+};
+
+PendingSend::PendingSend(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+PendingSend::PendingSend(PendingSend&&) noexcept = default;
+PendingSend& PendingSend::operator=(PendingSend&&) noexcept = default;
+PendingSend::~PendingSend() {
+  if (!impl_ || impl_->waited) return;
   try {
-    impl_->group->send(tensors, dst, tag)->wait(impl_->env.timeout);
-  } catch (const std::exception& e) {
-    FERRY_FAIL("rank ", rank(), ": sending message ", tag, " to rank ", dst, " failed (rank ", dst,
-               " stopped or cannot be reached within ", impl_->env.timeout.count() / 1000, " s): ", message_of(e));
+    wait();
+  } catch (const std::exception&) {  // the caller did not ask; the receiver's own error tells the story
   }
 }
+
+void PendingSend::wait() {
+  if (impl_->waited) return;
+  impl_->waited = true;
+  try {
+    impl_->work->wait(impl_->timeout);
+  } catch (const std::exception& e) {
+    FERRY_FAIL("rank ", impl_->rank, ": sending message ", impl_->tag, " to rank ", impl_->dst, " failed (rank ",
+               impl_->dst, " stopped or cannot be reached within ", impl_->timeout.count() / 1000, " s): ", message_of(e));
+  }
+}
+
+PendingSend ProcessGroup::send_async(const at::Tensor& tensor, int dst, int tag) {
+  auto pending = std::make_unique<PendingSend::Impl>();
+  pending->tensors = {tensor.contiguous()};
+  pending->rank = rank();
+  pending->dst = dst;
+  pending->tag = tag;
+  pending->timeout = impl_->env.timeout;
+  try {
+    pending->work = impl_->group->send(pending->tensors, dst, tag);
+  } catch (const std::exception& e) {
+    FERRY_FAIL("rank ", rank(), ": sending message ", tag, " to rank ", dst, " failed: ", message_of(e));
+  }
+  return PendingSend(std::move(pending));
+}
+
+void ProcessGroup::send(const at::Tensor& tensor, int dst, int tag) { send_async(tensor, dst, tag).wait(); }
 
 void ProcessGroup::recv(at::Tensor& tensor, int src, int tag) {
   FERRY_CHECK(tensor.is_contiguous(), "ProcessGroup::recv needs a contiguous tensor");

@@ -45,6 +45,25 @@ struct DistributedEnv {
   static std::optional<DistributedEnv> from_environment();
 };
 
+/// A send under way (ProcessGroup::send_async): it goes in the background while this rank works on;
+/// wait() returns once it has gone. The tensor stays alive until then.
+class PendingSend {
+ public:
+  PendingSend(PendingSend&&) noexcept;
+  PendingSend& operator=(PendingSend&&) noexcept;
+  /// Waits for the send if wait() was not called (an error is then dropped: call wait() to see it).
+  ~PendingSend();
+  /// Returns when the tensor has been sent; throws ferry::Error, as ProcessGroup::send does, when
+  /// the receiver stopped or did not take it within the group's timeout.
+  void wait();
+
+ private:
+  friend class ProcessGroup;
+  struct Impl;
+  explicit PendingSend(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
 /// A c10d Gloo process group: point-to-point tensors between ranks, with timeouts.
 class ProcessGroup {
  public:
@@ -60,6 +79,9 @@ class ProcessGroup {
   int size() const;
   /// Sends `tensor` (any dtype; made contiguous) to rank `dst`; returns when it has been sent.
   void send(const at::Tensor& tensor, int dst, int tag);
+  /// Starts sending `tensor` to rank `dst` and returns at once: a pipeline stage goes on with its
+  /// next input instead of waiting for the next stage to take this one.
+  PendingSend send_async(const at::Tensor& tensor, int dst, int tag);
   /// Receives into `tensor` (contiguous, its size and dtype as the sender's) from rank `src`.
   void recv(at::Tensor& tensor, int src, int tag);
   /// Every rank's `value` for `key`, in rank order, through the rendezvous store (small values:

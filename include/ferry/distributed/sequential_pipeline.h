@@ -14,10 +14,12 @@
 ///     SequentialPipeline pipeline(model, group, split_stages(model->size(), env.world_size)[env.rank]);
 ///     at::Tensor y = pipeline.forward(x);   // rank 0's x through blocks 0-3 here and 4-7 on rank 1;
 ///                                           // every rank gets y
+///     // many inputs in flight: rank 0 works on x2 while rank 1 works on x1 (a pipeline's throughput)
+///     std::vector<at::Tensor> ys = pipeline.forward_in_flight({x1, x2, x3, x4});
 ///
-/// Every rank calls forward() the same number of times, in the same order; only rank 0's input is
-/// used. A lost rank makes forward() throw a ferry::Error naming it and the step, within the
-/// group's timeout.
+/// Every rank makes the same calls in the same order (forward_in_flight with as many inputs); only
+/// rank 0's inputs are used. A lost rank makes them throw a ferry::Error naming it and the step,
+/// within the group's timeout.
 
 #include "ferry/distributed/process_group.h"
 #include "ferry/nn/layers.h"
@@ -26,6 +28,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <vector>
 
 namespace ferry {
 
@@ -40,15 +43,23 @@ class SequentialPipeline {
   /// be undefined), each stage receives the previous one's output and sends its own on; returns the
   /// last stage's output on every rank (on the CPU, except on the last rank, where it is as computed).
   at::Tensor forward(const at::Tensor& input);
+  /// Runs several inputs (micro-batches) through the stages with all of them in flight: each rank
+  /// passes its output for input i on and starts on input i + 1 while the next rank works on i, so
+  /// that with as many inputs as ranks or more every rank is busy (forward() keeps one rank busy at
+  /// a time). Returns the outputs in order, on every rank, once the last stage has made all of them.
+  /// The other ranks pass as many inputs (undefined ones will do); a different count is an error.
+  std::vector<at::Tensor> forward_in_flight(const std::vector<at::Tensor>& inputs);
 
   const PipelineStage& stage() const { return stage_; }
   /// Bytes this rank sent to other ranks so far (activations and the outputs it returned).
   int64_t bytes_sent() const { return bytes_sent_; }
 
  private:
-  // Sends `data` (on the CPU, contiguous) after a header with its shape and dtype.
-  void send(const at::Tensor& data, int dst, int tag);
-  at::Tensor receive(int src, int tag);
+  // Sends `data` (on the CPU, contiguous) after a header with its shape, dtype and the number of
+  // inputs in flight (`count`, which the receiver checks against its own); the sends go on in the
+  // background, in `pending`.
+  void send(const at::Tensor& data, int dst, int tag, int64_t count, std::vector<PendingSend>& pending);
+  at::Tensor receive(int src, int tag, int64_t count);
   std::shared_ptr<Sequential> model_;
   std::shared_ptr<ProcessGroup> group_;
   PipelineStage stage_;
