@@ -21,6 +21,14 @@ row generates the same tokens.
 
   python3 bench/pipeline.py MODEL_DIR --ferry build/ferry [--budget 1.6GB] [--rounds 3] [--tokens 32]
                             [--sequences 8 --threads 1]
+
+With --prefill, it measures the prompt instead (prompts of --prompt-tokens positions, one new token):
+the whole prompt in one forward against the prompt in chunks of --prefill-chunk positions, in one
+process and across 2 ranks, where the chunks flow through the stages one behind the other (rank 0 on
+chunk k + 1 while rank 1 is on chunk k), so that even one prompt keeps both stages busy. It prints
+prompt tokens per second.
+
+  python3 bench/pipeline.py MODEL_DIR --prefill [--prompt-tokens 256] [--prefill-chunk 32] [--sequences 1]
 """
 import os
 import argparse
@@ -47,7 +55,12 @@ def main():
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--sequences", type=int, default=1, help="prompts generated at once")
     ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every process (default: LibTorch's)")
+    ap.add_argument("--prefill", action="store_true", help="measure the prompt's forward (see above)")
+    ap.add_argument("--prompt-tokens", type=int, default=256, help="--prefill: positions per prompt")
+    ap.add_argument("--prefill-chunk", type=int, default=32, help="--prefill: positions per chunk")
     a = ap.parse_args()
+    if a.prefill:
+        return prefill(a)
     prompts = [" ".join(str(1 + (s * 7 + t) % 500) for t in range(8)) for s in range(a.sequences)]
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(a.threads)} if a.threads else {}))
     tail = ["--max-new-tokens", str(a.tokens), "--json", "--quiet"]
@@ -95,6 +108,44 @@ def main():
     # every row the same tokens (the halves row: the first half's)
     tokens = {json.dumps(x["generated"][:a.sequences // 2] if a.sequences > 1 else x["generated"])
               for runs in results.values() for x in runs}
+    if len(tokens) != 1:
+        print("tokens DIVERGE between rows:", tokens)
+        return 1
+    print(f"\ntokens agree across all {sum(len(v) for v in results.values())} runs")
+    print("benchmark:", " ".join([sys.executable] + sys.argv))
+    return 0
+
+
+def prefill(a):
+    """The --prefill rows: prompt tokens per second, whole prompts against chunks, 1 rank against 2."""
+    prompts = [" ".join(str(1 + (s * 7 + t * 13) % 500) for t in range(a.prompt_tokens)) for s in range(a.sequences)]
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(a.threads)} if a.threads else {}))
+    common = ["run", a.model_dir, "--ids", ";".join(prompts), "--max-new-tokens", "1", "--json", "--quiet"]
+    chunks = ["--prefill-chunk", str(a.prefill_chunk)]
+    two = [a.ferry, "launch", "--nproc", "2", "--"] + common
+    rows = {"1 rank, whole prompt": [a.ferry] + common,
+            f"1 rank, chunks of {a.prefill_chunk}": [a.ferry] + common + chunks,
+            "2 ranks, whole prompt": two,
+            f"2 ranks, chunks of {a.prefill_chunk}": two + chunks + ["--micro-batches", "1"]}
+    if a.sequences > 1:
+        rows[f"2 ranks, chunks of {a.prefill_chunk}, 2 groups"] = two + chunks
+    results = {name: [] for name in rows}
+    for r in range(a.rounds):
+        for name in (list(rows) if r % 2 == 0 else list(reversed(rows))):
+            j = run(rows[name], env)
+            results[name].append(j)
+            print(f"round {r + 1} {name:32} {j['timings']['prefill_s']:8.3f} s prefill", flush=True)
+    print(f"\n{a.model_dir}, {a.sequences} prompt(s) of {a.prompt_tokens} positions, threads per process: "
+          f"{a.threads or 'default'}, median of {a.rounds} rounds\n")
+    print("| row | prefill s | prompt tokens/s | vs 1 rank | forwards |")
+    print("|---|---:|---:|---:|---:|")
+    base = None
+    for name, runs in results.items():
+        sec = statistics.median(x["timings"]["prefill_s"] for x in runs)
+        base = base or sec
+        print(f"| {name} | {sec:.3f} | {a.sequences * a.prompt_tokens / sec:.1f} | {base / sec:.2f}x | "
+              f"{runs[0]['timings']['prefill_forwards']} |")
+    tokens = {json.dumps(x["generated"]) for runs in results.values() for x in runs}
     if len(tokens) != 1:
         print("tokens DIVERGE between rows:", tokens)
         return 1

@@ -142,6 +142,9 @@ void add_sampling_flags(CLI::App* cmd, SamplingFlags& f, int64_t default_max_new
   cmd->add_option("--top-p", f.top_p, "Nucleus sampling threshold (turns sampling on)");
   cmd->add_option("--seed", f.seed, "Seed of the sampling generator (default 0)");
   cmd->add_option("--stop", f.stop, "Stop when the text contains this string (not printed); may be given several times");
+  cmd->add_option("--prefill-chunk", f.prefill_chunk,
+                  "Run the prompt through the model N positions at a time (default 0: all at once): bounds the "
+                  "prefill's memory, and across ranks the chunks flow through the stages one behind the other");
 }
 
 models::GenerationConfig generation_settings(const SamplingFlags& f, const std::string& model_dir,
@@ -164,6 +167,8 @@ models::GenerationConfig generation_settings(const SamplingFlags& f, const std::
     FERRY_CHECK(g.top_k >= 0, "--top-k must be >= 0, got ", g.top_k);
   }
   for (const std::string& s : f.stop) FERRY_CHECK(!s.empty(), "--stop needs a non-empty string");
+  FERRY_CHECK(f.prefill_chunk >= 0, "--prefill-chunk must be >= 0 (0: the whole prompt at once), got ", f.prefill_chunk);
+  g.prefill_chunk = f.prefill_chunk;
   return g;
 }
 

@@ -59,9 +59,10 @@ struct SamplingFlags {
   std::string seed = "0";
   std::optional<int64_t> max_new_tokens;
   std::vector<std::string> stop;
+  int64_t prefill_chunk = 0;
 };
 
-/// Registers --greedy, --temperature, --top-k, --top-p, --seed, --max-new-tokens and --stop.
+/// Registers --greedy, --temperature, --top-k, --top-p, --seed, --max-new-tokens, --stop and --prefill-chunk.
 void add_sampling_flags(CLI::App* cmd, SamplingFlags& flags, int64_t default_max_new_tokens);
 
 /// The generation settings: generation_config.json's (load_generation_config), then the flags: any of

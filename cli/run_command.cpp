@@ -284,6 +284,7 @@ void run(const RunOptions& o) {
     j["timings"] = {{"load_s", loaded.load_seconds},
                     {"tokenizer_s", tokenizer_seconds},
                     {"prefill_s", out.prefill_seconds},
+                    {"prefill_forwards", out.prefill_forwards},
                     {"decode_ms_per_token", decode_ms},
                     {"decode_steps", out.decode_steps},
                     {"peak_rss_bytes", peak_rss_bytes()},

@@ -216,8 +216,10 @@ long tokens_streamed(const std::string& text) {
 
 TEST(ModelsCli, RunMatchesTransformersResident) {
   REQUIRE_CLI();
-  check_fixture("tiny_llama", "");
+  EXPECT_EQ(check_fixture("tiny_llama", "")["timings"]["prefill_forwards"], 1);
   check_fixture("tiny_qwen2", "");
+  // The 12-position prompts in chunks of 4 (--prefill-chunk): three forwards, transformers' tokens and logits.
+  EXPECT_EQ(check_fixture("tiny_llama", "--prefill-chunk 4")["timings"]["prefill_forwards"], 3);
 }
 
 TEST(ModelsCli, RunMatchesTransformersOffloadedToDisk) {
@@ -708,6 +710,7 @@ TEST(ModelsCli, ArgumentsThatCannotWorkGetOneLineEach) {
       {"--seed 99999999999999999999999", "--seed must be an integer from 0 to 18446744073709551615"},
       {"--seed -1", "--seed must be an integer"},
       {"--max-new-tokens 100000000", "is more than 16 times the 256 positions"},
+      {"--prefill-chunk -2", "--prefill-chunk must be >= 0 (0: the whole prompt at once), got -2"},
       {"--device-map auto --max-memory cpu=1MiB --offload-folder /proc/ferry_cannot_be_here", "cannot be created"},
       {"--device-map auto --max-memory cpu=1MiB --offload-folder " + model + "/config.json", "exists and is not a folder"},
   };
@@ -834,6 +837,7 @@ TEST(ModelsCli, PipelineSendsTheChosenTokensNotTheLogits) {
   for (const auto& [micro_batches, groups] : {std::pair<std::string, int>{"1", 1}, {"2", 2}}) {
     SCOPED_TRACE("--micro-batches " + micro_batches);
     const nlohmann::json j = run("launch --nproc 2 --timeout 60 -- ", "--micro-batches " + micro_batches);
+    EXPECT_EQ(j["timings"]["prefill_forwards"], 1) << "the whole prompt at once";
     for (int64_t b = 0; b < 2; ++b)
       EXPECT_TRUE(at::equal(at::tensor(j["generated"][b].get<std::vector<int64_t>>(), at::kLong), want[b])) << j.dump();
     // per step and group: its rows' tokens and the stop code, int64 each (the logits: 2 x 1,000 float32)
@@ -848,12 +852,21 @@ TEST(ModelsCli, PipelineSendsTheChosenTokensNotTheLogits) {
                     : run("launch --nproc 2 --timeout 60 -- ", sampled + " --logits-out " + (tmp.path() / "l.safetensors").string());
     EXPECT_EQ(tokens_sent["generated"], baseline["generated"]);
     EXPECT_NE(tokens_sent["generated"], j["generated"]) << "sampled, not greedy";
+    // The prompt in chunks of 5 positions, flowing through 2 and 3 stages: the same tokens.
+    for (const std::string n : {"2", "3"}) {
+      const nlohmann::json chunked = run("launch --nproc " + n + " --timeout 60 -- ",
+                                         "--prefill-chunk 5 --micro-batches " + micro_batches);
+      for (int64_t b = 0; b < 2; ++b)
+        EXPECT_TRUE(at::equal(at::tensor(chunked["generated"][b].get<std::vector<int64_t>>(), at::kLong), want[b]))
+            << n << " ranks, chunks of 5: " << chunked.dump();
+      EXPECT_EQ(chunked["timings"]["prefill_forwards"], 3) << "12 positions: 5, 5 and 2";
+    }
   }
 }
 
 // GPT-2 across ranks (its learned positions on the first stage, its tied head on the last): the
-// same greedy tokens and prompt logits as one process, for 2 and 3 ranks, resident and with its
-// blocks offloaded inside each stage.
+// same greedy tokens and prompt logits as one process, for 2 and 3 ranks, resident, with its
+// blocks offloaded inside each stage, and with the prompt in chunks of 2 positions.
 TEST(ModelsCli, PipelineRunsGpt2AsOneProcessDoes) {
   REQUIRE_CLI();
   TempDir tmp("gpt2_pipeline");
@@ -878,14 +891,14 @@ TEST(ModelsCli, PipelineRunsGpt2AsOneProcessDoes) {
   ASSERT_TRUE(one_logits.defined());
   ASSERT_EQ(one["generated"].size(), 2u) << one.dump();
   for (const std::string n : {"2", "3"})
-    for (const std::string extra : {"", "--device-map auto --max-memory cpu=60000"}) {
+    for (const std::string extra : {"", "--device-map auto --max-memory cpu=60000", "--prefill-chunk 2"}) {
       SCOPED_TRACE(n + " ranks " + extra);
       const auto [j, logits] = run("launch --nproc " + n + " --timeout 60 -- ", extra);
       ASSERT_TRUE(logits.defined());
       EXPECT_EQ(j["pipeline"]["world_size"], std::stoi(n)) << j.dump();
       EXPECT_EQ(j["generated"], one["generated"]) << j.dump();
       EXPECT_LT(max_abs_diff(logits, one_logits), 1e-5);
-      if (!extra.empty()) {  // each rank's blocks stream from disk within its budget
+      if (extra.find("--device-map") != std::string::npos) {  // each rank's blocks stream from disk within its budget
         int on_disk = 0;
         for (int i = 0; i < 3; ++i) on_disk += j["device_map"]["transformer.h." + std::to_string(i)] == "disk";
         EXPECT_GT(on_disk, 0) << j["device_map"];

@@ -49,6 +49,30 @@ TEST(ModelsFixture, TinyLlamaMatchesTransformers) { expect_matches_transformers(
 
 TEST(ModelsFixture, TinyQwen2MatchesTransformers) { expect_matches_transformers("tiny_qwen2"); }
 
+// The prompt in chunks (GenerationConfig::prefill_chunk), each attending to the cache of the ones
+// before: transformers' greedy tokens and prompt logits still, for every architecture's fixture.
+TEST(ModelsFixture, PrefillInChunksMatchesTransformers) {
+  for (const char* name : {"tiny_llama", "tiny_qwen2", "tiny_mixtral", "tiny_qwen2_moe", "tiny_qwen3_moe"}) {
+    const Reference ref = read_reference(fixture(name));
+    auto model = load_pretrained(fixture(name), {at::kFloat});
+    GenerationConfig g;
+    g.max_new_tokens = ref.generated.size(1) - ref.input_ids.size(1);
+    g.return_prompt_logits = true;
+    for (int64_t chunk : {2, 5}) {
+      g.prefill_chunk = chunk;
+      const GenerationOutput out = generate(*model, ref.input_ids, g);
+      EXPECT_TRUE(at::equal(out.sequences, ref.generated)) << name << ", chunks of " << chunk;
+      EXPECT_LT(max_abs_diff(out.prompt_logits, ref.logits), 1e-4) << name << ", chunks of " << chunk;
+    }
+  }
+  auto model = load_pretrained(fixture("tiny_llama"), {at::kFloat});
+  GenerationConfig bad;
+  bad.prefill_chunk = -1;
+  const std::string message = error_of([&] { generate(*model, at::ones({1, 3}, at::kLong), bad); });
+  EXPECT_NE(message.find("prefill_chunk must be >= 0 (0: the whole prompt in one forward), got -1"), std::string::npos)
+      << message;
+}
+
 TEST(ModelsFixture, NamesAndClassesAreTransformers) {
   auto model = create_empty_model(fixture("tiny_llama"));
   EXPECT_EQ(model->class_name(), "LlamaForCausalLM");

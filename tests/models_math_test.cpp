@@ -363,6 +363,20 @@ TEST(ModelsMath, PromptsOfDifferentLengthsMatchRunningAlone) {
       EXPECT_TRUE(at::equal(together[static_cast<int64_t>(r)].narrow(0, 7, 6), alone[0].narrow(0, alone.size(1) - 6, 6)))
           << "row " << r;
     }
+    // The prompt in chunks of 3 and of 1 positions (each attending to the cache of the ones before,
+    // with the mask so far): the same tokens and the same logits at every real (not padding) position.
+    GenerationConfig whole = g;
+    whole.return_prompt_logits = true;
+    const GenerationOutput reference = generate(*model, batch.input_ids, whole, batch.attention_mask);
+    const at::Tensor real = batch.attention_mask.unsqueeze(-1).to(at::kFloat);
+    for (int64_t chunk : {1, 3}) {
+      GenerationConfig chunked = whole;
+      chunked.prefill_chunk = chunk;
+      const GenerationOutput out = generate(*model, batch.input_ids, chunked, batch.attention_mask);
+      EXPECT_TRUE(at::equal(out.sequences, reference.sequences)) << "prefill in chunks of " << chunk;
+      ASSERT_EQ(out.prompt_logits.sizes(), reference.prompt_logits.sizes());
+      EXPECT_LT(max_abs_diff(out.prompt_logits * real, reference.prompt_logits * real), 1e-5) << "prefill in chunks of " << chunk;
+    }
   }
   // A mask that does not fit is refused with both shapes; so is a prompt of padding only.
   auto model = models.front().second;

@@ -21,6 +21,8 @@ double seconds_since(Clock::time_point start) {
 
 void check_config(const GenerationConfig& g) {
   FERRY_CHECK(g.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", g.max_new_tokens);
+  FERRY_CHECK(g.prefill_chunk >= 0, "prefill_chunk must be >= 0 (0: the whole prompt in one forward), got ",
+              g.prefill_chunk);
   if (!g.do_sample) return;
   FERRY_CHECK(g.temperature > 0, "temperature must be > 0 when sampling, got ", g.temperature,
               " (use greedy decoding for temperature 0)");
@@ -143,8 +145,27 @@ GenerationOutput generate(CausalLM& model, const at::Tensor& input_ids, const Ge
     if (!mask.defined()) return model.logits(ids.to(device), cache, keep);
     return model.logits(ids.to(device), cache, keep, mask.to(device), positions.to(device));
   };
-  at::Tensor logits = forward(sequences, g.return_prompt_logits ? 0 : 1);
-  if (g.return_prompt_logits) out.prompt_logits = logits.to(at::kCPU).to(at::kFloat).clone();
+  // The prompt, whole or in chunks of g.prefill_chunk positions, each attending to the cache of the
+  // ones before (the mask of every position so far, the chunk's own positions).
+  const int64_t prompt = sequences.size(1);
+  const int64_t chunk = g.prefill_chunk > 0 ? std::min(g.prefill_chunk, prompt) : prompt;
+  const int64_t keep = g.return_prompt_logits ? 0 : 1;
+  at::Tensor logits;
+  std::vector<at::Tensor> prompt_logits;
+  for (int64_t begin = 0; begin < prompt; begin += chunk) {
+    const int64_t n = std::min(chunk, prompt - begin);
+    if (n == prompt) {
+      logits = forward(sequences, keep);
+    } else if (!mask.defined()) {
+      logits = model.logits(sequences.narrow(1, begin, n).to(device), cache, keep);
+    } else {
+      logits = model.logits(sequences.narrow(1, begin, n).to(device), cache, keep,
+                            mask.narrow(1, 0, begin + n).to(device), positions.narrow(1, begin, n).to(device));
+    }
+    if (g.return_prompt_logits) prompt_logits.push_back(logits.to(at::kCPU).to(at::kFloat));
+    ++out.prefill_forwards;
+  }
+  if (g.return_prompt_logits) out.prompt_logits = at::cat(prompt_logits, 1);
   for (int64_t step = 0; step < g.max_new_tokens; ++step) {
     auto step_start = Clock::now();
     if (step > 0) {

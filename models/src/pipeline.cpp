@@ -332,6 +332,7 @@ GenerationOutput generate_in_flight(PipelineModel& model, const at::Tensor& inpu
     if (o.prompt_logits.defined()) prompt_logits.push_back(o.prompt_logits);
     out.new_tokens = std::max(out.new_tokens, o.new_tokens);
     out.prefill_seconds = std::max(out.prefill_seconds, o.prefill_seconds);
+    out.prefill_forwards = std::max(out.prefill_forwards, o.prefill_forwards);
     out.decode_steps = std::max(out.decode_steps, o.decode_steps);
   }
   if (model.agreed_stop_ != 0) out.new_tokens = std::min(out.new_tokens, shortest - input_ids.size(1));

@@ -54,6 +54,12 @@ struct GenerationConfig {
   /// Also return the float32 logits of every prompt position (costs a full-vocabulary projection
   /// of the whole prompt).
   bool return_prompt_logits = false;
+  /// Prompt positions per forward of the prefill (0: the whole prompt in one forward). Smaller
+  /// chunks bound the prefill's activations (a long prompt's attention scores grow with its square)
+  /// and, across pipeline ranks, flow through the stages one behind the other: rank 0 runs chunk
+  /// k + 1 while rank 1 runs chunk k, so even one prompt keeps every stage busy. The tokens are the
+  /// same; the logits differ by rounding (matrices of other shapes).
+  int64_t prefill_chunk = 0;
   /// Called after each step with the step's new tokens [batch] (CPU, int64).
   std::function<void(int64_t step, const at::Tensor& tokens)> on_step;
   /// Called after on_step with the sequences so far ([batch, prompt + new], CPU); true ends the
@@ -86,6 +92,8 @@ struct GenerationOutput {
   int64_t new_tokens = 0;
   /// The prompt's forward (and the first token), in seconds.
   double prefill_seconds = 0;
+  /// Forwards the prompt took: 1, or one per chunk (GenerationConfig::prefill_chunk).
+  int64_t prefill_forwards = 0;
   /// Every later step, in seconds; decode_steps of them.
   double decode_seconds = 0;
   int64_t decode_steps = 0;
