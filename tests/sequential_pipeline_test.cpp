@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <functional>
 #include <string>
 #include <thread>
@@ -49,7 +50,8 @@ namespace {
 // Runs `body(rank, group)` for ranks 0 .. world - 1, each in a thread of this process with a
 // ProcessGroup of its own (real Gloo connections on loopback); returns each rank's error ("" when
 // it returned).
-std::vector<std::string> run_ranks(int world, const std::function<void(int, std::shared_ptr<ProcessGroup>)>& body) {
+std::vector<std::string> run_ranks(int world, const std::function<void(int, std::shared_ptr<ProcessGroup>)>& body,
+                                   std::chrono::seconds timeout = std::chrono::seconds(10)) {
   const int port = 29900 + static_cast<int>(::getpid() % 90) * 3 + world;
   std::vector<std::string> errors(static_cast<size_t>(world));
   std::vector<std::thread> threads;
@@ -60,7 +62,7 @@ std::vector<std::string> run_ranks(int world, const std::function<void(int, std:
       env.world_size = world;
       env.master_addr = "127.0.0.1";
       env.master_port = port;
-      env.timeout = std::chrono::seconds(10);
+      env.timeout = timeout;
       try {
         body(rank, std::make_shared<ProcessGroup>(ProcessGroup::connect(env)));
       } catch (const std::exception& e) {
@@ -129,4 +131,36 @@ TEST(SequentialPipeline, RanksWithDifferentNumbersOfInputsAreRefused) {
       << errors[1];
   EXPECT_NE(errors[0], "") << "rank 0 goes on waiting for outputs that never come, until its group fails";
   EXPECT_NE(errors[0].find("rank 1"), std::string::npos) << errors[0];
+}
+
+// A rank that leaves, or stops taking messages, while inputs are in flight: the other's
+// forward_in_flight fails within about one timeout (not one per pending send), naming the rank
+// and the step.
+TEST(SequentialPipeline, ALostRankStopsInputsInFlightWithinTheTimeout) {
+  const auto model = blocks(2);
+  for (const bool stuck : {false, true}) {
+    SCOPED_TRACE(stuck ? "rank 1 stuck" : "rank 1 gone");
+    std::chrono::duration<double> took{};
+    const auto errors = run_ranks(
+        2,
+        [&](int rank, std::shared_ptr<ProcessGroup> group) {
+          if (rank == 1) {  // connected, then gone (its group closes) or asleep
+            if (stuck) std::this_thread::sleep_for(std::chrono::seconds(5));
+            return;
+          }
+          SequentialPipeline pipeline(model, group, split_stages(2, 2)[0]);
+          const auto start = std::chrono::steady_clock::now();
+          try {
+            (void)pipeline.forward_in_flight(std::vector<at::Tensor>(8, at::randn({64, 16})));
+          } catch (...) {
+            took = std::chrono::steady_clock::now() - start;
+            throw;
+          }
+        },
+        std::chrono::seconds(2));
+    EXPECT_EQ(errors[1], "");
+    EXPECT_NE(errors[0].find("[SequentialPipeline::forward] step "), std::string::npos) << errors[0];
+    EXPECT_NE(errors[0].find("rank 1"), std::string::npos) << errors[0];
+    EXPECT_LT(took.count(), 4.5) << "a timeout of 2 s with 16 sends (8 inputs) pending";
+  }
 }
