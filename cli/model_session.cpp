@@ -23,6 +23,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <iomanip>
 #include <sstream>
 
 namespace ferry::cli {
@@ -207,7 +208,8 @@ ScratchOffloadFolder::~ScratchOffloadFolder() {
   std::filesystem::remove_all(path_, ec);
 }
 
-Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle progress_style) {
+Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle progress_style,
+                     const std::optional<RunShape>& run) {
   using namespace ferry::models;
   Session session;
   LoadModelOptions lo;
@@ -269,13 +271,21 @@ Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle p
     std::vector<double> shares;
     for (const std::string& text : group->exchange("layer_share", std::to_string(mine)))
       shares.push_back(std::stod(text));
-    // The last stage's head costs a matmul of vocab x hidden per token: that many layers' worth of
-    // work less for it, so that the stages take equally long.
+    // The last stage's head costs a matmul of vocab x hidden per position it runs: that many layers'
+    // worth of work less for it, so that the stages take equally long. In a decoding step it runs
+    // every prompt's position as the layers do; in a prefill only the last of each prompt
+    // (head_work_for_run weighs the two for this run). Rank 0's figure is every rank's.
     int64_t layer_parameters = 0;
     for (const auto& [name, t] : prepared.empty->submodule(prepared.empty->decoder_layer_names().front()).named_parameters())
       layer_parameters += t.numel();
-    const double head_layers = static_cast<double>(c.vocab_size * c.hidden_size) /
-                               static_cast<double>(std::max<int64_t>(layer_parameters, 1));
+    double head_layers = static_cast<double>(c.vocab_size * c.hidden_size) /
+                         static_cast<double>(std::max<int64_t>(layer_parameters, 1));
+    if (run) {
+      bool gpu = false;
+      for (const auto& b : budgets) gpu = gpu || b.device.is_accelerator();
+      head_layers = head_work_for_run(head_layers, *run, gpu ? kGpuWeightReadPositions : kCpuWeightReadPositions);
+    }
+    head_layers = std::stod(group->exchange("head_work", detail::concat(head_layers)).front());
     session.stage = split_stages(c.num_hidden_layers, shares, head_layers)[static_cast<size_t>(env->rank)];
     if (strategy) {
       PlanOptions plan;
@@ -288,7 +298,9 @@ Session load_session(PreparedModel prepared, const LoadFlags& f, ProgressStyle p
     if (!f.quiet)
       std::cerr << "rank " << env->rank << " of " << env->world_size << ": decoder layers " << session.stage->first_layer
                 << "-" << session.stage->end_layer - 1 << " of " << c.num_hidden_layers << " (budget "
-                << format_bytes(mine) << (strategy ? ", planned " + f.device_map + " within it" : std::string()) << ")\n";
+                << format_bytes(mine) << (strategy ? ", planned " + f.device_map + " within it" : std::string())
+                << "; the head worth " << detail::concat(std::setprecision(2), head_layers) << " layers of work "
+                << (run ? "for this run" : "in decoding") << ")\n";
   }
   ProgressDisplay progress(f.quiet ? ProgressStyle::none : progress_style,
                            format_bytes(static_cast<double>(prepared.checkpoint.total_bytes())) + " in " +

@@ -116,7 +116,10 @@ struct Session {
 };
 
 /// Loads the prepared model as the flags say (Ctrl-C stops between weights), showing progress.
-Session load_session(PreparedModel prepared, const LoadFlags& flags, ProgressStyle progress);
+/// `run`: what the generation will ask, when known (ferry run), so that pipeline stages are balanced
+/// for it (head_work_for_run); without it (ferry chat), for decoding.
+Session load_session(PreparedModel prepared, const LoadFlags& flags, ProgressStyle progress,
+                     const std::optional<RunShape>& run = std::nullopt);
 
 /// The "model: ...", "placement: ...", "device map: ..." and "disk reads: ..." lines.
 void print_model_info(std::ostream& out, const Session& session, const std::string& model_dir);

@@ -76,7 +76,7 @@ void print_stages(const ModelTree& tree, const ModuleSizes& sizes, const PlanArg
   std::cout << "\nPipeline over " << args.nproc << " ranks ("
             << (args.rank_memory.empty() ? "even shares" : "shares from --rank-memory " + args.rank_memory)
             << "; the first also holds the embeddings, the last the final norm and head, worth "
-            << std::to_string(head_layers).substr(0, 4) << " layers of work):\n";
+            << std::to_string(head_layers).substr(0, 4) << " layers of work in decoding; ferry run weighs it for its prompt):\n";
   std::cout << pad("rank", 4) << "  " << pad("decoder layers", 20) << "  " << lpad("their size", 10) << '\n';
   for (const auto& st : stages) {
     int64_t bits = 0;

@@ -139,7 +139,9 @@ void run(const RunOptions& o) {
                                " new ones goes past the model's max_position_embeddings (", positions,
                                "): text beyond it is usually degraded"));
 
-  Session session = load_session(std::move(prepared), o.load, o.json ? ProgressStyle::none : ProgressStyle::automatic);
+  const RunShape shape{ids.size(0), ids.size(1), g.prefill_chunk, g.max_new_tokens, g.return_prompt_logits};
+  Session session =
+      load_session(std::move(prepared), o.load, o.json ? ProgressStyle::none : ProgressStyle::automatic, shape);
   LoadedModel& loaded = session.loaded;
   const ModelConfig& c = loaded.model->config();
   const std::string dtype = dtype_name(c.dtype);

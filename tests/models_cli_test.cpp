@@ -908,6 +908,41 @@ TEST(ModelsCli, PipelineRunsGpt2AsOneProcessDoes) {
     }
 }
 
+// The stages follow the run's work: the head (a vocabulary of 1,000 over 32 wide layers, about 3
+// layers' worth in a decoding step) runs one position per prompt in a prefill, so a short prompt
+// with tokens to decode splits 8 layers 6 + 2 (the head's rank holds fewer), and a prompt of 400
+// positions with one new token splits them 4 + 4. Either way the token is one process's.
+TEST(ModelsCli, PipelineStagesFollowTheRunsWork) {
+  REQUIRE_CLI();
+  TempDir tmp("stage_work");
+  const std::string dir = (tmp.path() / "llama").string();
+  {
+    auto model = create_model(parse_config(R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+      "vocab_size": 1000, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 8,
+      "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024})"));
+    randomize(*model, 3);
+    save_pretrained(*model, dir);
+  }
+  std::string long_prompt;
+  for (int i = 0; i < 400; ++i) long_prompt += (i ? " " : "") + std::to_string(1 + (i * 37) % 997);
+  for (const auto& [ids, tokens, first_stage] : {std::tuple<std::string, int, std::string>{"1 2 3", 4, "0-5"},
+                                                 {long_prompt, 1, "0-3"}}) {
+    const std::string run = "run " + dir + " --ids '" + ids + "' --max-new-tokens " + std::to_string(tokens) + " --json";
+    Result two = run_cli("launch --nproc 2 --timeout 60 -- " + run);
+    ASSERT_EQ(two.status, 0) << two.out;
+    EXPECT_NE(two.out.find("rank 0 of 2: decoder layers " + first_stage + " of 8"), std::string::npos) << two.out;
+    Result one = run_cli(run, /*merge_stderr=*/false);
+    ASSERT_EQ(one.status, 0) << one.out;
+    const auto generated = [](const std::string& out) {
+      const size_t at = out.find("{\"");
+      return at == std::string::npos ? nlohmann::json() : nlohmann::json::parse(out.substr(at))["generated"];
+    };
+    const size_t json_line = two.out.find("[rank 0] {");
+    ASSERT_NE(json_line, std::string::npos) << two.out;
+    EXPECT_EQ(generated(two.out.substr(json_line, two.out.find('\n', json_line) - json_line)), generated(one.stdout_only));
+  }
+}
+
 // Offload inside a stage: with --device-map auto each rank plans its own stage over its own
 // --max-memory. 1,800,000 bytes each: rank 0 (layers 0-1) keeps room for one layer (726,016 bytes)
 // to stream through, so only the embeddings (512,000) stay in RAM and both its layers go to disk,
@@ -947,12 +982,13 @@ TEST(ModelsCli, PipelineStagesFollowEachRanksBudget) {
                       "( RANK=1 " + env + "'" + cli_path() + "' " + run + "--max-memory cpu=2GiB > '" + other +
                           "' 2>&1 & ) ; RANK=0 " + env);
   ASSERT_EQ(r0.status, 0) << r0.out;
-  EXPECT_NE(r0.out.find("rank 0 of 2: decoder layers 0-0 of 3 (budget 1.00 GiB)"), std::string::npos) << r0.out;
+  EXPECT_NE(r0.out.find("rank 0 of 2: decoder layers 0-0 of 3 (budget 1.00 GiB; the head worth "), std::string::npos) << r0.out;
+  EXPECT_NE(r0.out.find(" layers of work for this run)"), std::string::npos) << r0.out;
   for (int i = 0; i < 100 && !fs::exists(other); ++i) ::usleep(100000);
   ::usleep(300000);
   std::ifstream in(other);
   const std::string rank1((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  EXPECT_NE(rank1.find("rank 1 of 2: decoder layers 1-2 of 3 (budget 2.00 GiB)"), std::string::npos) << rank1;
+  EXPECT_NE(rank1.find("rank 1 of 2: decoder layers 1-2 of 3 (budget 2.00 GiB; "), std::string::npos) << rank1;
 
   // Without --max-memory, the ranks of one host (LOCAL_WORLD_SIZE, as `ferry launch` sets it)
   // each take half of its free RAM: not all of it twice.
@@ -965,7 +1001,7 @@ TEST(ModelsCli, PipelineStagesFollowEachRanksBudget) {
     const size_t budget = measured.out.find("(budget ", at);
     ASSERT_NE(budget, std::string::npos) << measured.out;
     const double gib = std::stod(measured.out.substr(budget + 8));
-    EXPECT_NE(measured.out.find(" GiB)", budget), std::string::npos) << measured.out;
+    EXPECT_NE(measured.out.find(" GiB; ", budget), std::string::npos) << measured.out;
     EXPECT_LT(gib, 0.75 * available_gib) << rank << ": " << measured.out;
     EXPECT_GT(gib, 0.2 * available_gib) << rank << ": " << measured.out;
   }

@@ -45,6 +45,27 @@ TEST(PipelineStages, ConsecutiveLayersInProportionToTheShares) {
             std::string::npos);
 }
 
+// The head's work follows the run: a decoding step runs it on every prompt's position as the layers,
+// a prefill on the last position of each prompt only; the weights' reading counts in every forward.
+TEST(PipelineStages, TheHeadsWorkFollowsTheRun) {
+  const double c = kCpuWeightReadPositions;  // 32
+  // 128 prompts of 8, 8 tokens: layers 32 + 1,024 + 7 x 160, head 8 x 160.
+  EXPECT_NEAR(head_work_for_run(2.6, {128, 8, 0, 8}, c), 2.6 * 1280.0 / 2176.0, 1e-12);
+  // A prompt of 1,024 and one token: the head runs one position of 1,024.
+  EXPECT_NEAR(head_work_for_run(2.6, {1, 1024, 0, 1}, c), 2.6 * 33.0 / 1056.0, 1e-12);
+  // The same prompt in chunks of 128: 8 forwards, each reading the weights and running the head once.
+  EXPECT_NEAR(head_work_for_run(2.6, {1, 1024, 128, 1}, c), 2.6 * (8 * 33.0) / (8 * 32.0 + 1024), 1e-12);
+  // With the prompt's logits the head runs every prompt position too.
+  EXPECT_NEAR(head_work_for_run(2.6, {1, 1024, 0, 1, true}, c), 2.6, 1e-12);
+  // A long decode of one prompt: about the head's decoding worth.
+  EXPECT_NEAR(head_work_for_run(2.6, {1, 8, 0, 1000}, c), 2.6, 0.01);
+  // So a 16-layer Llama splits 9 + 7 for decoding and 8 + 8 for a long prompt.
+  EXPECT_EQ(ranges(split_stages(16, {1, 1}, head_work_for_run(2.6, {128, 8, 0, 8}, c))), (Ranges{{0, 9}, {9, 16}}));
+  EXPECT_EQ(ranges(split_stages(16, {1, 1}, head_work_for_run(2.6, {1, 1024, 0, 1}, c))), (Ranges{{0, 8}, {8, 16}}));
+  EXPECT_NE(error_of([&] { head_work_for_run(2.6, {0, 8, 0, 1}, c); }).find("a run of 0 prompt(s) of 8 position(s)"),
+            std::string::npos);
+}
+
 // The ranks of one host share it: each takes its GPU(s) and its part of the RAM, never all of them.
 TEST(PipelineStages, RanksOfOneHostShareItsGpusAndRam) {
   const MaxMemory host = parse_max_memory("0=80GiB,1=80GiB,2=40GiB,cpu=48GiB,disk=900GB");

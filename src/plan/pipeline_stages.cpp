@@ -35,6 +35,26 @@ std::vector<PipelineStage> split_stages(int64_t layers, const std::vector<double
   return stages;
 }
 
+double head_work_for_run(double head_layers, const RunShape& run, double weight_read_positions) {
+  FERRY_CHECK(run.rows >= 1 && run.prompt >= 1 && run.prefill_chunk >= 0 && run.new_tokens >= 0 &&
+                  weight_read_positions >= 0,
+              "a run of ", run.rows, " prompt(s) of ", run.prompt, " position(s), chunks of ", run.prefill_chunk, ", ",
+              run.new_tokens, " new token(s) and ", weight_read_positions, " positions per weight read does not make sense");
+  const int64_t chunk = run.prefill_chunk > 0 ? std::min(run.prefill_chunk, run.prompt) : run.prompt;
+  const int64_t chunks = (run.prompt + chunk - 1) / chunk;
+  const double decode_steps = static_cast<double>(std::max<int64_t>(run.new_tokens - 1, 0));
+  const double step = weight_read_positions + static_cast<double>(run.rows);  // one position per prompt
+  // The layers: every prompt position (in its chunks), then one per prompt and step.
+  const double layer = static_cast<double>(chunks) * weight_read_positions +
+                       static_cast<double>(run.rows * run.prompt) + decode_steps * step;
+  // The head: one position per prompt in each forward (or, with the prompt's logits, all of them).
+  const double prefill_head = run.prompt_logits ? static_cast<double>(chunks) * weight_read_positions +
+                                                      static_cast<double>(run.rows * run.prompt)
+                                                : static_cast<double>(chunks) * step;
+  const double head = prefill_head + decode_steps * step;
+  return head_layers * head / layer;
+}
+
 std::vector<PipelineStage> split_stages(int64_t layers, int world_size) {
   return split_stages(layers, std::vector<double>(static_cast<size_t>(std::max(world_size, 0)), 1.0));
 }

@@ -7,6 +7,8 @@
 ///     split_stages(32, 4);                                // layers [0,8) [8,16) [16,24) [24,32)
 ///     split_stages(6, std::vector<double>{8e9, 16e9});    // [0,2) [2,6): a third and two thirds
 ///     split_stages(16, std::vector<double>{1, 1}, 2.6);   // [0,9) [9,16): 9 layers vs 7 and the head
+///     // a prefill of 1,024 positions: the head runs one of them, so 8 layers each
+///     split_stages(16, {1, 1}, head_work_for_run(2.6, {1, 1024, 0, 1}, kCpuWeightReadPositions));
 ///     // two ranks on a host with 2 GPUs and 64 GiB free: local rank 1 gets cuda:1 and 32 GiB of RAM
 ///     MaxMemory mine = local_rank_budget(get_max_memory(), /*local_rank=*/1, /*local_world_size=*/2);
 
@@ -36,6 +38,30 @@ struct PipelineStage {
 std::vector<PipelineStage> split_stages(int64_t layers, const std::vector<double>& shares, double head_layers = 0);
 /// Equal shares for `world_size` ranks.
 std::vector<PipelineStage> split_stages(int64_t layers, int world_size);
+
+/// What one generation asks of the model: `rows` prompts of `prompt` positions, run `prefill_chunk`
+/// positions per forward (0: the whole prompt at once), then `new_tokens` tokens each;
+/// `prompt_logits` when the head also runs every prompt position (logits wanted for all of them).
+struct RunShape {
+  int64_t rows = 1;
+  int64_t prompt = 1;
+  int64_t prefill_chunk = 0;
+  int64_t new_tokens = 1;
+  bool prompt_logits = false;
+};
+
+/// Positions whose compute costs as much as reading a module's weights once: a forward of n
+/// positions costs a module (weight_read_positions + n) units. About 32 on a CPU in float32 (here, a
+/// 1024-wide Llama layer: 9.4 ms to read, 0.33 ms per position) and about 200 on a GPU (an H200's
+/// bfloat16 rate over its memory bandwidth).
+constexpr double kCpuWeightReadPositions = 32;
+constexpr double kGpuWeightReadPositions = 200;
+
+/// The head's work in decoder layers' worth over a run of shape `run`, for split_stages: the head
+/// costs `head_layers` layers in a decoding step, but it runs one position per prompt per forward
+/// while the layers run every position, so a long prefill makes it nearly free (a prompt of 1,024
+/// positions, one new token, on a CPU: 0.08 of 2.6). Decoding-heavy runs keep about `head_layers`.
+double head_work_for_run(double head_layers, const RunShape& run, double weight_read_positions);
 
 /// One rank's part of what its host has (`host`, as get_max_memory() measures it), for
 /// `local_world_size` ranks on the host (LOCAL_WORLD_SIZE), this one being `local_rank`: the GPUs
