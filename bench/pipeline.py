@@ -46,6 +46,31 @@ def run(cmd, env):
     return json.loads(line[len("[rank 0] "):] if line.startswith("[rank 0] ") else line)
 
 
+def interleaved(rows, rounds, env, describe, adjust=None):
+    """Every row once per round, the order reversed every other round, so that the machine's drift
+    hits every row alike; returns each row's JSON results. adjust(name, j) may rescale a result."""
+    results = {name: [] for name in rows}
+    for r in range(rounds):
+        for name in (list(rows) if r % 2 == 0 else list(reversed(rows))):
+            j = run(rows[name], env)
+            if adjust:
+                adjust(name, j)
+            results[name].append(j)
+            print(f"round {r + 1} {name:32} {describe(j)}", flush=True)
+    return results
+
+
+def tokens_agree(results, tokens_of):
+    """0 when every run of every row generated the same tokens (tokens_of(j)), else 1; says which."""
+    tokens = {json.dumps(tokens_of(x)) for runs in results.values() for x in runs}
+    if len(tokens) != 1:
+        print("tokens DIVERGE between rows:", tokens)
+        return 1
+    print(f"\ntokens agree across all {sum(len(v) for v in results.values())} runs")
+    print("benchmark:", " ".join([sys.executable] + sys.argv))
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model_dir")
@@ -81,14 +106,11 @@ def main():
     at_budget = ["--device-map", "auto", "--max-memory", f"cpu={a.budget}"]
     rows[f"1 rank, {a.budget} budget"] = [a.ferry] + common + at_budget
     rows[f"2 ranks, {a.budget} budget each"] = two + at_budget
-    results = {name: [] for name in rows}
-    for r in range(a.rounds):
-        for name in (list(rows) if r % 2 == 0 else list(reversed(rows))):
-            j = run(rows[name], env)
-            results[name].append(j)
-            if name == halves:  # two steps of half the batch make one step of the whole
-                j["timings"]["decode_ms_per_token"] *= 2
-            print(f"round {r + 1} {name:28} {j['timings']['decode_ms_per_token']:8.1f} ms/step", flush=True)
+    def two_steps_of_halves(name, j):  # two steps of half the batch make one step of the whole
+        if name == halves:
+            j["timings"]["decode_ms_per_token"] *= 2
+    results = interleaved(rows, a.rounds, env, lambda j: f"{j['timings']['decode_ms_per_token']:8.1f} ms/step",
+                          two_steps_of_halves)
     print(f"\n{a.model_dir}, {a.sequences} prompt(s), {a.tokens} new tokens each, threads per process: "
           f"{a.threads or 'default'}, median of {a.rounds} rounds\n")
     best = min(statistics.median(x["timings"]["decode_ms_per_token"] for x in results[name])
@@ -106,14 +128,7 @@ def main():
         print(f"| {name} | {ms:.1f} | {a.sequences * 1000 / ms:.2f} | {base / ms:.2f}x | {best / ms:.2f}x | {p.get('bytes_sent_per_token', 0):.0f} | {p.get('bytes_received_per_token', 0):.0f} | "
               f"{comm:.3f} | {busy:.3f} | {disk / 2**20:.1f} MiB |")
     # every row the same tokens (the halves row: the first half's)
-    tokens = {json.dumps(x["generated"][:a.sequences // 2] if a.sequences > 1 else x["generated"])
-              for runs in results.values() for x in runs}
-    if len(tokens) != 1:
-        print("tokens DIVERGE between rows:", tokens)
-        return 1
-    print(f"\ntokens agree across all {sum(len(v) for v in results.values())} runs")
-    print("benchmark:", " ".join([sys.executable] + sys.argv))
-    return 0
+    return tokens_agree(results, lambda x: x["generated"][:a.sequences // 2] if a.sequences > 1 else x["generated"])
 
 
 def prefill(a):
@@ -129,12 +144,7 @@ def prefill(a):
             f"2 ranks, chunks of {a.prefill_chunk}": two + chunks + ["--micro-batches", "1"]}
     if a.sequences > 1:
         rows[f"2 ranks, chunks of {a.prefill_chunk}, 2 groups"] = two + chunks
-    results = {name: [] for name in rows}
-    for r in range(a.rounds):
-        for name in (list(rows) if r % 2 == 0 else list(reversed(rows))):
-            j = run(rows[name], env)
-            results[name].append(j)
-            print(f"round {r + 1} {name:32} {j['timings']['prefill_s']:8.3f} s prefill", flush=True)
+    results = interleaved(rows, a.rounds, env, lambda j: f"{j['timings']['prefill_s']:8.3f} s prefill")
     print(f"\n{a.model_dir}, {a.sequences} prompt(s) of {a.prompt_tokens} positions, threads per process: "
           f"{a.threads or 'default'}, median of {a.rounds} rounds\n")
     print("| row | prefill s | prompt tokens/s | vs 1 rank | forwards |")
@@ -145,13 +155,7 @@ def prefill(a):
         base = base or sec
         print(f"| {name} | {sec:.3f} | {a.sequences * a.prompt_tokens / sec:.1f} | {base / sec:.2f}x | "
               f"{runs[0]['timings']['prefill_forwards']} |")
-    tokens = {json.dumps(x["generated"]) for runs in results.values() for x in runs}
-    if len(tokens) != 1:
-        print("tokens DIVERGE between rows:", tokens)
-        return 1
-    print(f"\ntokens agree across all {sum(len(v) for v in results.values())} runs")
-    print("benchmark:", " ".join([sys.executable] + sys.argv))
-    return 0
+    return tokens_agree(results, lambda x: x["generated"])
 
 
 if __name__ == "__main__":
