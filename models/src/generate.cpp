@@ -141,12 +141,13 @@ GenerationOutput generate(CausalLM& model, const at::Tensor& input_ids, const Ge
   // With padding, every forward gets the mask of all positions so far and each row's own positions:
   // the prompt's from the mask, then each step's one past the row's last (no cumsum per step).
   at::Tensor positions = mask.defined() ? positions_from_mask(mask) : at::Tensor();
-  auto forward = [&](const at::Tensor& ids, int64_t keep) {
+  // `ids` after the cache; with padding, the mask of every position up to theirs and their positions.
+  auto forward = [&](const at::Tensor& ids, int64_t keep, const at::Tensor& mask_so_far, const at::Tensor& ids_positions) {
     if (!mask.defined()) return model.logits(ids.to(device), cache, keep);
-    return model.logits(ids.to(device), cache, keep, mask.to(device), positions.to(device));
+    return model.logits(ids.to(device), cache, keep, mask_so_far.to(device), ids_positions.to(device));
   };
   // The prompt, whole or in chunks of g.prefill_chunk positions, each attending to the cache of the
-  // ones before (the mask of every position so far, the chunk's own positions).
+  // ones before.
   const int64_t prompt = sequences.size(1);
   const int64_t chunk = g.prefill_chunk > 0 ? std::min(g.prefill_chunk, prompt) : prompt;
   const int64_t keep = g.return_prompt_logits ? 0 : 1;
@@ -154,14 +155,9 @@ GenerationOutput generate(CausalLM& model, const at::Tensor& input_ids, const Ge
   std::vector<at::Tensor> prompt_logits;
   for (int64_t begin = 0; begin < prompt; begin += chunk) {
     const int64_t n = std::min(chunk, prompt - begin);
-    if (n == prompt) {
-      logits = forward(sequences, keep);
-    } else if (!mask.defined()) {
-      logits = model.logits(sequences.narrow(1, begin, n).to(device), cache, keep);
-    } else {
-      logits = model.logits(sequences.narrow(1, begin, n).to(device), cache, keep,
-                            mask.narrow(1, 0, begin + n).to(device), positions.narrow(1, begin, n).to(device));
-    }
+    logits = mask.defined() ? forward(sequences.narrow(1, begin, n), keep, mask.narrow(1, 0, begin + n),
+                                      positions.narrow(1, begin, n))
+                            : forward(sequences.narrow(1, begin, n), keep, {}, {});
     if (g.return_prompt_logits) prompt_logits.push_back(logits.to(at::kCPU).to(at::kFloat));
     ++out.prefill_forwards;
   }
@@ -173,7 +169,7 @@ GenerationOutput generate(CausalLM& model, const at::Tensor& input_ids, const Ge
         mask = at::cat({mask, at::ones({batch, 1}, at::kLong)}, 1);
         positions = positions.narrow(1, positions.size(1) - 1, 1) + 1;
       }
-      logits = forward(sequences.narrow(1, sequences.size(1) - 1, 1), 1);
+      logits = forward(sequences.narrow(1, sequences.size(1) - 1, 1), 1, mask, positions);
     }
     at::Tensor next = model.choose_next_tokens(logits, choose);
     if (eos.numel() > 0) {

@@ -44,15 +44,11 @@ double head_work_for_run(double head_layers, const RunShape& run, double weight_
   const int64_t chunks = (run.prompt + chunk - 1) / chunk;
   const double decode_steps = static_cast<double>(std::max<int64_t>(run.new_tokens - 1, 0));
   const double step = weight_read_positions + static_cast<double>(run.rows);  // one position per prompt
-  // The layers: every prompt position (in its chunks), then one per prompt and step.
-  const double layer = static_cast<double>(chunks) * weight_read_positions +
-                       static_cast<double>(run.rows * run.prompt) + decode_steps * step;
-  // The head: one position per prompt in each forward (or, with the prompt's logits, all of them).
-  const double prefill_head = run.prompt_logits ? static_cast<double>(chunks) * weight_read_positions +
-                                                      static_cast<double>(run.rows * run.prompt)
-                                                : static_cast<double>(chunks) * step;
-  const double head = prefill_head + decode_steps * step;
-  return head_layers * head / layer;
+  // The layers run every prompt position (in its chunks), then one per prompt and step; the head
+  // one position per prompt in each forward (or, with the prompt's logits, every one as the layers).
+  const double prefill = static_cast<double>(chunks) * weight_read_positions + static_cast<double>(run.rows * run.prompt);
+  const double prefill_head = run.prompt_logits ? prefill : static_cast<double>(chunks) * step;
+  return head_layers * (prefill_head + decode_steps * step) / (prefill + decode_steps * step);
 }
 
 std::vector<PipelineStage> split_stages(int64_t layers, int world_size) {
