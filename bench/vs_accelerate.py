@@ -17,6 +17,10 @@ With a GPU also gpu (everything on 0) and experts-cpu (dense parts on 0, routed 
 Accelerate copies each layer's experts over, ferry chooses per call, --cpu-experts auto), with ferry's
 two policies forced as experts-cpu-compute and experts-cpu-copy.
 --drop-caches drops the page cache before every run (cold reads).
+--memory-limit FRACTION adds a row that runs the disk row (disk, or experts-disk) again inside a memory
+cgroup limit of FRACTION x the checkpoint's bytes, the page cache dropped first (root): a model larger
+than the memory it may use, the case that makes experts come from storage token after token. Every row
+reports the bytes the process read from storage per decode token (read_bytes of /proc/self/io).
 
 Rows: resident (everything on "cpu") and disk (embeddings, final norm and lm_head on "cpu", every
 decoder layer on "disk"); with a GPU also gpu (everything on 0), cpu-offload (layers on "cpu", the
@@ -33,10 +37,13 @@ How the times compare:
     after the first. ferry times each of those steps the same way (forward + choosing the token).
   * peak RSS: getrusage's ru_maxrss of the child itself, the number ferry reports. Mapped checkpoint
     pages count in it, so "anon RSS" (RssAnon at the end) shows the process's own memory.
+  * storage read per decode token: the growth of read_bytes in /proc/self/io (what the kernel fetched
+    from storage for the process, mapped page faults and direct reads alike) over the same steps.
 Rounds are interleaved (round r runs every row and tool once, the tool order alternating) so page
 cache and machine noise hit both alike; the table shows medians and every round is printed.
 
-Usage: vs_accelerate.py MODEL_DIR --ferry build/ferry [--rounds 3] [--max-new-tokens 16] [--out r.json]
+Usage: vs_accelerate.py MODEL_DIR --ferry build/ferry [--rounds 3] [--max-new-tokens 16] [--drop-caches]
+           [--memory-limit 0.45] [--out r.json]
 """
 import argparse
 import json
@@ -50,6 +57,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from memory_cgroup import MemoryCgroup  # noqa: E402
 
 
 def moe_maps(config, gpu=False):
@@ -119,6 +129,15 @@ def device_maps(layers, gpu):
     return rows
 
 
+def storage_bytes_read():
+    """Bytes the kernel has read from storage for this process (/proc/self/io), as ferry reports them."""
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    return -1
+
+
 def rss_anon_bytes():
     with open("/proc/self/status") as f:
         for line in f:
@@ -145,12 +164,13 @@ def hf_child(spec):
 
     class Stamp(LogitsProcessor):  # called once per step, right after the forward, with its logits
         def __init__(self):
-            self.times = []
+            self.times, self.reads = [], []
 
         def __call__(self, input_ids, scores):
             if scores.is_cuda:
                 torch.cuda.synchronize()
             self.times.append(time.perf_counter())
+            self.reads.append(storage_bytes_read())
             return scores
 
     first = device_map.get("model.embed_tokens", device_map.get(""))
@@ -174,18 +194,23 @@ def hf_child(spec):
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "rss_anon_bytes": rss_anon_bytes(),
             "peak_gpu_bytes": torch.cuda.max_memory_allocated() if gpu else None,
+            "storage_bytes_read": storage_bytes_read(),
+            "decode_storage_bytes_per_token": (stamp.reads[-1] - stamp.reads[0]) / steps if steps > 0 else 0.0,
         },
         "offload_folder_bytes": folder_bytes(spec["offload_folder"]) if os.path.isdir(spec["offload_folder"]) else 0,
     }))
 
 
-def run_child(cmd, env):
-    """Runs one measurement; returns its JSON (the last stdout line) with the process's wall time."""
+def run_child(cmd, env, cgroup=None):
+    """Runs one measurement (inside `cgroup`'s memory limit if given); returns its JSON (the last stdout
+    line) with the process's wall time."""
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=cgroup.join if cgroup else None)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
-        sys.exit(f"vs_accelerate: this command failed with exit code {p.returncode}:\n  {shlex.join(cmd)}\n{p.stderr[-4000:]}")
+        killed = f" (the memory cgroup counts {cgroup.oom_kills()} OOM kill(s))" if cgroup else ""
+        sys.exit(f"vs_accelerate: this command failed with exit code {p.returncode}{killed}:\n  {shlex.join(cmd)}\n"
+                 f"{p.stderr[-4000:]}")
     result = json.loads(p.stdout.strip().splitlines()[-1])
     result["wall_s"] = wall
     return result
@@ -202,6 +227,10 @@ def fmt_bytes(b):
     return "n/a" if b is None else f"{b / 2**30:.2f} GiB"
 
 
+def mib(b):
+    return "n/a" if b is None or b < 0 else f"{b / 2**20:.1f} MiB"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model_dir")
@@ -214,6 +243,8 @@ def main():
     ap.add_argument("--work-dir", default=tempfile.gettempdir(), help="device maps, child specs and offload folders go under WORK_DIR/ferry-vs-accelerate")
     ap.add_argument("--out", help="write every measurement as JSON here")
     ap.add_argument("--drop-caches", action="store_true", help="drop the page cache before every run (root): cold reads")
+    ap.add_argument("--memory-limit", type=float, metavar="FRACTION",
+                    help="add a row: the disk row inside a memory cgroup limit of FRACTION x the checkpoint's bytes, cold (root)")
     ap.add_argument("--hf-child", metavar="SPEC.json", help="internal: run one Accelerate measurement described by SPEC.json")
     a = ap.parse_args()
     if a.hf_child:
@@ -232,6 +263,18 @@ def main():
         rows = moe_maps(config, gpu)
     else:
         rows = {name: (m, m, []) for name, m in device_maps(config["num_hidden_layers"], gpu).items()}
+    cgroup, limited = None, set()  # limited: the rows that run inside the memory limit
+    if a.memory_limit:
+        disk_row = "experts-disk" if moe else "disk"
+        rows[f"{disk_row}-limit"] = rows[disk_row]
+        limited.add(f"{disk_row}-limit")
+        model_bytes = sum(os.path.getsize(os.path.join(a.model_dir, f)) for f in os.listdir(a.model_dir)
+                          if f.endswith(".safetensors"))
+        cgroup = MemoryCgroup(int(model_bytes * a.memory_limit))
+        if cgroup.error:
+            sys.exit(f"vs_accelerate: --memory-limit: {cgroup.error}")
+        print(f"the -limit row runs in a memory limit of {fmt_bytes(cgroup.limit)} ({a.memory_limit:.0%} of the "
+              f"checkpoint's {fmt_bytes(model_bytes)}), page cache dropped first", flush=True)
     if a.rows:
         rows = {name: rows[name] for name in a.rows.split(",")}
     rng = random.Random(0)
@@ -261,16 +304,19 @@ def main():
                 if (name, tool) not in commands:
                     continue
                 shutil.rmtree(os.path.join(work, f"offload-{name}"), ignore_errors=True)  # a fresh offload folder each run
-                if a.drop_caches:
+                if a.drop_caches or name in limited:
                     drop_page_cache()
-                result = run_child(commands[(name, tool)], env)
+                result = run_child(commands[(name, tool)], env, cgroup if name in limited else None)
                 runs.append({"round": r, "row": name, "tool": tool, **result})
                 t = result["timings"]
                 print(f"round {r + 1}/{a.rounds} {name:11} {tool:10} load {t['load_s']:6.2f} s  prefill {t['prefill_s']:6.3f} s  "
-                      f"decode {t['decode_ms_per_token']:8.2f} ms/token  peak RSS {fmt_bytes(t['peak_rss_bytes'])}  "
+                      f"decode {t['decode_ms_per_token']:8.2f} ms/token  storage read {mib(t.get('decode_storage_bytes_per_token'))}/token  "
+                      f"peak RSS {fmt_bytes(t['peak_rss_bytes'])}  "
                       f"wall {result['wall_s']:6.2f} s", flush=True)
     for name in rows:
         shutil.rmtree(os.path.join(work, f"offload-{name}"), ignore_errors=True)
+    if cgroup:
+        cgroup.remove()
 
     # Greedy tokens: every run (all rows, both tools) must reproduce the first Accelerate run's tokens.
     reference = next(x for x in runs if x["tool"] == "accelerate")
@@ -288,14 +334,16 @@ def main():
           f"{config.get('dtype', config.get('torch_dtype'))}; prompt {len(ids)} tokens, {a.max_new_tokens} new; "
           f"{a.threads} thread(s); median of {a.rounds} round(s)\n")
     gpu_col = " peak GPU |" if gpu else ""
-    print(f"| row | tool | load s | prefill s | ms/decode token | peak RSS | anon RSS |{gpu_col} wall s | decode ferry/Accelerate |")
-    print("|---|---|---:|---:|---:|---:|---:|" + ("---:|" if gpu else "") + "---:|---:|")
+    print(f"| row | tool | load s | prefill s | ms/decode token | storage read / decode token | peak RSS | anon RSS |{gpu_col} "
+          f"wall s | decode ferry/Accelerate |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else "") + "---:|---:|")
     for name in rows:
         for tool in ["accelerate", "ferry"]:
             if (name, tool) not in commands:
                 continue
             m = {k: median(name, tool, k) for k in ["load_s", "prefill_s", "decode_ms_per_token", "peak_rss_bytes",
-                                                   "rss_anon_bytes", "peak_gpu_bytes", "wall_s"]}
+                                                   "rss_anon_bytes", "peak_gpu_bytes", "wall_s",
+                                                   "decode_storage_bytes_per_token"]}
             ratio = ""
             if tool == "ferry" and (name, "accelerate") in commands:
                 ratio = f"{m['decode_ms_per_token'] / median(name, 'accelerate', 'decode_ms_per_token'):.2f}x"
@@ -303,6 +351,7 @@ def main():
                 ratio = f"{m['decode_ms_per_token'] / median('resident', 'ferry', 'decode_ms_per_token'):.2f}x resident"
             gpu_cell = f" {fmt_bytes(m['peak_gpu_bytes'])} |" if gpu else ""
             print(f"| {name} | {tool} | {m['load_s']:.2f} | {m['prefill_s']:.3f} | {m['decode_ms_per_token']:.2f} | "
+                  f"{mib(m['decode_storage_bytes_per_token'])} | "
                   f"{fmt_bytes(m['peak_rss_bytes'])} | {fmt_bytes(m['rss_anon_bytes'])} |{gpu_cell} {m['wall_s']:.2f} | {ratio} |")
     if moe:  # what ferry read per token against what the routed experts weigh
         routed = routed_bytes_per_token(config)

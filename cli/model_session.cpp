@@ -96,6 +96,17 @@ class ProgressDisplay {
   Clock::time_point start_, last_draw_;
 };
 
+// The number on the first line of a /proc file that `format` (one %lld) matches; -1 if none does.
+long long proc_number(const char* path, const char* format) {
+  FILE* f = std::fopen(path, "r");
+  if (!f) return -1;
+  char line[256];
+  long long value = -1;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, format, &value) == 1) break;
+  std::fclose(f);
+  return value;
+}
 }  // namespace
 
 void add_load_flags(CLI::App* cmd, LoadFlags& f) {
@@ -351,15 +362,11 @@ int64_t peak_rss_bytes() {
 }
 
 int64_t rss_anon_bytes() {
-  FILE* f = std::fopen("/proc/self/status", "r");
-  if (!f) return -1;
-  char line[256];
-  long long kb = -1;
-  while (std::fgets(line, sizeof line, f))
-    if (std::sscanf(line, "RssAnon: %lld kB", &kb) == 1) break;
-  std::fclose(f);
+  const long long kb = proc_number("/proc/self/status", "RssAnon: %lld kB");
   return kb < 0 ? -1 : kb * 1024;
 }
+
+int64_t storage_bytes_read() { return proc_number("/proc/self/io", "read_bytes: %lld"); }
 
 int64_t peak_gpu_bytes() {
 #if defined(FERRY_WITH_CUDA)

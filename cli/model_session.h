@@ -129,6 +129,10 @@ int64_t peak_rss_bytes();
 /// Anonymous (private) resident memory now, from /proc/self/status: peak RSS also counts the pages
 /// of disk-offloaded weights mapped from the checkpoint, which are page cache, not the process's own.
 int64_t rss_anon_bytes();
+/// Bytes this process has caused to be read from storage so far (read_bytes of /proc/self/io, every
+/// thread): page faults on mapped files and O_DIRECT reads alike, not what the page cache served.
+/// -1 where the kernel does not keep the count.
+int64_t storage_bytes_read();
 /// The most GPU memory LibTorch's allocator held for tensors at once on cuda:0; -1 without a GPU.
 int64_t peak_gpu_bytes();
 

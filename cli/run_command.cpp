@@ -171,6 +171,7 @@ void run(const RunOptions& o) {
   };
   // The streamer's counters when the prompt's forward is done: what decoding alone cost.
   std::optional<StreamerStats> after_prefill;
+  int64_t storage_after_prefill = -1;  // storage_bytes_read() then
   // Across ranks, a stop is one every rank agreed on at this step (a rank stopping alone would leave
   // the others waiting for it): Ctrl-C on any of them stops all after the same token.
   auto* pipeline = dynamic_cast<PipelineModel*>(loaded.model.get());
@@ -181,7 +182,10 @@ void run(const RunOptions& o) {
     if (const int sig = pipeline->agreed_stop()) throw Interrupted(sig);
   };
   g.on_step = [&](int64_t, const at::Tensor& next) {
-    if (!after_prefill && session.streamer) after_prefill = session.streamer->stats();
+    if (storage_after_prefill < 0) {
+      storage_after_prefill = storage_bytes_read();
+      if (session.streamer) after_prefill = session.streamer->stats();
+    }
     for (int64_t b = 0; b < batch; ++b) produced[static_cast<size_t>(b)].push_back(next[b].item<int64_t>());
     if (stream) std::cout << ' ' << produced[0].back() << std::flush;
     if (decoder && known(produced[0].back())) {
@@ -240,6 +244,11 @@ void run(const RunOptions& o) {
   // (Across ranks the disk-placed weights are other stages', never moved here.)
   if (moved_per_token == 0 && loaded.offloaded_bytes_per_forward > 0 && !session.stage)
     moved_per_token = static_cast<double>(loaded.offloaded_bytes_per_forward);
+  const int64_t storage_at_end = storage_bytes_read();
+  const double decode_storage_per_token =
+      out.decode_steps > 0 && storage_after_prefill >= 0
+          ? static_cast<double>(storage_at_end - storage_after_prefill) / static_cast<double>(out.decode_steps)
+          : 0.0;
   const double decode_ms = out.decode_steps > 0 ? 1000.0 * out.decode_seconds / static_cast<double>(out.decode_steps) : 0.0;
   // Why generation ended (the single prompt of --prompt): a stop string, EOS, or the token budget.
   std::string stop_reason = "max_new_tokens";
@@ -292,7 +301,12 @@ void run(const RunOptions& o) {
                     {"peak_rss_bytes", peak_rss_bytes()},
                     {"peak_gpu_bytes", gpu_peak >= 0 ? nlohmann::json(gpu_peak) : nlohmann::json()},
                     {"rss_anon_bytes", rss_anon_bytes()},
-                    {"offloaded_bytes_per_token", moved_per_token}};
+                    {"offloaded_bytes_per_token", moved_per_token},
+                    // What the kernel read from storage for this process (page faults on mapped
+                    // weights and direct reads alike; page-cache hits are free): the cost of a
+                    // model larger than memory, where the cache cannot hold the weights.
+                    {"storage_bytes_read", storage_at_end},
+                    {"decode_storage_bytes_per_token", decode_storage_per_token}};
     if (session.disk_reads) {
       const DiskReadPlan& plan = *session.disk_reads;
       const StreamerStats st = session.streamer->stats();
@@ -381,10 +395,11 @@ void run(const RunOptions& o) {
   if (tokenizer) std::fprintf(stderr, "tokenizer: loaded and prompt encoded in %.1f ms\n", 1000 * tokenizer_seconds);
   std::fprintf(text_mode ? stderr : stdout,
                "timings: load %.3f s, prefill %.3f s, decode %.2f ms/token (%lld steps), peak RSS %s (anonymous now %s), "
-               "offloaded bytes moved per token %s\n",
+               "offloaded bytes moved per token %s, read from storage per decode token %s\n",
                loaded.load_seconds, out.prefill_seconds, decode_ms, static_cast<long long>(out.decode_steps),
                format_bytes(static_cast<double>(peak_rss_bytes())).c_str(),
-               format_bytes(static_cast<double>(rss_anon_bytes())).c_str(), format_bytes(moved_per_token).c_str());
+               format_bytes(static_cast<double>(rss_anon_bytes())).c_str(), format_bytes(moved_per_token).c_str(),
+               format_bytes(decode_storage_per_token).c_str());
   if (!o.logits_out.empty()) info << "prompt logits written to " << o.logits_out << "\n";
 }
 

@@ -523,6 +523,22 @@ TEST(ModelsCli, ExpertCacheCountersAndSameTokens) {
   EXPECT_EQ(p["experts"]["decode_cache_hit_rate"].get<double>(), 0.0);
   EXPECT_GT(c["experts"]["decode_cache_hit_rate"].get<double>(), c["experts"]["cache_hit_rate"].get<double>() - 1e-9)
       << "the prompt's picks are first sights";
+
+  // Read with O_DIRECT, the picked experts come from storage every token, and the kernel's own count
+  // of what the process read (timings.decode_storage_bytes_per_token) shows those 4 experts' bytes
+  // (rounded out to 4 KiB blocks), nothing like the 16 experts of the two layers.
+  Result direct = run_cli(run + " --disk-read direct", false);
+  ASSERT_EQ(direct.status, 0) << direct.out;
+  auto d = nlohmann::json::parse(direct.stdout_only);
+  EXPECT_EQ(d["generated"], p["generated"]);
+  EXPECT_DOUBLE_EQ(d["experts"]["decode_bytes_loaded_per_token"].get<double>(), 4.0 * 36864) << d["experts"];
+  if (d["disk_read"]["direct_reads"].get<int64_t>() == 0 || d["timings"]["storage_bytes_read"].get<int64_t>() < 0) {
+    std::cerr << "[ note ] the fixture's file system took no O_DIRECT reads or keeps no /proc/self/io; storage count unchecked\n";
+  } else {
+    const double storage = d["timings"]["decode_storage_bytes_per_token"].get<double>();
+    EXPECT_GE(storage, 4.0 * 36864) << d["timings"];
+    EXPECT_LE(storage, 2 * 4.0 * 36864) << d["timings"];
+  }
 }
 
 // Disk weights read with O_DIRECT into ferry's own buffers (models larger than RAM) give the same
@@ -569,6 +585,7 @@ TEST(ModelsCli, TextReportShowsPlacementTokensAndTimings) {
   EXPECT_NE(r.out.find("decode "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("peak RSS"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("offloaded bytes moved per token 0 B"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("read from storage per decode token "), std::string::npos) << r.out;
 }
 
 TEST(ModelsCli, SamplingIsSeededAndBounded) {
