@@ -526,7 +526,8 @@ TEST(ModelsCli, ExpertCacheCountersAndSameTokens) {
 
   // Read with O_DIRECT, the picked experts come from storage every token, and the kernel's own count
   // of what the process read (timings.decode_storage_bytes_per_token) shows those 4 experts' bytes
-  // (rounded out to 4 KiB blocks), nothing like the 16 experts of the two layers.
+  // (rounded out to 4 KiB blocks), well under the 16 experts of the two layers (4x; the margin is for
+  // pages of code or libraries the kernel may read in during the steps).
   Result direct = run_cli(run + " --disk-read direct", false);
   ASSERT_EQ(direct.status, 0) << direct.out;
   auto d = nlohmann::json::parse(direct.stdout_only);
@@ -537,7 +538,7 @@ TEST(ModelsCli, ExpertCacheCountersAndSameTokens) {
   } else {
     const double storage = d["timings"]["decode_storage_bytes_per_token"].get<double>();
     EXPECT_GE(storage, 4.0 * 36864) << d["timings"];
-    EXPECT_LE(storage, 2 * 4.0 * 36864) << d["timings"];
+    EXPECT_LT(storage, 3 * 4.0 * 36864) << d["timings"];
   }
 }
 
