@@ -244,9 +244,12 @@ void run(const RunOptions& o) {
   // (Across ranks the disk-placed weights are other stages', never moved here.)
   if (moved_per_token == 0 && loaded.offloaded_bytes_per_forward > 0 && !session.stage)
     moved_per_token = static_cast<double>(loaded.offloaded_bytes_per_forward);
+  // Unknown (-1) without /proc/self/io, or where no step callback ran (several prompts in flight across ranks).
   const int64_t storage_at_end = storage_bytes_read();
+  const bool storage_known = storage_after_prefill >= 0 && storage_at_end >= 0;
   const double decode_storage_per_token =
-      out.decode_steps > 0 && storage_after_prefill >= 0
+      !storage_known ? -1.0
+      : out.decode_steps > 0
           ? static_cast<double>(storage_at_end - storage_after_prefill) / static_cast<double>(out.decode_steps)
           : 0.0;
   const double decode_ms = out.decode_steps > 0 ? 1000.0 * out.decode_seconds / static_cast<double>(out.decode_steps) : 0.0;
@@ -305,8 +308,9 @@ void run(const RunOptions& o) {
                     // What the kernel read from storage for this process (page faults on mapped
                     // weights and direct reads alike; page-cache hits are free): the cost of a
                     // model larger than memory, where the cache cannot hold the weights.
-                    {"storage_bytes_read", storage_at_end},
-                    {"decode_storage_bytes_per_token", decode_storage_per_token}};
+                    {"storage_bytes_read", storage_at_end >= 0 ? nlohmann::json(storage_at_end) : nlohmann::json()},
+                    {"decode_storage_bytes_per_token",
+                     storage_known ? nlohmann::json(decode_storage_per_token) : nlohmann::json()}};
     if (session.disk_reads) {
       const DiskReadPlan& plan = *session.disk_reads;
       const StreamerStats st = session.streamer->stats();
@@ -399,7 +403,7 @@ void run(const RunOptions& o) {
                loaded.load_seconds, out.prefill_seconds, decode_ms, static_cast<long long>(out.decode_steps),
                format_bytes(static_cast<double>(peak_rss_bytes())).c_str(),
                format_bytes(static_cast<double>(rss_anon_bytes())).c_str(), format_bytes(moved_per_token).c_str(),
-               format_bytes(decode_storage_per_token).c_str());
+               storage_known ? format_bytes(decode_storage_per_token).c_str() : "unknown");
   if (!o.logits_out.empty()) info << "prompt logits written to " << o.logits_out << "\n";
 }
 
