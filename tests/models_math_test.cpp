@@ -17,6 +17,7 @@
 #include <c10/core/GradMode.h>
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -303,6 +304,36 @@ TEST(ModelsMath, CachedDecodingEqualsFullForward) {
     EXPECT_EQ(cache->seq_length(0), 9);
     EXPECT_EQ(cache->num_layers(), 2);
     EXPECT_EQ(cache->keys(1).device(), at::Device(at::kCPU));
+  }
+}
+
+// The cache appends in place: what update() returns equals the concatenation of everything given,
+// with reserve() no step makes a new buffer, and past the room a layer's buffer doubles.
+TEST(ModelsMath, KVCacheAppendsInPlaceAndGrowsWhenFull) {
+  // {room reserved, buffers made for 16 positions, the last buffer's room}: room for the whole run
+  // makes one; none makes 5 (the prompt), then 10, then 20; too little (12) makes 12, then 24.
+  for (auto [reserved, buffers, room] : std::vector<std::array<int64_t, 3>>{{16, 1, 16}, {0, 3, 20}, {12, 2, 24}}) {
+    KVCache cache;
+    cache.reserve(reserved);
+    std::vector<at::Tensor> keys, values;
+    const void* buffer = nullptr;
+    int64_t new_buffers = 0;
+    for (int64_t step = 0; step < 12; ++step) {
+      const int64_t n = step == 0 ? 5 : 1;  // a prompt of 5, then a token at a time
+      keys.push_back(at::randn({2, 3, n, 4}));
+      values.push_back(at::randn({2, 3, n, 4}));
+      auto [k, v] = cache.update(0, keys.back(), values.back());
+      EXPECT_TRUE(at::equal(k, at::cat(keys, 2))) << "step " << step;
+      EXPECT_TRUE(at::equal(v, at::cat(values, 2))) << "step " << step;
+      EXPECT_TRUE(at::equal(cache.keys(0), k));
+      if (k.data_ptr() != buffer) ++new_buffers, buffer = k.data_ptr();
+    }
+    EXPECT_EQ(cache.seq_length(0), 16);
+    EXPECT_EQ(new_buffers, buffers) << "reserved " << reserved;
+    EXPECT_EQ(cache.nbytes(), uint64_t(2 * 2 * 3 * room * 4 * sizeof(float))) << "reserved " << reserved;
+    cache.clear();
+    EXPECT_EQ(cache.seq_length(0), 0);
+    EXPECT_FALSE(cache.keys(0).defined());
   }
 }
 

@@ -8,54 +8,65 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 namespace ferry::models {
 
 std::pair<at::Tensor, at::Tensor> KVCache::update(int64_t layer, const at::Tensor& keys, const at::Tensor& values) {
-  FERRY_ASSERT(layer >= 0);
-  if (static_cast<size_t>(layer) >= keys_.size()) {
-    keys_.resize(layer + 1);
-    values_.resize(layer + 1);
-  }
-  at::Tensor& k = keys_[layer];
-  at::Tensor& v = values_[layer];
-  if (!k.defined()) {
-    k = keys.contiguous();
-    v = values.contiguous();
+  FERRY_ASSERT(layer >= 0 && keys.dim() == 4 && values.dim() == 4);
+  if (static_cast<size_t>(layer) >= layers_.size()) layers_.resize(layer + 1);
+  Layer& l = layers_[layer];
+  const int64_t added = keys.size(2);
+  const int64_t needed = l.length + added;
+  if (!l.keys.defined() || needed > l.keys.size(2)) {
+    // A new buffer: the reserved room, or double the old, or what is needed, whichever is most.
+    const int64_t capacity = std::max({needed, reserved_, l.keys.defined() ? 2 * l.keys.size(2) : int64_t{0}});
+    auto grown = [&](const at::Tensor& old, const at::Tensor& added_entries) {
+      at::Tensor buffer = at::empty({added_entries.size(0), added_entries.size(1), capacity, added_entries.size(3)},
+                                    added_entries.options());
+      if (l.length > 0) buffer.narrow(2, 0, l.length).copy_(old.narrow(2, 0, l.length));
+      return buffer;
+    };
+    l.keys = grown(l.keys, keys);
+    l.values = grown(l.values, values);
   } else {
     // The layer's new entries arrive on its execution device; so do the old ones (stored there).
-    FERRY_ASSERT(k.device() == keys.device(), "layer ", layer, " cache on ", k.device(), " but new keys on ",
+    FERRY_ASSERT(l.keys.device() == keys.device(), "layer ", layer, " cache on ", l.keys.device(), " but new keys on ",
                  keys.device());
-    k = at::cat({k, keys}, 2);
-    v = at::cat({v, values}, 2);
+    FERRY_ASSERT(l.keys.size(0) == keys.size(0) && l.keys.size(1) == keys.size(1) && l.keys.size(3) == keys.size(3),
+                 "layer ", layer, " caches keys of ", l.keys.sizes(), " but new keys are ", keys.sizes());
   }
-  return {k, v};
+  l.keys.narrow(2, l.length, added).copy_(keys);
+  l.values.narrow(2, l.length, added).copy_(values);
+  l.length = needed;
+  return {l.keys.narrow(2, 0, l.length), l.values.narrow(2, 0, l.length)};
 }
 
+void KVCache::reserve(int64_t positions) { reserved_ = std::max<int64_t>(0, positions); }
+
 int64_t KVCache::seq_length(int64_t layer) const {
-  if (layer < 0 || static_cast<size_t>(layer) >= keys_.size() || !keys_[layer].defined()) return 0;
-  return keys_[layer].size(2);
+  return layer >= 0 && static_cast<size_t>(layer) < layers_.size() ? layers_[layer].length : 0;
 }
 
 at::Tensor KVCache::keys(int64_t layer) const {
-  return static_cast<size_t>(layer) < keys_.size() ? keys_[layer] : at::Tensor();
+  if (static_cast<size_t>(layer) >= layers_.size() || layers_[layer].length == 0) return {};
+  return layers_[layer].keys.narrow(2, 0, layers_[layer].length);
 }
 
 at::Tensor KVCache::values(int64_t layer) const {
-  return static_cast<size_t>(layer) < values_.size() ? values_[layer] : at::Tensor();
+  if (static_cast<size_t>(layer) >= layers_.size() || layers_[layer].length == 0) return {};
+  return layers_[layer].values.narrow(2, 0, layers_[layer].length);
 }
 
 uint64_t KVCache::nbytes() const {
   uint64_t total = 0;
-  for (const auto* list : {&keys_, &values_})
-    for (const at::Tensor& t : *list)
-      if (t.defined()) total += t.numel() * t.element_size();
+  for (const Layer& l : layers_)
+    for (const at::Tensor* t : {&l.keys, &l.values})
+      if (t->defined()) total += t->numel() * t->element_size();
   return total;
 }
 
-void KVCache::clear() {
-  keys_.clear();
-  values_.clear();
-}
+void KVCache::clear() { layers_.clear(); }
 
 c10::IValue KVCache::to_ivalue(const c10::intrusive_ptr<KVCache>& cache) {
   if (!cache) return c10::IValue();

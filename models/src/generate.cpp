@@ -122,6 +122,7 @@ GenerationOutput generate(CausalLM& model, const at::Tensor& input_ids, const Ge
   int64_t batch = input_ids.size(0);
   at::Tensor sequences = input_ids.to(at::kCPU).to(at::kLong).contiguous();
   auto cache = c10::make_intrusive<KVCache>();
+  cache->reserve(sequences.size(1) + g.max_new_tokens);  // every position of the run: no step copies the cache
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(g.seed);
   at::Tensor eos = at::tensor(g.eos_token_ids, at::kLong);
   int64_t pad = g.pad_token_id.value_or(g.eos_token_ids.empty() ? 0 : g.eos_token_ids[0]);

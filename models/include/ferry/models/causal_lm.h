@@ -47,19 +47,29 @@ namespace ferry::models {
 /// Keys and values of past positions, per layer, as transformers' DynamicCache. Each layer's
 /// entries stay on the device of the tensors that layer computed with (its execution device),
 /// so a dispatched or offloaded model moves no cache between devices.
+///
+/// Entries go into place in a buffer with room to spare ([batch, kv_heads, capacity, head_dim]),
+/// not into a new concatenation per step: appending a token then costs its own bytes, where a
+/// concatenation copies (and allocates) the whole cache every step, which for long contexts cost
+/// more than the step's weights. reserve() sizes the buffers for a whole generation; without it, or
+/// past it, a layer's room doubles when full.
 class KVCache : public torch::CustomClassHolder {
  public:
   /// Appends `keys`/`values` ([batch, kv_heads, new_positions, head_dim]) to layer `layer` and
-  /// returns the layer's full keys and values.
+  /// returns the layer's full keys and values: views of the buffer (strided between heads), valid
+  /// until the next update of that layer.
   std::pair<at::Tensor, at::Tensor> update(int64_t layer, const at::Tensor& keys, const at::Tensor& values);
+  /// Room for `positions` per layer from each layer's first update (generate: prompt + new tokens),
+  /// so that no step copies the cache. Layers already made keep theirs until they fill.
+  void reserve(int64_t positions);
   /// Positions cached for `layer` (0 before its first update).
   int64_t seq_length(int64_t layer = 0) const;
   /// Layers with entries.
-  int64_t num_layers() const { return static_cast<int64_t>(keys_.size()); }
+  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
   /// Layer `layer`'s cached keys / values (undefined before its first update).
   at::Tensor keys(int64_t layer) const;
   at::Tensor values(int64_t layer) const;
-  /// Bytes held, over all layers.
+  /// Bytes held, over all layers (the buffers, room to spare included).
   uint64_t nbytes() const;
   /// Forgets everything.
   void clear();
@@ -70,7 +80,12 @@ class KVCache : public torch::CustomClassHolder {
   static KVCache* from_ivalue(const c10::IValue& value);
 
  private:
-  std::vector<at::Tensor> keys_, values_;
+  struct Layer {
+    at::Tensor keys, values;  // [batch, kv_heads, capacity, head_dim]; positions [0, length) are filled
+    int64_t length = 0;
+  };
+  std::vector<Layer> layers_;
+  int64_t reserved_ = 0;
 };
 
 /// A causal language model: the common interface of every architecture ferry runs.
