@@ -175,7 +175,8 @@ def hf_child(spec):
 
     first = device_map.get("model.embed_tokens", device_map.get(""))
     device = f"cuda:{first}" if isinstance(first, int) else "cpu"
-    ids = torch.tensor([spec["ids"]], device=device)
+    # One prompt (a list of ids) or several of one length (a list of lists; bench/long_context.py).
+    ids = torch.tensor(spec["ids"] if isinstance(spec["ids"][0], list) else [spec["ids"]], device=device)
     stamp = Stamp()
     n = spec["max_new_tokens"]
     with torch.no_grad():
@@ -185,7 +186,7 @@ def hf_child(spec):
     steps = len(stamp.times) - 1
     gpu = any(isinstance(v, int) for v in device_map.values())
     print(json.dumps({
-        "generated": [out[0, ids.shape[1]:].tolist()],
+        "generated": out[:, ids.shape[1]:].tolist(),
         "timings": {
             "load_s": load_s,
             "prefill_s": stamp.times[0] - t0,
