@@ -1,10 +1,13 @@
-// make_big_llama OUT_DIR [--layers N] [--hidden H] [--dtype float32|bfloat16] [--shard-mb M]
+// make_big_llama OUT_DIR [--layers N] [--hidden H] [--kv-heads K] [--vocab V] [--dtype float32|bfloat16] [--shard-mb M]
 //
 // Writes a random, Llama-shaped Hugging Face checkpoint (config.json, sharded safetensors and
 // model.safetensors.index.json) of a given size, one shard at a time, so that a model larger than
 // the memory budget can be run with `ferry run OUT_DIR --device-map auto --max-memory cpu=...`.
 // Default: 6 layers of a 2048-wide Llama (GQA 16/4 heads, intermediate 5632, vocab 32000) in
-// float32, about 1.5 GB.
+// float32, about 1.5 GB. --kv-heads (default hidden / 512) sets the heads of the KV cache (of 128
+// dimensions each; as many as the query heads, hidden / 128, for multi-head attention), --vocab the
+// vocabulary (default 32000): a small model with a large KV cache is how bench/long_context.py
+// makes the caches outweigh the weights.
 
 #include "ferry/core/byte_size.h"
 #include "ferry/core/dtype.h"
@@ -28,7 +31,7 @@ using namespace ferry::models;
 int main(int argc, char** argv) {
   try {
     std::string out;
-    int64_t layers = 6, hidden = 2048, shard_mb = 400;
+    int64_t layers = 6, hidden = 2048, shard_mb = 400, kv_heads = 0, vocab = 32000;
     std::string dtype = "float32";
     for (int i = 1; i < argc; ++i) {
       std::string a = argv[i];
@@ -38,10 +41,13 @@ int main(int argc, char** argv) {
       };
       if (a == "--layers") layers = std::stoll(next());
       else if (a == "--hidden") hidden = std::stoll(next());
+      else if (a == "--kv-heads") kv_heads = std::stoll(next());
+      else if (a == "--vocab") vocab = std::stoll(next());
       else if (a == "--dtype") dtype = next();
       else if (a == "--shard-mb") shard_mb = std::stoll(next());
       else if (a == "-h" || a == "--help") {
-        std::cout << "usage: make_big_llama OUT_DIR [--layers 6] [--hidden 2048] [--dtype float32|bfloat16] [--shard-mb 400]\n";
+        std::cout << "usage: make_big_llama OUT_DIR [--layers 6] [--hidden 2048] [--kv-heads HIDDEN/512] [--vocab 32000] "
+                     "[--dtype float32|bfloat16] [--shard-mb 400]\n";
         return 0;
       } else out = a;
     }
@@ -49,12 +55,15 @@ int main(int argc, char** argv) {
     ModelConfig c;
     c.architecture = "LlamaForCausalLM";
     c.model_type = "llama";
-    c.vocab_size = 32000;
+    c.vocab_size = vocab;
     c.hidden_size = hidden;
     c.intermediate_size = hidden * 11 / 4;
     c.num_hidden_layers = layers;
     c.num_attention_heads = hidden / 128;
-    c.num_key_value_heads = std::max<int64_t>(1, hidden / 512);
+    c.num_key_value_heads = kv_heads > 0 ? kv_heads : std::max<int64_t>(1, hidden / 512);
+    FERRY_CHECK(hidden % 128 == 0 && c.num_attention_heads % c.num_key_value_heads == 0, "--hidden ", hidden,
+                " gives ", c.num_attention_heads, " heads of 128, which ", c.num_key_value_heads,
+                " KV heads must divide (--kv-heads)");
     c.head_dim = 128;
     c.max_position_embeddings = 4096;
     c.norm_eps = 1e-5;

@@ -20,7 +20,7 @@ each stage boundary carries per step and the time rank 0 spent in send/recv, and
 row generates the same tokens.
 
   python3 bench/pipeline.py MODEL_DIR --ferry build/ferry [--budget 1.6GB] [--rounds 3] [--tokens 32]
-                            [--sequences 8 --threads 1]
+                            [--sequences 8 --threads 1] [--prompt-tokens 8] [--no-capacity]
 
 With --prefill, it measures the prompt instead (prompts of --prompt-tokens positions, one new token):
 the whole prompt in one forward against the prompt in chunks of --prefill-chunk positions, in one
@@ -81,12 +81,14 @@ def main():
     ap.add_argument("--sequences", type=int, default=1, help="prompts generated at once")
     ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every process (default: LibTorch's)")
     ap.add_argument("--prefill", action="store_true", help="measure the prompt's forward (see above)")
-    ap.add_argument("--prompt-tokens", type=int, default=256, help="--prefill: positions per prompt")
+    ap.add_argument("--prompt-tokens", type=int, help="positions per prompt (default 8; with --prefill 256)")
+    ap.add_argument("--no-capacity", action="store_true", help="leave out the rows at a memory budget")
     ap.add_argument("--prefill-chunk", type=int, default=32, help="--prefill: positions per chunk")
     a = ap.parse_args()
     if a.prefill:
+        a.prompt_tokens = a.prompt_tokens or 256
         return prefill(a)
-    prompts = [" ".join(str(1 + (s * 7 + t) % 500) for t in range(8)) for s in range(a.sequences)]
+    prompts = [" ".join(str(1 + (s * 7 + t) % 500) for t in range(a.prompt_tokens or 8)) for s in range(a.sequences)]
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(a.threads)} if a.threads else {}))
     tail = ["--max-new-tokens", str(a.tokens), "--json", "--quiet"]
     common = ["run", a.model_dir, "--ids", ";".join(prompts)] + tail
@@ -99,13 +101,14 @@ def main():
         rows["2 ranks, lockstep"] = two + ["--micro-batches", "1"]
     else:
         rows["2 ranks resident"] = two
-    if not a.budget:
-        model_bytes = sum(os.path.getsize(os.path.join(a.model_dir, f)) for f in os.listdir(a.model_dir)
-                          if f.endswith(".safetensors"))
-        a.budget = f"{model_bytes * 6 // 10 / 2**30:.2f}GiB"
-    at_budget = ["--device-map", "auto", "--max-memory", f"cpu={a.budget}"]
-    rows[f"1 rank, {a.budget} budget"] = [a.ferry] + common + at_budget
-    rows[f"2 ranks, {a.budget} budget each"] = two + at_budget
+    if not a.no_capacity:
+        if not a.budget:
+            model_bytes = sum(os.path.getsize(os.path.join(a.model_dir, f)) for f in os.listdir(a.model_dir)
+                              if f.endswith(".safetensors"))
+            a.budget = f"{model_bytes * 6 // 10 / 2**30:.2f}GiB"
+        at_budget = ["--device-map", "auto", "--max-memory", f"cpu={a.budget}"]
+        rows[f"1 rank, {a.budget} budget"] = [a.ferry] + common + at_budget
+        rows[f"2 ranks, {a.budget} budget each"] = two + at_budget
     def two_steps_of_halves(name, j):  # two steps of half the batch make one step of the whole
         if name == halves:
             j["timings"]["decode_ms_per_token"] *= 2
