@@ -122,6 +122,15 @@ ProcessGroup ProcessGroup::connect(const DistributedEnv& env) {
 int ProcessGroup::rank() const { return impl_->env.rank; }
 int ProcessGroup::size() const { return impl_->env.world_size; }
 
+namespace {
+// One message for a send that failed, whether it failed at once (the receiver's connection closed)
+// or while waiting: the receiver's rank, the message and the timeout.
+[[noreturn]] void fail_to_send(int rank, int tag, int dst, std::chrono::milliseconds timeout, const std::exception& e) {
+  FERRY_FAIL("rank ", rank, ": sending message ", tag, " to rank ", dst, " failed (rank ", dst,
+             " stopped or cannot be reached within ", timeout.count() / 1000, " s): ", message_of(e));
+}
+}  // namespace
+
 struct PendingSend::Impl {
   using Work = decltype(std::declval<c10d::ProcessGroupGloo&>().send(std::declval<std::vector<at::Tensor>&>(), 0, 0));
   std::vector<at::Tensor> tensors;  // alive until sent
@@ -148,8 +157,7 @@ void PendingSend::wait() {
   try {
     impl_->work->wait(impl_->timeout);
   } catch (const std::exception& e) {
-    FERRY_FAIL("rank ", impl_->rank, ": sending message ", impl_->tag, " to rank ", impl_->dst, " failed (rank ",
-               impl_->dst, " stopped or cannot be reached within ", impl_->timeout.count() / 1000, " s): ", message_of(e));
+    fail_to_send(impl_->rank, impl_->tag, impl_->dst, impl_->timeout, e);
   }
 }
 
@@ -162,8 +170,8 @@ PendingSend ProcessGroup::send_async(const at::Tensor& tensor, int dst, int tag)
   pending->timeout = impl_->env.timeout;
   try {
     pending->work = impl_->group->send(pending->tensors, dst, tag);
-  } catch (const std::exception& e) {
-    FERRY_FAIL("rank ", rank(), ": sending message ", tag, " to rank ", dst, " failed: ", message_of(e));
+  } catch (const std::exception& e) {  // the receiver is gone already: the connection is closed
+    fail_to_send(rank(), tag, dst, impl_->env.timeout, e);
   }
   return PendingSend(std::move(pending));
 }
