@@ -19,12 +19,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vs_accelerate import run_child  # noqa: E402  (one measurement in a fresh process, its JSON)
+from pipeline import interleaved  # noqa: E402  (rows in turn, rounds reversed, each run's JSON)
 
 
 def main():
@@ -48,26 +47,21 @@ def main():
     tools = {"ferry": a.ferry}
     if a.baseline_ferry:
         tools["ferry (base)"] = a.baseline_ferry
-    rows = {}  # (context, tool) -> command
+    rows = {}  # "CONTEXT TOOL" -> command
     for ctx in contexts:
         prompts = [[1 + (s * 7 + t * 13) % (vocab - 1) for t in range(ctx)] for s in range(a.sequences)]
         ids = ";".join(" ".join(map(str, p)) for p in prompts)
         for tool, binary in tools.items():
-            rows[(ctx, tool)] = [binary, "run", a.model_dir, "--ids", ids, "--max-new-tokens", str(a.tokens), "--json", "--quiet"]
+            rows[f"{ctx} {tool}"] = [binary, "run", a.model_dir, "--ids", ids, "--max-new-tokens", str(a.tokens), "--json", "--quiet"]
         if not a.no_transformers:
             spec = os.path.join(work, f"transformers-{ctx}.json")
             with open(spec, "w") as f:
                 json.dump({"model_dir": a.model_dir, "device_map": {"": "cpu"}, "offload_folder": os.path.join(work, "offload"),
                            "ids": prompts, "max_new_tokens": a.tokens, "threads": a.threads}, f)
-            rows[(ctx, "transformers")] = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+            rows[f"{ctx} transformers"] = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                                         "vs_accelerate.py"), a.model_dir, "--hf-child", spec]
-    results = {key: [] for key in rows}
-    for r in range(a.rounds):
-        for key in (list(rows) if r % 2 == 0 else list(reversed(rows))):
-            j = run_child(rows[key], env)
-            results[key].append(j)
-            print(f"round {r + 1} context {key[0]:6} {key[1]:14} decode {j['timings']['decode_ms_per_token']:9.2f} ms/step  "
-                  f"prefill {j['timings']['prefill_s']:7.2f} s", flush=True)
+    results = interleaved(rows, a.rounds, env, lambda j: f"decode {j['timings']['decode_ms_per_token']:9.2f} ms/step  "
+                                                         f"prefill {j['timings']['prefill_s']:7.2f} s")
 
     names = list(tools) + ([] if a.no_transformers else ["transformers"])
     print(f"\n{a.model_dir}: {a.sequences} prompts, {a.tokens} new tokens each, {a.threads} thread(s), medians of "
@@ -76,12 +70,13 @@ def main():
     print("|---:|" + "---:|" * len(names))
     ms = {key: statistics.median(j["timings"]["decode_ms_per_token"] for j in runs) for key, runs in results.items()}
     for ctx in contexts:
-        cells = [f"{ms[(ctx, n)]:.1f} ({ms[(ctx, n)] / ms[(contexts[0], n)]:.2f}x)" for n in names]
+        cells = [f"{ms[f'{ctx} {n}']:.1f} ({ms[f'{ctx} {n}'] / ms[f'{contexts[0]} {n}']:.2f}x)" for n in names]
         print(f"| {ctx} | " + " | ".join(cells) + " |")
-    bad = [(key, j["generated"]) for key, runs in results.items() for j in runs
-           if j["generated"] != results[(key[0], "ferry")][0]["generated"]]
-    for (ctx, tool), generated in bad:
-        print(f"tokens DIFFER: context {ctx} {tool}: {generated[0][:8]}... vs ferry's {results[(ctx, 'ferry')][0]['generated'][0][:8]}...")
+    def ferrys(key):  # ferry's tokens for the context of row `key`
+        return results[f"{key.split()[0]} ferry"][0]["generated"]
+    bad = [(key, j["generated"]) for key, runs in results.items() for j in runs if j["generated"] != ferrys(key)]
+    for key, generated in bad:
+        print(f"tokens DIFFER: context {key}: {generated[0][:8]}... vs ferry's {ferrys(key)[0][:8]}...")
     print(f"\ncommand: {' '.join([sys.executable] + sys.argv)}")
     if not bad:
         print("tokens agree: every run of each context generated the same tokens")

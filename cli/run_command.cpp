@@ -171,7 +171,8 @@ void run(const RunOptions& o) {
   };
   // The streamer's counters when the prompt's forward is done: what decoding alone cost.
   std::optional<StreamerStats> after_prefill;
-  int64_t storage_after_prefill = -1;  // storage_bytes_read() then
+  int64_t storage_after_prefill = -1;  // storage_bytes_read() then (-1: unknown)
+  bool prefill_done = false;            // the first step's callback ran: the snapshots above are taken
   // Across ranks, a stop is one every rank agreed on at this step (a rank stopping alone would leave
   // the others waiting for it): Ctrl-C on any of them stops all after the same token.
   auto* pipeline = dynamic_cast<PipelineModel*>(loaded.model.get());
@@ -182,7 +183,8 @@ void run(const RunOptions& o) {
     if (const int sig = pipeline->agreed_stop()) throw Interrupted(sig);
   };
   g.on_step = [&](int64_t, const at::Tensor& next) {
-    if (storage_after_prefill < 0) {
+    if (!prefill_done) {
+      prefill_done = true;
       storage_after_prefill = storage_bytes_read();
       if (session.streamer) after_prefill = session.streamer->stats();
     }

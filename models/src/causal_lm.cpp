@@ -16,6 +16,13 @@ std::pair<at::Tensor, at::Tensor> KVCache::update(int64_t layer, const at::Tenso
   FERRY_ASSERT(layer >= 0 && keys.dim() == 4 && values.dim() == 4);
   if (static_cast<size_t>(layer) >= layers_.size()) layers_.resize(layer + 1);
   Layer& l = layers_[layer];
+  if (l.keys.defined()) {
+    // The layer's new entries arrive on its execution device; so do the old ones (stored there).
+    FERRY_ASSERT(l.keys.device() == keys.device(), "layer ", layer, " cache on ", l.keys.device(), " but new keys on ",
+                 keys.device());
+    FERRY_ASSERT(l.keys.size(0) == keys.size(0) && l.keys.size(1) == keys.size(1) && l.keys.size(3) == keys.size(3),
+                 "layer ", layer, " caches keys of ", l.keys.sizes(), " but new keys are ", keys.sizes());
+  }
   const int64_t added = keys.size(2);
   const int64_t needed = l.length + added;
   if (!l.keys.defined() || needed > l.keys.size(2)) {
@@ -29,17 +36,11 @@ std::pair<at::Tensor, at::Tensor> KVCache::update(int64_t layer, const at::Tenso
     };
     l.keys = grown(l.keys, keys);
     l.values = grown(l.values, values);
-  } else {
-    // The layer's new entries arrive on its execution device; so do the old ones (stored there).
-    FERRY_ASSERT(l.keys.device() == keys.device(), "layer ", layer, " cache on ", l.keys.device(), " but new keys on ",
-                 keys.device());
-    FERRY_ASSERT(l.keys.size(0) == keys.size(0) && l.keys.size(1) == keys.size(1) && l.keys.size(3) == keys.size(3),
-                 "layer ", layer, " caches keys of ", l.keys.sizes(), " but new keys are ", keys.sizes());
   }
   l.keys.narrow(2, l.length, added).copy_(keys);
   l.values.narrow(2, l.length, added).copy_(values);
   l.length = needed;
-  return {l.keys.narrow(2, 0, l.length), l.values.narrow(2, 0, l.length)};
+  return {this->keys(layer), this->values(layer)};
 }
 
 void KVCache::reserve(int64_t positions) { reserved_ = std::max<int64_t>(0, positions); }
@@ -48,15 +49,15 @@ int64_t KVCache::seq_length(int64_t layer) const {
   return layer >= 0 && static_cast<size_t>(layer) < layers_.size() ? layers_[layer].length : 0;
 }
 
-at::Tensor KVCache::keys(int64_t layer) const {
-  if (static_cast<size_t>(layer) >= layers_.size() || layers_[layer].length == 0) return {};
-  return layers_[layer].keys.narrow(2, 0, layers_[layer].length);
+at::Tensor KVCache::filled(int64_t layer, at::Tensor Layer::*buffer) const {
+  if (seq_length(layer) == 0) return {};
+  const Layer& l = layers_[static_cast<size_t>(layer)];
+  return (l.*buffer).narrow(2, 0, l.length);
 }
 
-at::Tensor KVCache::values(int64_t layer) const {
-  if (static_cast<size_t>(layer) >= layers_.size() || layers_[layer].length == 0) return {};
-  return layers_[layer].values.narrow(2, 0, layers_[layer].length);
-}
+at::Tensor KVCache::keys(int64_t layer) const { return filled(layer, &Layer::keys); }
+
+at::Tensor KVCache::values(int64_t layer) const { return filled(layer, &Layer::values); }
 
 uint64_t KVCache::nbytes() const {
   uint64_t total = 0;

@@ -84,6 +84,9 @@ class KVCache : public torch::CustomClassHolder {
     at::Tensor keys, values;  // [batch, kv_heads, capacity, head_dim]; positions [0, length) are filled
     int64_t length = 0;
   };
+  /// Positions [0, length) of one of the layer's buffers (undefined before its first update).
+  at::Tensor filled(int64_t layer, at::Tensor Layer::*buffer) const;
+
   std::vector<Layer> layers_;
   int64_t reserved_ = 0;
 };
