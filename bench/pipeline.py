@@ -32,10 +32,12 @@ prompt tokens per second.
 """
 import os
 import argparse
+import atexit
 import json
 import statistics
 import subprocess
 import sys
+import tempfile
 
 
 def run(cmd, env):
@@ -44,6 +46,18 @@ def run(cmd, env):
         sys.exit(f"pipeline.py: failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
     line = p.stdout.strip().splitlines()[-1]
     return json.loads(line[len("[rank 0] "):] if line.startswith("[rank 0] ") else line)
+
+
+def ids_args(prompts):
+    """--ids "P1;P2;..." or, past what one argument may hold (128 KiB), --ids-file with one prompt a line."""
+    text = ";".join(prompts)
+    if len(text) < 100_000:
+        return ["--ids", text]
+    f = tempfile.NamedTemporaryFile("w", prefix="ferry-ids-", suffix=".txt", delete=False)
+    f.write("\n".join(prompts) + "\n")
+    f.close()
+    atexit.register(os.unlink, f.name)
+    return ["--ids-file", f.name]
 
 
 def interleaved(rows, rounds, env, describe, adjust=None):
@@ -91,12 +105,12 @@ def main():
     prompts = [" ".join(str(1 + (s * 7 + t) % 500) for t in range(a.prompt_tokens or 8)) for s in range(a.sequences)]
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(a.threads)} if a.threads else {}))
     tail = ["--max-new-tokens", str(a.tokens), "--json", "--quiet"]
-    common = ["run", a.model_dir, "--ids", ";".join(prompts)] + tail
+    common = ["run", a.model_dir] + ids_args(prompts) + tail
     two = [a.ferry, "launch", "--nproc", "2", "--"] + common
     rows = {"1 rank resident": [a.ferry] + common}
     halves = "1 rank, the batch in 2 halves"
     if a.sequences > 1:
-        rows[halves] = [a.ferry, "run", a.model_dir, "--ids", ";".join(prompts[:a.sequences // 2])] + tail
+        rows[halves] = [a.ferry, "run", a.model_dir] + ids_args(prompts[:a.sequences // 2]) + tail
         rows["2 ranks, 2 groups in flight"] = two
         rows["2 ranks, lockstep"] = two + ["--micro-batches", "1"]
     else:
@@ -138,7 +152,7 @@ def prefill(a):
     """The --prefill rows: prompt tokens per second, whole prompts against chunks, 1 rank against 2."""
     prompts = [" ".join(str(1 + (s * 7 + t * 13) % 500) for t in range(a.prompt_tokens)) for s in range(a.sequences)]
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(a.threads)} if a.threads else {}))
-    common = ["run", a.model_dir, "--ids", ";".join(prompts), "--max-new-tokens", "1", "--json", "--quiet"]
+    common = ["run", a.model_dir] + ids_args(prompts) + ["--max-new-tokens", "1", "--json", "--quiet"]
     chunks = ["--prefill-chunk", str(a.prefill_chunk)]
     two = [a.ferry, "launch", "--nproc", "2", "--"] + common
     rows = {"1 rank, whole prompt": [a.ferry] + common,

@@ -10,6 +10,7 @@
 #include "ferry/core/log.h"
 #include "ferry/core/torch_compat.h"
 #include "ferry/io/io_counters.h"
+#include "ferry/io/regular_file.h"
 #include "ferry/io/safetensors.h"
 #include "ferry/models/generate.h"
 #include "ferry/models/load_model.h"
@@ -35,6 +36,7 @@ struct RunOptions {
   LoadFlags load;
   SamplingFlags sampling;
   std::string ids;
+  std::string ids_file;
   bool json = false;
   std::string logits_out;
   std::string prompt;
@@ -44,8 +46,9 @@ struct RunOptions {
 
 constexpr int64_t kDefaultMaxNewTokens = 20;
 
-// "1 2 3;4 5" -> the prompts' ids (any lengths; generate() left-pads them).
-std::vector<std::vector<int64_t>> parse_ids(const std::string& text) {
+// "1 2 3;4 5" -> the prompts' ids (any lengths; generate() left-pads them). `source` names where the
+// text came from in errors: --ids, or --ids-file and its path.
+std::vector<std::vector<int64_t>> parse_ids(const std::string& text, const std::string& source = "--ids") {
   std::vector<std::vector<int64_t>> prompts(1);
   std::string token;
   auto flush = [&] {
@@ -57,7 +60,7 @@ std::vector<std::vector<int64_t>> parse_ids(const std::string& text) {
     } catch (const std::exception&) {
       used = 0;
     }
-    FERRY_CHECK(used == token.size(), "--ids: '", token, "' is not an integer token id");
+    FERRY_CHECK(used == token.size(), source, ": prompt ", prompts.size() - 1, ": '", token, "' is not an integer token id");
     prompts.back().push_back(v);
     token.clear();
   };
@@ -73,8 +76,23 @@ std::vector<std::vector<int64_t>> parse_ids(const std::string& text) {
   }
   flush();
   for (size_t i = 0; i < prompts.size(); ++i)
-    FERRY_CHECK(!prompts[i].empty(), "--ids: prompt ", i, " is empty; give ids like \"1 2 3;4 5 6\"");
+    FERRY_CHECK(!prompts[i].empty(), source, ": prompt ", i, " is empty; give ids like \"1 2 3;4 5 6\"");
   return prompts;
+}
+
+// --ids-file: the prompts' ids one per line (blank lines skipped; ';' separates prompts too), for
+// batches longer than a command line may be (the kernel refuses an argument over 128 KiB).
+std::vector<std::vector<int64_t>> read_ids_file(const std::string& path) {
+  const std::string text = io::read_regular_file(path, "ferry run --ids-file");
+  std::string joined;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find_first_not_of(" \t\r,") == std::string::npos) continue;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    joined += (joined.empty() ? "" : ";") + line;
+  }
+  FERRY_CHECK(!joined.empty(), "--ids-file ", path, " holds no token ids; write one prompt per line, e.g. \"1 2 3\"");
+  return parse_ids(joined, "--ids-file " + path);
 }
 
 // Each row's tokens after the first `prompt_length` of `sequences` ([batch, positions] int64, CPU).
@@ -98,8 +116,10 @@ void run(const RunOptions& o) {
   using namespace ferry::models;
   // Text in, text out: the prompt is encoded with the model's tokenizer.json and the tokens are
   // decoded as they come (UTF-8 safe across tokens); with --ids, ids in and ids out.
-  FERRY_CHECK(o.prompt.empty() != o.ids.empty(), o.ids.empty() ? "give --prompt \"text\" or --ids \"1 2 3\""
-                                                                 : "give --prompt or --ids, not both");
+  FERRY_CHECK(o.ids.empty() || o.ids_file.empty(), "give --ids or --ids-file, not both");
+  const bool have_ids = !o.ids.empty() || !o.ids_file.empty();
+  FERRY_CHECK(o.prompt.empty() == have_ids, have_ids ? "give --prompt or --ids, not both"
+                                                     : "give --prompt \"text\" or --ids \"1 2 3\" (or --ids-file FILE)");
   FERRY_CHECK(o.sampling.stop.empty() || !o.prompt.empty(), "--stop needs --prompt: stop strings are matched in the text");
   std::optional<tokenizers::Tokenizer> tokenizer;
   std::vector<std::vector<int64_t>> prompts;
@@ -112,7 +132,7 @@ void run(const RunOptions& o) {
     FERRY_CHECK(!encoded.empty(), "--prompt encodes to no tokens with ", tokenizer->source());
     prompts.push_back(std::move(encoded));
   } else {
-    prompts = parse_ids(o.ids);
+    prompts = o.ids_file.empty() ? parse_ids(o.ids) : read_ids_file(o.ids_file);
   }
   const bool text_mode = tokenizer && !o.json;
   // With text, stdout carries the text alone; what ferry says about the run goes to stderr.
@@ -420,6 +440,8 @@ void add_run_command(CLI::App& app) {
                   "(timings and the rest on stderr)");
   cmd->add_option("--ids", o->ids,
                   "Prompt token ids instead of text: \"1 2 3\", or several prompts \"1 2 3;4 5\" (left-padded and masked)");
+  cmd->add_option("--ids-file", o->ids_file,
+                  "Prompt token ids from a file, one prompt per line: for batches too long for the command line");
   cmd->add_flag("--keep-special", o->keep_special, "With --prompt: keep special tokens (EOS, ...) in the text");
   add_sampling_flags(cmd, o->sampling, kDefaultMaxNewTokens);
   cmd->add_flag("--json", o->json, "Print one JSON object instead of text");

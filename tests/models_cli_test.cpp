@@ -404,6 +404,35 @@ TEST(ModelsCli, PromptsOfDifferentLengthsInOneRun) {
   }
 }
 
+// A batch too long for the command line comes from a file, one prompt per line: the same run as --ids.
+TEST(ModelsCli, PromptIdsFromAFile) {
+  REQUIRE_CLI();
+  TempDir dir("ids_file");
+  const std::string path = (dir.path() / "prompts.txt").string();
+  std::ofstream(path) << "5 9 2 7 11\r\n\n4 1\n  \n10 12 14";  // Windows line ends, blank lines, no final newline
+  const std::string run = "run '" + fixture("tiny_qwen2") + "' --dtype float32 --max-new-tokens 6 --json ";
+  Result from_file = run_cli(run + "--ids-file '" + path + "'", false);
+  Result inline_ids = run_cli(run + "--ids '5 9 2 7 11;4 1;10 12 14'", false);
+  ASSERT_EQ(from_file.status, 0) << from_file.out;
+  ASSERT_EQ(inline_ids.status, 0) << inline_ids.out;
+  const auto a = nlohmann::json::parse(from_file.stdout_only), b = nlohmann::json::parse(inline_ids.stdout_only);
+  EXPECT_EQ(a["prompt"], b["prompt"]);
+  EXPECT_EQ(a["generated"], b["generated"]);
+
+  std::ofstream(path, std::ios::trunc) << "1 2\n3 x\n";
+  Result bad = run_cli(run + "--ids-file '" + path + "'");
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.out.find("--ids-file " + path + ": prompt 1: 'x' is not an integer token id"), std::string::npos) << bad.out;
+  std::ofstream(path, std::ios::trunc) << "\n \n";
+  bad = run_cli(run + "--ids-file '" + path + "'");
+  EXPECT_NE(bad.out.find("holds no token ids; write one prompt per line"), std::string::npos) << bad.out;
+  bad = run_cli(run + "--ids-file '" + (dir.path() / "missing.txt").string() + "'");
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.out.find("missing.txt: does not exist"), std::string::npos) << bad.out;
+  bad = run_cli(run + "--ids-file '" + path + "' --ids '1 2'");
+  EXPECT_NE(bad.out.find("give --ids or --ids-file, not both"), std::string::npos) << bad.out;
+}
+
 // Loading shows its progress: a line when it starts and one when it ends when stderr is not a
 // terminal (with bytes, tensors and shards); nothing with --quiet.
 TEST(ModelsCli, LoadingProgressAndQuiet) {
