@@ -10,11 +10,18 @@
 namespace ferry::models::detail {
 namespace {
 
-// transformers' repeat_kv: [b, kv, s, d] -> [b, kv * n_rep, s, d], each kv head repeated n_rep times.
-at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep) {
-  if (n_rep == 1) return x;
-  auto b = x.size(0), kv = x.size(1), s = x.size(2), d = x.size(3);
-  return x.unsqueeze(2).expand({b, kv, n_rep, s, d}).reshape({b, kv * n_rep, s, d});
+// Grouped-query attention without repeating the key/value heads: query head i reads kv head
+// i / n_rep (transformers' repeat_kv order), so [b, kv * n_rep, s, d] queries are [b, kv, n_rep * s, d]
+// rows against their kv head's keys. repeat_kv would copy the whole cache n_rep times, every layer,
+// every step (at 32 prompts of 2,048 positions and 2 query heads a kv head, ~10x the cost of the rest
+// of the attention). Equal to the repeated form within float rounding.
+at::Tensor grouped(const at::Tensor& x, int64_t kv) {
+  return x.reshape({x.size(0), kv, x.size(1) / kv * x.size(2), x.size(3)});
+}
+
+// [b, kv, n_rep * s, n] back to [b, kv * n_rep, s, n].
+at::Tensor ungrouped(const at::Tensor& x, int64_t heads) {
+  return x.reshape({x.size(0), heads, x.size(1) * x.size(2) / heads, x.size(3)});
 }
 
 }  // namespace
@@ -62,8 +69,7 @@ at::Tensor padding_mask_keyword(const Args& args, int64_t batch, int64_t kv_len)
 
 at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                            const at::Tensor& mask) {
-  at::Tensor keys = repeat_kv(k, q.size(1) / k.size(1));
-  at::Tensor scores = at::matmul(q, keys.transpose(2, 3)) * scale;
+  at::Tensor scores = ungrouped(at::matmul(grouped(q, k.size(1)), k.transpose(2, 3)), q.size(1)) * scale;
   return attend(scores, v, mask, q.scalar_type());
 }
 
@@ -71,11 +77,14 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                      const at::Tensor& mask, bool sdpa) {
   if (!sdpa) return eager_attention(q, k, v, scale, mask);
 #if defined(FERRY_HAS_SDPA)
-  int64_t n_rep = q.size(1) / k.size(1);
+  // The queries grouped by kv head (above); the mask's rows, one per query position, repeated for
+  // each query head of a group.
+  const int64_t n_rep = q.size(1) / k.size(1);
   c10::optional<at::Tensor> additive;
-  if (mask.defined()) additive = mask;
-  return at::scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), additive, /*dropout_p=*/0.0,
-                                          /*is_causal=*/false, scale);
+  if (mask.defined()) additive = n_rep == 1 ? mask : mask.repeat({1, 1, n_rep, 1});
+  return ungrouped(at::scaled_dot_product_attention(grouped(q, k.size(1)), k, v, additive, /*dropout_p=*/0.0,
+                                                    /*is_causal=*/false, scale),
+                   q.size(1));
 #else
   require_torch(TorchFeature::ScaledDotProductAttention, "attn_implementation 'sdpa'");
   return {};
@@ -85,7 +94,7 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 at::Tensor attend(const at::Tensor& scores, const at::Tensor& v, const at::Tensor& mask, c10::ScalarType dtype) {
   at::Tensor s = mask.defined() ? scores + mask : scores;
   at::Tensor weights = at::softmax(s, -1, at::kFloat).to(dtype);
-  return at::matmul(weights, repeat_kv(v, scores.size(1) / v.size(1)));
+  return ungrouped(at::matmul(grouped(weights, v.size(1)), v), scores.size(1));
 }
 
 }  // namespace ferry::models::detail

@@ -26,8 +26,9 @@ at::Tensor causal_mask(int64_t q_len, int64_t kv_len, int64_t sliding_window, c1
 /// absent or None. Checked against the keys' length so a stale mask fails with both numbers.
 at::Tensor padding_mask_keyword(const Args& args, int64_t batch, int64_t kv_len);
 
-/// softmax(q k^T * scale + mask) v over [batch, heads, seq, head_dim] tensors, with key/value heads
-/// repeated to the query heads (grouped-query attention). Softmax in float32, then the query dtype.
+/// softmax(q k^T * scale + mask) v over [batch, heads, seq, head_dim] tensors; with fewer key/value
+/// heads than query heads (grouped-query attention) each serves its group of query heads, uncopied.
+/// Softmax in float32, then the query dtype.
 at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                            const at::Tensor& mask);
 
@@ -36,7 +37,8 @@ at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::T
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                      const at::Tensor& mask, bool sdpa);
 
-/// softmax(scores + mask) in float32, cast to `dtype`, times v (repeated to the score heads).
+/// softmax(scores + mask) in float32, cast to `dtype`, times v (each of v's heads serving its group of
+/// score heads, as repeat_kv would, without the copy).
 at::Tensor attend(const at::Tensor& scores, const at::Tensor& v, const at::Tensor& mask, c10::ScalarType dtype);
 
 /// Keyword argument `name`, or a None value.
