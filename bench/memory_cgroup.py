@@ -1,15 +1,26 @@
 """A memory cgroup (v1, else v2) with a limit that benchmark child processes join: a model larger than
 the memory it may use, on a machine that has more (bench/larger_than_ram.py, bench/vs_accelerate.py
---memory-limit). Needs root."""
+--memory-limit, bench/pipeline.py --memory-limit). Needs root."""
 import os
+import subprocess
+
+
+def drop_page_cache():
+    """Cold reads: write back, then drop the page cache (root only)."""
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
 
 
 class MemoryCgroup:
     """A memory cgroup with a limit that child processes join (v1, else v2); `error` says why not."""
 
+    made = 0  # cgroups made by this process: each its own name
+
     def __init__(self, limit):
         self.path, self.error, self.limit = None, None, limit
-        name = f"ferry-bench-{os.getpid()}"
+        MemoryCgroup.made += 1
+        name = f"ferry-bench-{os.getpid()}-{MemoryCgroup.made}"
         try:
             if os.path.exists("/sys/fs/cgroup/memory/memory.limit_in_bytes"):
                 self.path = f"/sys/fs/cgroup/memory/{name}"

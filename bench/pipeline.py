@@ -6,7 +6,11 @@ Rows, each a fresh `ferry run --json` (or `ferry launch --nproc 2 -- run --json`
   * 2 ranks resident: each rank holds half the decoder layers (ferry launch on loopback);
   * the capacity comparison, at a per-rank budget (--budget, default 60% of the model's bytes):
     1 rank with --device-map auto --max-memory cpu=BUDGET (the rest of the model goes to disk, read
-    every step), and 2 ranks with the same budget each, which hold their stages resident.
+    every step), and 2 ranks with the same budget each, which hold their stages resident. With
+    --memory-limit (root) these rows run inside memory cgroups of their budgets (plus
+    --process-memory per process), the page cache dropped first, as on hosts that have only that
+    memory: without it, the disk-placed weights of the 1-rank row stay in a page cache that the
+    budget does not count, and are hardly read from storage at all.
 With --sequences N (N prompts at once) the 2-rank row keeps N/2 prompts in flight per group
 (`--micro-batches 2`, the default across 2 ranks: while rank 1 runs one group, rank 0 runs the other),
 and a row "2 ranks, lockstep" (`--micro-batches 1`) shows the batch stepping through the stages
@@ -39,13 +43,30 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from memory_cgroup import MemoryCgroup, drop_page_cache  # noqa: E402
 
-def run(cmd, env):
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+def run(cmd, env, cgroup=None):
+    """One row's run (inside `cgroup`'s memory limit if given, the page cache dropped first); its JSON."""
+    if cgroup:
+        drop_page_cache()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=cgroup.join if cgroup else None)
     if p.returncode != 0:
-        sys.exit(f"pipeline.py: failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
+        killed = f" (the memory cgroup counts {cgroup.oom_kills()} OOM kill(s))" if cgroup else ""
+        sys.exit(f"pipeline.py: failed ({p.returncode}){killed}: {' '.join(cmd)}\n{p.stderr[-3000:]}")
     line = p.stdout.strip().splitlines()[-1]
     return json.loads(line[len("[rank 0] "):] if line.startswith("[rank 0] ") else line)
+
+
+def parse_bytes(text):
+    """'0.55GiB', '600MB', '1000000' -> bytes."""
+    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
+    t = text.strip().upper()
+    for unit, factor in units.items():
+        if t.endswith(unit):
+            return int(float(t[:-len(unit)]) * factor)
+    return int(t)
 
 
 def ids_args(prompts):
@@ -60,13 +81,14 @@ def ids_args(prompts):
     return ["--ids-file", f.name]
 
 
-def interleaved(rows, rounds, env, describe, adjust=None):
+def interleaved(rows, rounds, env, describe, adjust=None, cgroups=None):
     """Every row once per round, the order reversed every other round, so that the machine's drift
-    hits every row alike; returns each row's JSON results. adjust(name, j) may rescale a result."""
+    hits every row alike; returns each row's JSON results. adjust(name, j) may rescale a result;
+    cgroups: row name -> the MemoryCgroup it runs in."""
     results = {name: [] for name in rows}
     for r in range(rounds):
         for name in (list(rows) if r % 2 == 0 else list(reversed(rows))):
-            j = run(rows[name], env)
+            j = run(rows[name], env, (cgroups or {}).get(name))
             if adjust:
                 adjust(name, j)
             results[name].append(j)
@@ -97,6 +119,12 @@ def main():
     ap.add_argument("--prefill", action="store_true", help="measure the prompt's forward (see above)")
     ap.add_argument("--prompt-tokens", type=int, help="positions per prompt (default 8; with --prefill 256)")
     ap.add_argument("--no-capacity", action="store_true", help="leave out the rows at a memory budget")
+    ap.add_argument("--memory-limit", action="store_true",
+                    help="hold the budget rows to their budget (root): 1 rank in a memory cgroup of the budget plus "
+                         "--process-memory, 2 ranks in one of twice that, the page cache dropped before each run, so "
+                         "that what goes to disk is read from storage, not from a page cache the budget leaves out")
+    ap.add_argument("--process-memory", default="0.5GiB",
+                    help="--memory-limit: what a process needs beyond its weights (LibTorch, activations, buffers)")
     ap.add_argument("--prefill-chunk", type=int, default=32, help="--prefill: positions per chunk")
     a = ap.parse_args()
     if a.prefill:
@@ -108,6 +136,7 @@ def main():
     common = ["run", a.model_dir] + ids_args(prompts) + tail
     two = [a.ferry, "launch", "--nproc", "2", "--"] + common
     rows = {"1 rank resident": [a.ferry] + common}
+    cgroups = {}
     halves = "1 rank, the batch in 2 halves"
     if a.sequences > 1:
         rows[halves] = [a.ferry, "run", a.model_dir] + ids_args(prompts[:a.sequences // 2]) + tail
@@ -121,19 +150,32 @@ def main():
                               if f.endswith(".safetensors"))
             a.budget = f"{model_bytes * 6 // 10 / 2**30:.2f}GiB"
         at_budget = ["--device-map", "auto", "--max-memory", f"cpu={a.budget}"]
-        rows[f"1 rank, {a.budget} budget"] = [a.ferry] + common + at_budget
-        rows[f"2 ranks, {a.budget} budget each"] = two + at_budget
+        one_at_budget, two_at_budget = f"1 rank, {a.budget} budget", f"2 ranks, {a.budget} budget each"
+        rows[one_at_budget] = [a.ferry] + common + at_budget
+        rows[two_at_budget] = two + at_budget
+        if a.memory_limit:
+            limit = parse_bytes(a.budget) + parse_bytes(a.process_memory)
+            cgroups = {one_at_budget: MemoryCgroup(limit), two_at_budget: MemoryCgroup(2 * limit)}
+            for c in cgroups.values():
+                if c.error:
+                    sys.exit(f"pipeline.py: --memory-limit: {c.error}")
+            print(f"budget rows in memory limits: 1 rank {limit / 2**30:.2f} GiB, 2 ranks {2 * limit / 2**30:.2f} GiB "
+                  f"(the budget + {a.process_memory} per process), page cache dropped first", flush=True)
     def two_steps_of_halves(name, j):  # two steps of half the batch make one step of the whole
         if name == halves:
             j["timings"]["decode_ms_per_token"] *= 2
-    results = interleaved(rows, a.rounds, env, lambda j: f"{j['timings']['decode_ms_per_token']:8.1f} ms/step",
-                          two_steps_of_halves)
+    try:
+        results = interleaved(rows, a.rounds, env, lambda j: f"{j['timings']['decode_ms_per_token']:8.1f} ms/step",
+                              two_steps_of_halves, cgroups)
+    finally:
+        for c in cgroups.values():
+            c.remove()
     print(f"\n{a.model_dir}, {a.sequences} prompt(s), {a.tokens} new tokens each, threads per process: "
           f"{a.threads or 'default'}, median of {a.rounds} rounds\n")
     best = min(statistics.median(x["timings"]["decode_ms_per_token"] for x in results[name])
                for name in results if name.startswith("1 rank") and "budget" not in name)
-    print("| row | ms / decode step | tokens/s | vs 1 rank | vs best 1 rank | bytes to the next stage / step | bytes back / step | rank 0 send+recv s | rank 0 computing s | bytes read from disk / step (rank 0) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| row | ms / decode step | tokens/s | vs 1 rank | vs best 1 rank | bytes to the next stage / step | bytes back / step | rank 0 send+recv s | rank 0 computing s | disk-placed bytes / step (rank 0) | read from storage / step (rank 0) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = None
     for name, runs in results.items():
         ms = statistics.median(x["timings"]["decode_ms_per_token"] for x in runs)
@@ -142,8 +184,10 @@ def main():
         disk = statistics.median(x["timings"].get("offloaded_bytes_per_token", 0) for x in runs)
         comm = statistics.median(x.get("pipeline", {}).get("communication_s", 0.0) for x in runs)
         busy = statistics.median(x.get("pipeline", {}).get("compute_s", 0.0) for x in runs)
+        stored = [x["timings"].get("decode_storage_bytes_per_token") for x in runs]
+        stored = f"{statistics.median(stored) / 2**20:.1f} MiB" if None not in stored else "-"
         print(f"| {name} | {ms:.1f} | {a.sequences * 1000 / ms:.2f} | {base / ms:.2f}x | {best / ms:.2f}x | {p.get('bytes_sent_per_token', 0):.0f} | {p.get('bytes_received_per_token', 0):.0f} | "
-              f"{comm:.3f} | {busy:.3f} | {disk / 2**20:.1f} MiB |")
+              f"{comm:.3f} | {busy:.3f} | {disk / 2**20:.1f} MiB | {stored} |")
     # every row the same tokens (the halves row: the first half's)
     return tokens_agree(results, lambda x: x["generated"][:a.sequences // 2] if a.sequences > 1 else x["generated"])
 

@@ -59,7 +59,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from memory_cgroup import MemoryCgroup  # noqa: E402
+from memory_cgroup import MemoryCgroup, drop_page_cache  # noqa: E402
 
 
 def moe_maps(config, gpu=False):
@@ -105,13 +105,6 @@ def routed_bytes_per_token(config, bytes_per_weight=4):
     """Bytes of the experts one token runs: top-k experts of every layer, three matrices each."""
     inter = config.get("moe_intermediate_size") or config["intermediate_size"]
     return config["num_hidden_layers"] * config["num_experts_per_tok"] * 3 * config["hidden_size"] * inter * bytes_per_weight
-
-
-def drop_page_cache():
-    """Cold reads for both tools: write back, then drop the page cache (root only)."""
-    subprocess.run(["sync"], check=True)
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
 
 
 def device_maps(layers, gpu):
