@@ -20,8 +20,9 @@ batch of N (caches), and the 2-rank row gets that for free, so "vs best 1 rank" 
 of the two 1-rank rows. --threads T sets OMP_NUM_THREADS for every process (the issue's comparison: 2 ranks of 1
 thread each against 1 rank of 1 thread).
 It prints ms per decode step (every prompt's next token), tokens per second (all prompts), the bytes
-each stage boundary carries per step and the time rank 0 spent in send/recv, and checks that every
-row generates the same tokens.
+each stage boundary carries per step, the time rank 0 spent in send/recv (waits for rank 1's compute
+included) and what the link to rank 1 takes alone for one step's message (timed before generating),
+and checks that every row generates the same tokens.
 
   python3 bench/pipeline.py MODEL_DIR --ferry build/ferry [--budget 1.6GB] [--rounds 3] [--tokens 32]
                             [--sequences 8 --threads 1] [--prompt-tokens 8] [--no-capacity]
@@ -174,8 +175,8 @@ def main():
           f"{a.threads or 'default'}, median of {a.rounds} rounds\n")
     best = min(statistics.median(x["timings"]["decode_ms_per_token"] for x in results[name])
                for name in results if name.startswith("1 rank") and "budget" not in name)
-    print("| row | ms / decode step | tokens/s | vs 1 rank | vs best 1 rank | bytes to the next stage / step | bytes back / step | rank 0 send+recv s | rank 0 computing s | disk-placed bytes / step (rank 0) | read from storage / step (rank 0) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| row | ms / decode step | tokens/s | vs 1 rank | vs best 1 rank | bytes to the next stage / step | bytes back / step | rank 0 send+recv s | rank 0 computing s | disk-placed bytes / step (rank 0) | read from storage / step (rank 0) | link to rank 1 alone, one way / step message |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = None
     for name, runs in results.items():
         ms = statistics.median(x["timings"]["decode_ms_per_token"] for x in runs)
@@ -186,8 +187,11 @@ def main():
         busy = statistics.median(x.get("pipeline", {}).get("compute_s", 0.0) for x in runs)
         stored = [x["timings"].get("decode_storage_bytes_per_token") for x in runs]
         stored = f"{statistics.median(stored) / 2**20:.1f} MiB" if None not in stored else "-"
+        links = [x.get("pipeline", {}).get("link") for x in runs]
+        link = (f"{statistics.median(k['one_way_s'] for k in links) * 1e6:.0f} us / {links[0]['message_bytes']} B"
+                if all(links) else "-")
         print(f"| {name} | {ms:.1f} | {a.sequences * 1000 / ms:.2f} | {base / ms:.2f}x | {best / ms:.2f}x | {p.get('bytes_sent_per_token', 0):.0f} | {p.get('bytes_received_per_token', 0):.0f} | "
-              f"{comm:.3f} | {busy:.3f} | {disk / 2**20:.1f} MiB | {stored} |")
+              f"{comm:.3f} | {busy:.3f} | {disk / 2**20:.1f} MiB | {stored} | {link} |")
     # every row the same tokens (the halves row: the first half's)
     return tokens_agree(results, lambda x: x["generated"][:a.sequences // 2] if a.sequences > 1 else x["generated"])
 

@@ -223,6 +223,9 @@ void run(const RunOptions& o) {
   // Across ranks, several prompts (no streaming, no stop strings): groups of them in flight.
   const int micro_batches = pipeline ? (o.micro_batches > 0 ? o.micro_batches : pipeline->stage().world_size) : 1;
   const bool in_flight = pipeline && micro_batches > 1 && batch > 1 && !stream && !text_mode && o.sampling.stop.empty();
+  // The stage boundary's own cost per decode step (a group's message there and back), for --json.
+  const int64_t rows_per_step = in_flight ? (batch + std::min<int64_t>(micro_batches, batch) - 1) / std::min<int64_t>(micro_batches, batch) : batch;
+  const std::optional<double> link_seconds = pipeline && o.json ? pipeline->measure_link(rows_per_step) : std::nullopt;
   GenerationOutput out;
   try {
     if (in_flight) {
@@ -397,6 +400,11 @@ void run(const RunOptions& o) {
                        {"bytes_received_per_token", forwards > 0 ? static_cast<double>(pipeline->bytes_received()) / forwards : 0.0},
                        {"communication_s", pipeline->communication_seconds()},
                        {"compute_s", pipeline->compute_seconds()}};
+      // The link to the next stage alone (null on the last): one decode step's message, one way.
+      j["pipeline"]["link"] = link_seconds ? nlohmann::json{{"message_bytes", (rows_per_step * pipeline->config().hidden_size + 1) *
+                                                                                  static_cast<int64_t>(c10::elementSize(pipeline->config().dtype))},
+                                                            {"one_way_s", *link_seconds}}
+                                           : nlohmann::json();
     }
     j["io"] = {{"files_mapped", io::io_counters().files_mapped.load()},
                {"safetensors_headers_parsed", io::io_counters().safetensors_headers_parsed.load()}};

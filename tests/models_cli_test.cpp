@@ -849,9 +849,16 @@ TEST(ModelsCli, PipelineAcrossRanksMatchesTransformers) {
     // and receives the last stage's logits: 2 x 1,000 float32 per step, more than it sends
     EXPECT_GT(j["pipeline"]["bytes_received_per_token"].get<double>(), j["pipeline"]["bytes_sent_per_token"].get<double>())
         << j.dump();
+    // The link to rank 1 alone, measured before generating: a group's (one prompt's) decode
+    // message, 128 hidden float32 and the stop code, one way on loopback.
+    EXPECT_EQ(j["pipeline"]["link"]["message_bytes"], (128 + 1) * 4) << j.dump();
+    const double one_way = j["pipeline"]["link"].value("one_way_s", -1.0);
+    EXPECT_GT(one_way, 0) << j.dump();
+    EXPECT_LT(one_way, 1.0) << j.dump();
   }
   nlohmann::json lockstep = check_fixture("tiny_llama", "--micro-batches 1", "", "launch --nproc 2 --timeout 60 -- ");
   EXPECT_EQ(lockstep["pipeline"]["micro_batches"], 1) << lockstep.dump();
+  EXPECT_EQ(lockstep["pipeline"]["link"]["message_bytes"], (2 * 128 + 1) * 4) << "both prompts step together";
   nlohmann::json j = check_fixture("tiny_mixtral", "", "", "launch --nproc 2 --timeout 60 -- ");
   EXPECT_EQ(j["pipeline"]["layers"], nlohmann::json::array({0, 1})) << j.dump();
   EXPECT_EQ(j["pipeline"]["micro_batches"], 2) << j.dump();

@@ -175,6 +175,28 @@ void PipelineModel::communicate(int step, const std::function<void()>& f) {
   shared_->communication_seconds += seconds;
 }
 
+std::optional<double> PipelineModel::measure_link(int64_t rows, int rounds) {
+  FERRY_CHECK(rows >= 1 && rounds >= 1, "measure_link: rows ", rows, " and rounds ", rounds, " must be >= 1");
+  const ModelConfig& c = config();
+  at::Tensor message = at::zeros({rows * c.hidden_size + 1}, at::TensorOptions().dtype(c.dtype));
+  constexpr int kFirstTag = 1 << 30;  // above any step's tags (step x channels + channel)
+  if (!stage_.is_first())
+    for (int i = 0; i < rounds; ++i) {
+      group_->recv(message, stage_.rank - 1, kFirstTag + i);
+      group_->send(message, stage_.rank - 1, kFirstTag + i);
+    }
+  if (stage_.is_last()) return std::nullopt;
+  std::vector<double> one_way;
+  for (int i = 0; i < rounds; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    group_->send(message, stage_.rank + 1, kFirstTag + i);
+    group_->recv(message, stage_.rank + 1, kFirstTag + i);
+    one_way.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 2);
+  }
+  std::nth_element(one_way.begin(), one_way.begin() + rounds / 2, one_way.end());
+  return one_way[static_cast<size_t>(rounds / 2)];
+}
+
 void PipelineModel::receive_message(at::Tensor& message, int from, int step, int tag) {
   communicate(step, [&] { group_->recv(message, from, tag); });
   std::lock_guard<std::mutex> lock(shared_->counters);

@@ -39,6 +39,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 namespace ferry::models {
@@ -78,6 +79,12 @@ class PipelineModel : public CausalLM {
   /// Seconds this rank spent computing its stage (all channels together): against the wall time,
   /// how busy the stage was.
   double compute_seconds() const;
+  /// The boundary to the next stage on its own: a decode step's message for `rows` prompts (their
+  /// hidden states and the stop code) sent there and back `rounds` times, half the median round
+  /// trip, in seconds. communication_seconds() also counts the waits for the other stages' compute;
+  /// this is what the link itself costs per step. Every rank must call it at the same point (each
+  /// answers its previous rank, then measures its next); the last stage returns nullopt.
+  std::optional<double> measure_link(int64_t rows, int rounds = 5);
 
   /// Stopping together (Ctrl-C on one rank or all of them): `requested` says whether this rank
   /// wants to stop, as a nonzero code (e.g. the signal received). Each forward carries the largest
