@@ -13,8 +13,8 @@ namespace {
 // Grouped-query attention without repeating the key/value heads: query head i reads kv head
 // i / n_rep (transformers' repeat_kv order), so [b, kv * n_rep, s, d] queries are [b, kv, n_rep * s, d]
 // rows against their kv head's keys. repeat_kv would copy the whole cache n_rep times, every layer,
-// every step (at 32 prompts of 2,048 positions and 2 query heads a kv head, ~10x the cost of the rest
-// of the attention). Equal to the repeated form within float rounding.
+// every step (eager, 8 prompts of 2,048 positions, 2 query heads a kv head: a decode step 1.09x
+// slower). Equal to the repeated form within float rounding.
 at::Tensor grouped(const at::Tensor& x, int64_t kv) {
   return x.reshape({x.size(0), kv, x.size(1) / kv * x.size(2), x.size(3)});
 }
