@@ -14,6 +14,7 @@
 #include "ferry/io/safetensors.h"
 #include "ferry/models/generate.h"
 #include "ferry/models/load_model.h"
+#include "ferry/models/pipeline.h"
 #include "ferry/tokenizers/stop_strings.h"
 #include "ferry/tokenizers/stream_decoder.h"
 #include "ferry/tokenizers/tokenizer.h"
@@ -223,9 +224,12 @@ void run(const RunOptions& o) {
   // Across ranks, several prompts (no streaming, no stop strings): groups of them in flight.
   const int micro_batches = pipeline ? (o.micro_batches > 0 ? o.micro_batches : pipeline->stage().world_size) : 1;
   const bool in_flight = pipeline && micro_batches > 1 && batch > 1 && !stream && !text_mode && o.sampling.stop.empty();
-  // The stage boundary's own cost per decode step (a group's message there and back), for --json.
-  const int64_t rows_per_step = in_flight ? (batch + std::min<int64_t>(micro_batches, batch) - 1) / std::min<int64_t>(micro_batches, batch) : batch;
-  const std::optional<double> link_seconds = pipeline && o.json ? pipeline->measure_link(rows_per_step) : std::nullopt;
+  // The groups in flight (one: the whole batch) and, for --json, the stage boundary's own cost for
+  // the largest group's decode message.
+  const std::vector<int64_t> group_starts = in_flight_group_starts(batch, in_flight ? micro_batches : 1);
+  int64_t largest_group = 0;
+  for (size_t i = 1; i < group_starts.size(); ++i) largest_group = std::max(largest_group, group_starts[i] - group_starts[i - 1]);
+  const auto link = pipeline && o.json ? pipeline->measure_link(largest_group) : std::nullopt;
   GenerationOutput out;
   try {
     if (in_flight) {
@@ -393,7 +397,7 @@ void run(const RunOptions& o) {
     if (pipeline) {
       const PipelineStage& st = pipeline->stage();
       j["pipeline"] = {{"rank", st.rank},
-                       {"micro_batches", in_flight ? std::min<int64_t>(micro_batches, batch) : 1},
+                       {"micro_batches", group_starts.size() - 1},
                        {"world_size", st.world_size},
                        {"layers", {st.first_layer, st.end_layer}},
                        {"bytes_sent_per_token", forwards > 0 ? static_cast<double>(pipeline->bytes_sent()) / forwards : 0.0},
@@ -401,10 +405,8 @@ void run(const RunOptions& o) {
                        {"communication_s", pipeline->communication_seconds()},
                        {"compute_s", pipeline->compute_seconds()}};
       // The link to the next stage alone (null on the last): one decode step's message, one way.
-      j["pipeline"]["link"] = link_seconds ? nlohmann::json{{"message_bytes", (rows_per_step * pipeline->config().hidden_size + 1) *
-                                                                                  static_cast<int64_t>(c10::elementSize(pipeline->config().dtype))},
-                                                            {"one_way_s", *link_seconds}}
-                                           : nlohmann::json();
+      j["pipeline"]["link"] = link ? nlohmann::json{{"message_bytes", link->message_bytes}, {"one_way_s", link->one_way_seconds}}
+                                   : nlohmann::json();
     }
     j["io"] = {{"files_mapped", io::io_counters().files_mapped.load()},
                {"safetensors_headers_parsed", io::io_counters().safetensors_headers_parsed.load()}};

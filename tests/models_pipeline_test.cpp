@@ -47,6 +47,16 @@ TEST(PipelineStages, ConsecutiveLayersInProportionToTheShares) {
 
 // The head's work follows the run: a decoding step runs it on every prompt's position as the layers,
 // a prefill on the last position of each prompt only; the weights' reading counts in every forward.
+// generate_in_flight's groups (and what ferry run reports and measures the link for): at most one
+// per prompt, sizes a row apart at most.
+TEST(PipelineStages, PromptsSplitIntoGroupsInFlight) {
+  using ferry::models::in_flight_group_starts;
+  EXPECT_EQ(in_flight_group_starts(5, 2), (std::vector<int64_t>{0, 2, 5}));
+  EXPECT_EQ(in_flight_group_starts(3, 8), (std::vector<int64_t>{0, 1, 2, 3})) << "no empty groups";
+  EXPECT_EQ(in_flight_group_starts(4, 0), (std::vector<int64_t>{0, 4})) << "fewer than one: the whole batch";
+  EXPECT_EQ(in_flight_group_starts(64, 2), (std::vector<int64_t>{0, 32, 64}));
+}
+
 TEST(PipelineStages, TheHeadsWorkFollowsTheRun) {
   const double c = kCpuWeightReadPositions;  // 32
   // 128 prompts of 8, 8 tokens: layers 32 + 1,024 + 7 x 160, head 8 x 160.

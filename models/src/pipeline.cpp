@@ -175,7 +175,7 @@ void PipelineModel::communicate(int step, const std::function<void()>& f) {
   shared_->communication_seconds += seconds;
 }
 
-std::optional<double> PipelineModel::measure_link(int64_t rows, int rounds) {
+std::optional<PipelineModel::LinkTiming> PipelineModel::measure_link(int64_t rows, int rounds) {
   FERRY_CHECK(rows >= 1 && rounds >= 1, "measure_link: rows ", rows, " and rounds ", rounds, " must be >= 1");
   const ModelConfig& c = config();
   at::Tensor message = at::zeros({rows * c.hidden_size + 1}, at::TensorOptions().dtype(c.dtype));
@@ -194,7 +194,7 @@ std::optional<double> PipelineModel::measure_link(int64_t rows, int rounds) {
     one_way.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 2);
   }
   std::nth_element(one_way.begin(), one_way.begin() + rounds / 2, one_way.end());
-  return one_way[static_cast<size_t>(rounds / 2)];
+  return LinkTiming{static_cast<int64_t>(message.nbytes()), one_way[static_cast<size_t>(rounds / 2)]};
 }
 
 void PipelineModel::receive_message(at::Tensor& message, int from, int step, int tag) {
@@ -300,10 +300,18 @@ at::Tensor PipelineModel::choose_next_tokens(const at::Tensor& logits,
   return message.narrow(0, 0, batch);
 }
 
+std::vector<int64_t> in_flight_group_starts(int64_t rows, int64_t micro_batches) {
+  const int64_t groups = std::clamp<int64_t>(micro_batches, 1, std::max<int64_t>(rows, 1));
+  std::vector<int64_t> starts;
+  for (int64_t i = 0; i <= groups; ++i) starts.push_back(rows * i / groups);
+  return starts;
+}
+
 GenerationOutput generate_in_flight(PipelineModel& model, const at::Tensor& input_ids, const GenerationConfig& g,
                                     const at::Tensor& attention_mask, int micro_batches) {
   const int64_t rows = input_ids.size(0);
-  const int groups = static_cast<int>(std::clamp<int64_t>(micro_batches, 1, std::max<int64_t>(rows, 1)));
+  const std::vector<int64_t> first_row = in_flight_group_starts(rows, micro_batches);
+  const int groups = static_cast<int>(first_row.size()) - 1;
   if (groups == 1) return generate(model, input_ids, g, attention_mask);
   FERRY_CHECK(!g.on_step && !g.stopping_criteria, "generate_in_flight: on_step and stopping_criteria would see one "
               "group's rows of ", groups, "; give none (or generate() one batch)");
@@ -313,8 +321,6 @@ GenerationOutput generate_in_flight(PipelineModel& model, const at::Tensor& inpu
   std::vector<std::exception_ptr> errors(static_cast<size_t>(groups));
   std::vector<std::shared_ptr<PipelineModel>> channels(static_cast<size_t>(groups));
   std::vector<std::thread> threads;
-  std::vector<int64_t> first_row;
-  for (int i = 0; i <= groups; ++i) first_row.push_back(rows * i / groups);  // groups differ by one row at most
   for (int i = 0; i < groups; ++i) {
     threads.emplace_back([&, i] {
       try {

@@ -79,12 +79,17 @@ class PipelineModel : public CausalLM {
   /// Seconds this rank spent computing its stage (all channels together): against the wall time,
   /// how busy the stage was.
   double compute_seconds() const;
-  /// The boundary to the next stage on its own: a decode step's message for `rows` prompts (their
-  /// hidden states and the stop code) sent there and back `rounds` times, half the median round
-  /// trip, in seconds. communication_seconds() also counts the waits for the other stages' compute;
-  /// this is what the link itself costs per step. Every rank must call it at the same point (each
-  /// answers its previous rank, then measures its next); the last stage returns nullopt.
-  std::optional<double> measure_link(int64_t rows, int rounds = 5);
+  /// What one message to the next stage costs on its own (measure_link).
+  struct LinkTiming {
+    int64_t message_bytes = 0;  ///< a decode step's message: the rows' hidden states and the stop code
+    double one_way_seconds = 0;  ///< half the median round trip
+  };
+  /// The boundary to the next stage on its own: a decode step's message for `rows` prompts sent
+  /// there and back `rounds` times. communication_seconds() also counts the waits for the other
+  /// stages' compute; this is what the link itself costs per step. Every rank must call it at the
+  /// same point (each answers its previous rank, then measures its next); the last stage returns
+  /// nullopt.
+  std::optional<LinkTiming> measure_link(int64_t rows, int rounds = 5);
 
   /// Stopping together (Ctrl-C on one rank or all of them): `requested` says whether this rank
   /// wants to stop, as a nonzero code (e.g. the signal received). Each forward carries the largest
@@ -128,6 +133,10 @@ class PipelineModel : public CausalLM {
   int step_ = 0;
   int agreed_stop_ = 0;
 };
+
+/// How generate_in_flight splits `rows` prompts: `micro_batches` clamped to [1, rows] groups, group i
+/// holding rows [starts[i], starts[i + 1]) (sizes differ by one at most; starts has groups + 1 entries).
+std::vector<int64_t> in_flight_group_starts(int64_t rows, int64_t micro_batches);
 
 /// generate() with several groups of sequences in flight: the batch's rows split into
 /// `micro_batches` groups, each generated on its own channel (a thread per group), so that while
